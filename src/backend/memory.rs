@@ -1,0 +1,299 @@
+//! The in-process store: a sharded map from key to value with a per-entry deadline.
+//!
+//! It is generic over the value so that it is tested without Python. It never runs
+//! foreign code under a shard lock: values that leave the map (replaced, removed,
+//! expired) are handed back to the caller, to be dropped after the lock is released,
+//! because dropping a Python object can run arbitrary `__del__` code.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::LazyLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::RwLock;
+
+const SHARDS: usize = 16;
+/// Inserts into one shard between two sweeps of its expired entries.
+const SWEEP_EVERY: u32 = 1024;
+
+static CLOCK_BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Nanoseconds on a monotonic clock private to this process.
+fn now_ns() -> u64 {
+    CLOCK_BASE.elapsed().as_nanos() as u64
+}
+
+/// Unix time in seconds, as `time.time()` gives it.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+struct Slot<V> {
+    value: V,
+    created_at: f64,
+    expires_ns: u64,
+}
+
+impl<V> Slot<V> {
+    fn is_live(&self, now: u64) -> bool {
+        now <= self.expires_ns
+    }
+}
+
+struct Shard<V> {
+    map: RwLock<HashMap<Box<str>, Slot<V>>>,
+    inserts: AtomicU32,
+}
+
+/// A concurrent map with a time to live on every entry.
+pub struct MemoryStore<V> {
+    shards: Box<[Shard<V>]>,
+}
+
+impl<V> Default for MemoryStore<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn shard_of(key: &str) -> usize {
+    // FNV-1a: spreads keys over shards; the maps themselves use SipHash, so keys chosen
+    // by an attacker cannot degrade lookups.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h as usize) % SHARDS
+}
+
+impl<V> MemoryStore<V> {
+    /// An empty store.
+    pub fn new() -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                map: RwLock::new(HashMap::new()),
+                inserts: AtomicU32::new(0),
+            })
+            .collect();
+        MemoryStore { shards }
+    }
+
+    fn shard(&self, key: &str) -> &Shard<V> {
+        &self.shards[shard_of(key)]
+    }
+
+    /// Applies `f` to a live entry's value and creation time, under the shard's read
+    /// lock: `f` must not call into Python beyond reference counting.
+    pub fn get_with<R>(&self, key: &str, f: impl FnOnce(&V, f64) -> R) -> Option<R> {
+        let now = now_ns();
+        let map = self.shard(key).map.read();
+        map.get(key)
+            .filter(|slot| slot.is_live(now))
+            .map(|slot| f(&slot.value, slot.created_at))
+    }
+
+    /// Stores `value` for `ttl` seconds (created now). Returns the values that left the
+    /// map: the one replaced, and any expired ones swept on the way.
+    #[must_use = "drop the returned values after the call, outside any lock"]
+    pub fn insert(&self, key: &str, value: V, ttl: f64) -> Vec<V> {
+        self.insert_at(key, value, unix_now(), ttl)
+    }
+
+    /// Stores `value`, created at `created_at` (Unix seconds), for `ttl` seconds.
+    #[must_use = "drop the returned values after the call, outside any lock"]
+    pub fn insert_at(&self, key: &str, value: V, created_at: f64, ttl: f64) -> Vec<V> {
+        let now = now_ns();
+        let ttl_ns = if ttl.is_finite() {
+            (ttl.max(0.0) * 1e9) as u64
+        } else {
+            u64::MAX
+        };
+        let slot = Slot {
+            value,
+            created_at,
+            expires_ns: now.saturating_add(ttl_ns),
+        };
+        let shard = self.shard(key);
+        let sweep = shard.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
+        let mut out = Vec::new();
+        let mut map = shard.map.write();
+        if let Some(old) = map.insert(key.into(), slot) {
+            out.push(old.value);
+        }
+        if sweep {
+            sweep_map(&mut map, now, &mut out);
+        }
+        out
+    }
+
+    /// Removes one entry, returning its value.
+    #[must_use = "drop the returned value after the call, outside any lock"]
+    pub fn remove(&self, key: &str) -> Option<V> {
+        self.shard(key).map.write().remove(key).map(|s| s.value)
+    }
+
+    /// Removes every entry whose key satisfies `pred`; returns the values and how many
+    /// of them were live.
+    #[must_use = "drop the returned values after the call, outside any lock"]
+    pub fn remove_matching(&self, pred: impl Fn(&str) -> bool) -> (Vec<V>, usize) {
+        let now = now_ns();
+        let mut out = Vec::new();
+        let mut live = 0;
+        for shard in &*self.shards {
+            let mut map = shard.map.write();
+            let doomed: Vec<Box<str>> = map.keys().filter(|k| pred(k)).cloned().collect();
+            for k in doomed {
+                if let Some(slot) = map.remove(&k) {
+                    live += usize::from(slot.is_live(now));
+                    out.push(slot.value);
+                }
+            }
+        }
+        (out, live)
+    }
+
+    /// The keys of live entries that satisfy `pred`.
+    pub fn keys_matching(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let now = now_ns();
+        let mut out = Vec::new();
+        for shard in &*self.shards {
+            let map = shard.map.read();
+            out.extend(
+                map.iter()
+                    .filter(|(k, s)| s.is_live(now) && pred(k))
+                    .map(|(k, _)| k.to_string()),
+            );
+        }
+        out
+    }
+
+    /// How many live entries satisfy `pred`.
+    pub fn count_matching(&self, pred: impl Fn(&str) -> bool) -> usize {
+        let now = now_ns();
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .map
+                    .read()
+                    .iter()
+                    .filter(|(k, s)| s.is_live(now) && pred(k))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Removes every expired entry now.
+    #[must_use = "drop the returned values after the call, outside any lock"]
+    pub fn sweep(&self) -> Vec<V> {
+        let now = now_ns();
+        let mut out = Vec::new();
+        for shard in &*self.shards {
+            sweep_map(&mut shard.map.write(), now, &mut out);
+        }
+        out
+    }
+}
+
+fn sweep_map<V>(map: &mut HashMap<Box<str>, Slot<V>>, now: u64, out: &mut Vec<V>) {
+    let expired: Vec<Box<str>> = map
+        .iter()
+        .filter(|(_, s)| !s.is_live(now))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in expired {
+        if let Some(slot) = map.remove(&k) {
+            out.push(slot.value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn stores_and_reads_back() {
+        let s = MemoryStore::new();
+        assert!(s.insert("5m:f|x=1", "one".to_owned(), 300.0).is_empty());
+        assert_eq!(s.get_with("5m:f|x=1", |v, _| v.clone()).as_deref(), Some("one"));
+        assert_eq!(s.get_with("5m:f|x=2", |v, _| v.clone()), None);
+        let replaced = s.insert("5m:f|x=1", "uno".to_owned(), 300.0);
+        assert_eq!(replaced, vec!["one".to_owned()]);
+        assert_eq!(s.remove("5m:f|x=1").as_deref(), Some("uno"));
+        assert_eq!(s.get_with("5m:f|x=1", |v, _| v.clone()), None);
+    }
+
+    #[test]
+    fn expired_entries_are_misses_and_get_swept() {
+        let s = MemoryStore::new();
+        let _ = s.insert("k", 1, 0.0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(s.get_with("k", |v, _| *v), None);
+        assert_eq!(s.count_matching(|_| true), 0);
+        assert_eq!(s.sweep(), vec![1]);
+        assert_eq!(s.sweep(), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn created_at_is_unix_time() {
+        let s = MemoryStore::new();
+        let before = unix_now();
+        let _ = s.insert("k", (), 60.0);
+        let created = s.get_with("k", |(), c| c).unwrap();
+        assert!(created >= before && created <= unix_now());
+    }
+
+    #[test]
+    fn selective_removal_and_counting() {
+        let s = MemoryStore::new();
+        for i in 0..100 {
+            let tag = if i % 2 == 0 { "|even|" } else { "|odd|" };
+            let _ = s.insert(&format!("5m:f|{tag}|i={i}"), i, 300.0);
+        }
+        assert_eq!(s.count_matching(|k| k.contains("|even|")), 50);
+        let (removed, live) = s.remove_matching(|k| k.contains("|odd|"));
+        assert_eq!((removed.len(), live), (50, 50));
+        assert_eq!(s.count_matching(|_| true), 50);
+        assert_eq!(s.keys_matching(|k| k.ends_with("i=4")), vec!["5m:f||even||i=4"]);
+    }
+
+    #[test]
+    fn inserts_sweep_expired_entries_on_the_way() {
+        let s = MemoryStore::new();
+        for i in 0..(SWEEP_EVERY as usize * SHARDS) {
+            let _ = s.insert(&format!("old{i}"), i, 0.0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut swept = 0;
+        for i in 0..(SWEEP_EVERY as usize * SHARDS) {
+            swept += s.insert(&format!("new{i}"), i, 300.0).len();
+        }
+        assert!(swept > 0, "no expired entry was swept by inserts");
+    }
+
+    #[test]
+    fn concurrent_readers_and_writers() {
+        let s = Arc::new(MemoryStore::new());
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000 {
+                        let key = format!("k{}", i % 97);
+                        let _ = s.insert(&key, t * 10_000 + i, 300.0);
+                        assert!(s.get_with(&key, |v, _| *v).is_some());
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(s.count_matching(|_| true), 97);
+    }
+}

@@ -1,0 +1,256 @@
+//! The file backend: one SQLite file per (package, TTL region), in the schema of
+//! cachu 0.2.x (FORMATS.md), so that either implementation reads the other's files.
+//!
+//! Connections are pooled per file (0.2.x opens one per operation) with their prepared
+//! statements cached; the journal is WAL with a busy timeout, so several processes
+//! read and write one file at once, and a process killed mid-write leaves a file the
+//! next one opens. A file that is not a SQLite database, or holds a foreign `cache`
+//! table, is reported and left untouched: reads miss, writes are skipped.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::memory::unix_now;
+use super::ByteStore;
+use crate::errors::{CacheError, CacheResult};
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Writes between two deletions of expired rows.
+const SWEEP_EVERY: u32 = 256;
+/// Connections kept open per file; more may be open while threads overlap.
+const POOL_SIZE: usize = 8;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_cache_expires ON cache(expires_at);
+";
+
+/// One SQLite cache file.
+pub struct SqliteStore {
+    path: PathBuf,
+    pool: Mutex<Pool>,
+    writes: AtomicU32,
+}
+
+struct Pool {
+    pid: u32,
+    idle: Vec<Connection>,
+}
+
+fn backend_err(path: &std::path::Path, what: &str, e: impl std::fmt::Display) -> CacheError {
+    CacheError::Backend(format!("cache file {}: {what}: {e}", path.display()))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file and checks its schema.
+    pub fn open(path: PathBuf) -> CacheResult<Self> {
+        let store = SqliteStore {
+            path,
+            pool: Mutex::new(Pool {
+                pid: std::process::id(),
+                idle: Vec::new(),
+            }),
+            writes: AtomicU32::new(0),
+        };
+        // Fail now, with the file's name, if it cannot be opened at all.
+        let conn = store.connect()?;
+        store.release(conn);
+        Ok(store)
+    }
+
+    fn connect(&self) -> CacheResult<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&self.path, flags)
+            .map_err(|e| backend_err(&self.path, "cannot be opened", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| backend_err(&self.path, "cannot be configured", e))?;
+        conn.set_prepared_statement_cache_capacity(16);
+        // WAL lets readers and one writer of several processes proceed together. If
+        // another process holds the file, switching may fail: the file stays usable.
+        let _ = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
+        let _ = conn.execute_batch("PRAGMA synchronous=NORMAL");
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| backend_err(&self.path, "is not a usable SQLite cache", e))?;
+        check_schema(&conn).map_err(|e| backend_err(&self.path, "has a foreign schema", e))?;
+        Ok(conn)
+    }
+
+    fn acquire(&self) -> CacheResult<Connection> {
+        let pooled = {
+            let mut pool = self.pool.lock();
+            let pid = std::process::id();
+            if pool.pid != pid {
+                // Connections must not cross fork(): the child leaves the parent's alone.
+                for conn in pool.idle.drain(..) {
+                    std::mem::forget(conn);
+                }
+                pool.pid = pid;
+            }
+            pool.idle.pop()
+        };
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => self.connect(),
+        }
+    }
+
+    fn release(&self, conn: Connection) {
+        let mut pool = self.pool.lock();
+        if pool.pid == std::process::id() && pool.idle.len() < POOL_SIZE {
+            pool.idle.push(conn);
+        }
+    }
+
+    fn with_conn<T>(&self, what: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> CacheResult<T> {
+        let conn = self.acquire()?;
+        let result = f(&conn);
+        self.release(conn);
+        result.map_err(|e| backend_err(&self.path, what, e))
+    }
+}
+
+/// The `cache` table must have the four columns of the format.
+fn check_schema(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('cache')")?;
+    let cols: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for needed in ["key", "value", "created_at", "expires_at"] {
+        if !cols.iter().any(|c| c == needed) {
+            return Err(rusqlite::Error::InvalidColumnName(format!(
+                "table 'cache' has no column {needed:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ByteStore for SqliteStore {
+    fn get(&self, key: &str) -> CacheResult<Option<(Vec<u8>, f64)>> {
+        let now = unix_now();
+        self.with_conn("read failed", |c| {
+            c.prepare_cached(
+                "SELECT value, created_at FROM cache WHERE key = ?1 AND expires_at >= ?2",
+            )?
+            .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+        })
+    }
+
+    fn set(&self, key: &str, value: &[u8], created_at: f64, ttl: f64) -> CacheResult<()> {
+        let sweep = self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
+        self.with_conn("write failed", |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO cache (key, value, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key, value, created_at, created_at + ttl])?;
+            if sweep {
+                c.prepare_cached("DELETE FROM cache WHERE expires_at < ?1")?
+                    .execute(params![unix_now()])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete(&self, key: &str) -> CacheResult<()> {
+        self.with_conn("delete failed", |c| {
+            c.prepare_cached("DELETE FROM cache WHERE key = ?1")?
+                .execute(params![key])
+                .map(drop)
+        })
+    }
+
+    fn clear(&self, pattern: Option<&str>) -> CacheResult<usize> {
+        self.with_conn("clear failed", |c| match pattern {
+            Some(p) => c.execute("DELETE FROM cache WHERE key GLOB ?1", params![p]),
+            None => c.execute("DELETE FROM cache", []),
+        })
+    }
+
+    fn keys(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
+        let now = unix_now();
+        self.with_conn("listing keys failed", |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT key FROM cache WHERE expires_at >= ?1 AND key GLOB ?2",
+            )?;
+            let rows = stmt.query_map(params![now, pattern.unwrap_or("*")], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cachu-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("app_cache5min.db")
+    }
+
+    #[test]
+    fn round_trip_and_expiry() {
+        let path = temp_path("rt");
+        let s = SqliteStore::open(path.clone()).unwrap();
+        let now = unix_now();
+        s.set("5m:f|x=1", b"data", now, 300.0).unwrap();
+        s.set("5m:f|x=2", b"old", now - 1000.0, 300.0).unwrap();
+        let (v, created) = s.get("5m:f|x=1").unwrap().unwrap();
+        assert_eq!((v.as_slice(), created), (&b"data"[..], now));
+        assert_eq!(s.get("5m:f|x=2").unwrap(), None, "expired row must miss");
+        assert_eq!(s.keys(None).unwrap(), vec!["5m:f|x=1".to_owned()]);
+        s.delete("5m:f|x=1").unwrap();
+        assert_eq!(s.get("5m:f|x=1").unwrap(), None);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn glob_clear_is_selective() {
+        let path = temp_path("glob");
+        let s = SqliteStore::open(path.clone()).unwrap();
+        let now = unix_now();
+        s.set("5m:f||users||id=1", b"1", now, 300.0).unwrap();
+        s.set("5m:f||items||id=1", b"2", now, 300.0).unwrap();
+        assert_eq!(s.clear(Some("*|users|*")).unwrap(), 1);
+        assert_eq!(s.keys(None).unwrap(), vec!["5m:f||items||id=1".to_owned()]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_an_error_and_kept() {
+        let path = temp_path("junk");
+        std::fs::write(&path, b"this is not a database, it is the user's data".repeat(100)).unwrap();
+        let err = SqliteStore::open(path.clone()).err().expect("must fail");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(std::fs::read(&path).unwrap().starts_with(b"this is not a database"));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_foreign_cache_table_is_refused() {
+        let path = temp_path("foreign");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE cache (id INTEGER PRIMARY KEY, payload TEXT)").unwrap();
+        drop(c);
+        let err = SqliteStore::open(path.clone()).err().expect("must fail");
+        assert!(err.to_string().contains("foreign schema"), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}

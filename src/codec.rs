@@ -1,0 +1,184 @@
+//! How values are kept, and how they are handed out without letting a caller that
+//! mutates its result change what is cached.
+//!
+//! - Immutable values (numbers, strings, bytes, `None`, and tuples / frozensets of
+//!   those) are shared: every hit returns the same object.
+//! - Dicts, lists, sets and tuples whose leaves are immutable are copied structurally
+//!   here, on store and on every hit.
+//! - Anything else is pickled once on store and unpickled on every hit.
+//!
+//! The byte backends (file, Redis) keep `pickle.dumps(value)`, as cachu 0.2.x does.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{
+    PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
+    PyTuple,
+};
+
+/// Nesting deeper than this is left to pickle rather than copied here.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Shape {
+    Immutable,
+    Structural,
+    Opaque,
+}
+
+fn is_immutable_leaf(v: &Bound<'_, PyAny>) -> bool {
+    v.is_exact_instance_of::<PyString>()
+        || v.is_exact_instance_of::<PyInt>()
+        || v.is_none()
+        || v.is_exact_instance_of::<PyFloat>()
+        || v.is_exact_instance_of::<PyBool>()
+        || v.is_exact_instance_of::<PyBytes>()
+        || v.is_exact_instance_of::<PyComplex>()
+}
+
+fn shape_of_items<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    depth: usize,
+) -> Shape {
+    let mut worst = Shape::Immutable;
+    for item in items {
+        worst = worst.max(shape(&item, depth + 1));
+        if worst == Shape::Opaque {
+            break;
+        }
+    }
+    worst
+}
+
+fn shape(v: &Bound<'_, PyAny>, depth: usize) -> Shape {
+    if is_immutable_leaf(v) {
+        return Shape::Immutable;
+    }
+    if depth > MAX_DEPTH {
+        return Shape::Opaque;
+    }
+    if let Ok(t) = v.cast_exact::<PyTuple>() {
+        return shape_of_items(t.iter(), depth);
+    }
+    if let Ok(s) = v.cast_exact::<PyFrozenSet>() {
+        return match shape_of_items(s.iter(), depth) {
+            Shape::Immutable => Shape::Immutable,
+            _ => Shape::Opaque,
+        };
+    }
+    if let Ok(l) = v.cast_exact::<PyList>() {
+        return shape_of_items(l.iter(), depth).max(Shape::Structural);
+    }
+    if let Ok(d) = v.cast_exact::<PyDict>() {
+        let keys = shape_of_items(d.keys().iter(), depth);
+        if keys != Shape::Immutable {
+            return Shape::Opaque;
+        }
+        return shape_of_items(d.values().iter(), depth).max(Shape::Structural);
+    }
+    if let Ok(s) = v.cast_exact::<PySet>() {
+        return match shape_of_items(s.iter(), depth) {
+            Shape::Immutable => Shape::Structural,
+            _ => Shape::Opaque,
+        };
+    }
+    Shape::Opaque
+}
+
+/// A copy of a value of structural shape: containers new, immutable leaves shared.
+fn deep_copy<'py>(v: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = v.py();
+    if let Ok(d) = v.cast_exact::<PyDict>() {
+        let out = PyDict::new(py);
+        for (k, val) in d.iter() {
+            out.set_item(k, deep_copy(&val)?)?;
+        }
+        return Ok(out.into_any());
+    }
+    if let Ok(l) = v.cast_exact::<PyList>() {
+        let items = l
+            .iter()
+            .map(|item| deep_copy(&item))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(PyList::new(py, items)?.into_any());
+    }
+    if let Ok(t) = v.cast_exact::<PyTuple>() {
+        if shape_of_items(t.iter(), 0) == Shape::Immutable {
+            return Ok(v.clone());
+        }
+        let items = t
+            .iter()
+            .map(|item| deep_copy(&item))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(PyTuple::new(py, items)?.into_any());
+    }
+    if let Ok(s) = v.cast_exact::<PySet>() {
+        return Ok(PySet::new(py, s.iter())?.into_any());
+    }
+    Ok(v.clone())
+}
+
+struct Pickle {
+    dumps: Py<PyAny>,
+    loads: Py<PyAny>,
+}
+
+static PICKLE: PyOnceLock<Pickle> = PyOnceLock::new();
+
+fn pickle(py: Python<'_>) -> PyResult<&Pickle> {
+    PICKLE.get_or_try_init(py, || {
+        let m = py.import("pickle")?;
+        Ok::<_, PyErr>(Pickle {
+            dumps: m.getattr("dumps")?.unbind(),
+            loads: m.getattr("loads")?.unbind(),
+        })
+    })
+}
+
+/// `pickle.dumps(value)`: the value format of the file and Redis backends.
+pub fn dumps<'py>(value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let py = value.py();
+    Ok(pickle(py)?.dumps.bind(py).call1((value,))?.cast_into()?)
+}
+
+/// `pickle.loads(data)`.
+pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    pickle(py)?.loads.bind(py).call1((PyBytes::new(py, data),))
+}
+
+/// A value as the memory backend keeps it.
+pub enum Stored {
+    Shared(Py<PyAny>),
+    Copied(Py<PyAny>),
+    Pickled(Py<PyBytes>),
+}
+
+impl Stored {
+    /// Takes a value in, copying or pickling it so that later changes to `value` do not
+    /// reach the cache. Fails only if the value must be pickled and cannot be.
+    pub fn capture(value: &Bound<'_, PyAny>) -> PyResult<Stored> {
+        Ok(match shape(value, 0) {
+            Shape::Immutable => Stored::Shared(value.clone().unbind()),
+            Shape::Structural => Stored::Copied(deep_copy(value)?.unbind()),
+            Shape::Opaque => Stored::Pickled(dumps(value)?.unbind()),
+        })
+    }
+
+    /// A value for one caller: the shared object, or a fresh copy.
+    pub fn materialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Stored::Shared(v) => Ok(v.bind(py).clone()),
+            Stored::Copied(v) => deep_copy(v.bind(py)),
+            Stored::Pickled(b) => pickle(py)?.loads.bind(py).call1((b.bind(py),)),
+        }
+    }
+
+    /// Another handle on the same stored value (no Python code runs).
+    pub fn clone_ref(&self, py: Python<'_>) -> Stored {
+        match self {
+            Stored::Shared(v) => Stored::Shared(v.clone_ref(py)),
+            Stored::Copied(v) => Stored::Copied(v.clone_ref(py)),
+            Stored::Pickled(b) => Stored::Pickled(b.clone_ref(py)),
+        }
+    }
+}

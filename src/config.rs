@@ -1,0 +1,428 @@
+//! Per-package configuration and the global on/off switch.
+//!
+//! Each calling package (the first dotted part of the caller's module `__name__`) has
+//! its own [`Config`]; packages that never called `configure` read the defaults.
+//! Every change bumps a generation counter, which lets decorated functions keep their
+//! resolved settings cached and re-read them only after a change.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyString};
+
+use crate::errors::{repr_of, CacheError, CacheResult};
+
+/// The kinds of backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Memory,
+    File,
+    Redis,
+    Null,
+}
+
+impl BackendKind {
+    /// Every kind, in the order clears visit them.
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Memory,
+        BackendKind::File,
+        BackendKind::Redis,
+        BackendKind::Null,
+    ];
+
+    /// Parses a backend name, naming the offending parameter on failure.
+    pub fn parse(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<Self> {
+        let bad = || {
+            CacheError::config(
+                param,
+                repr_of(value),
+                "use 'memory', 'file', 'redis' or 'null'",
+            )
+        };
+        let name = value
+            .cast::<PyString>()
+            .map_err(|_| bad())?
+            .to_str()
+            .map_err(|_| bad())?;
+        match name {
+            "memory" => Ok(BackendKind::Memory),
+            "file" => Ok(BackendKind::File),
+            "redis" => Ok(BackendKind::Redis),
+            "null" => Ok(BackendKind::Null),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::File => "file",
+            BackendKind::Redis => "redis",
+            BackendKind::Null => "null",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One package's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub backend: BackendKind,
+    pub key_prefix: String,
+    pub file_dir: String,
+    pub redis_url: String,
+    pub lock_timeout: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::Memory,
+            key_prefix: String::new(),
+            file_dir: "/tmp".to_owned(),
+            redis_url: "redis://localhost:6379/0".to_owned(),
+            lock_timeout: 10.0,
+        }
+    }
+}
+
+type Registry = HashMap<Option<String>, Arc<Config>>;
+
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(HashMap::new()));
+static DEFAULT: LazyLock<Arc<Config>> = LazyLock::new(|| Arc::new(Config::default()));
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Changes whenever any package's configuration changes.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Makes every decorated function re-read its settings and backend on its next call.
+pub fn bump_generation() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Whether `disable()` is in force.
+#[inline]
+pub fn is_disabled_now() -> bool {
+    DISABLED.load(Ordering::Relaxed)
+}
+
+/// The configuration of `package`, or the defaults if it never configured.
+pub fn config_of(package: Option<&str>) -> Arc<Config> {
+    let reg = REGISTRY.read();
+    reg.get(&package.map(str::to_owned))
+        .cloned()
+        .unwrap_or_else(|| DEFAULT.clone())
+}
+
+/// The package of the Python code that called into cachu: the first dotted part of the
+/// nearest frame's module name that is not cachu's own; `__main__.{script stem}` for a
+/// script, as 0.2.x names it (its SQLite files carry that name).
+pub fn caller_package(py: Python<'_>) -> Option<String> {
+    let sys = py.import("sys").ok()?;
+    let mut frame = sys.getattr("_getframe").ok()?.call1((0,)).ok()?;
+    while !frame.is_none() {
+        let name = frame
+            .getattr("f_globals")
+            .ok()
+            .and_then(|g| g.get_item("__name__").ok())
+            .and_then(|n| n.extract::<String>().ok())
+            .unwrap_or_default();
+        if !name.is_empty() && name != "cachu" && !name.starts_with("cachu.") {
+            let pkg = name.split('.').next().unwrap_or_default().to_owned();
+            if pkg == "__main__" {
+                if let Some(stem) = script_stem(&sys) {
+                    return Some(format!("__main__.{stem}"));
+                }
+            }
+            return Some(pkg);
+        }
+        frame = frame.getattr("f_back").ok()?;
+    }
+    None
+}
+
+fn script_stem(sys: &Bound<'_, PyModule>) -> Option<String> {
+    let argv0: String = sys.getattr("argv").ok()?.get_item(0).ok()?.extract().ok()?;
+    if argv0.is_empty() {
+        return None;
+    }
+    let path = std::path::Path::new(&argv0);
+    path.file_stem().map(|s| s.to_string_lossy().into_owned())
+}
+
+/// A package name given as `package=`, or the caller's.
+pub fn resolve_package(py: Python<'_>, package: Option<String>) -> Option<String> {
+    package.or_else(|| caller_package(py))
+}
+
+fn parse_str(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<String> {
+    value
+        .cast::<PyString>()
+        .ok()
+        .and_then(|s| s.to_str().ok().map(str::to_owned))
+        .ok_or_else(|| CacheError::config(param, repr_of(value), "expected a str"))
+}
+
+fn parse_file_dir(value: &Bound<'_, PyAny>) -> CacheResult<String> {
+    let path: std::path::PathBuf = value.extract().map_err(|_| {
+        CacheError::config("file_dir", repr_of(value), "expected a str or os.PathLike")
+    })?;
+    let shown = path.display().to_string();
+    if !path.is_dir() {
+        return Err(CacheError::config(
+            "file_dir",
+            format!("{shown:?}"),
+            "it must be an existing directory",
+        ));
+    }
+    let metadata = std::fs::metadata(&path).map_err(|e| {
+        CacheError::config("file_dir", format!("{shown:?}"), format!("cannot be read: {e}"))
+    })?;
+    if metadata.permissions().readonly() || !is_writable(&path) {
+        return Err(CacheError::config(
+            "file_dir",
+            format!("{shown:?}"),
+            "the directory is not writable",
+        ));
+    }
+    Ok(shown)
+}
+
+/// Whether a file can be created in `dir` (permission bits alone do not say, e.g. for root).
+fn is_writable(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".cachu-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            true
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::AlreadyExists,
+    }
+}
+
+fn parse_redis_url(value: &Bound<'_, PyAny>) -> CacheResult<String> {
+    let url = parse_str("redis_url", value)?;
+    if ["redis://", "rediss://", "unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        Ok(url)
+    } else {
+        Err(CacheError::config(
+            "redis_url",
+            repr_of(value),
+            "expected a URL starting with redis://, rediss:// or unix://",
+        ))
+    }
+}
+
+/// A positive number of seconds (`bool` is not a number here).
+pub fn parse_seconds(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<f64> {
+    let is_number = value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>();
+    let is_bool = value.is_instance_of::<pyo3::types::PyBool>();
+    match value.extract::<f64>() {
+        Ok(v) if is_number && !is_bool && v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(CacheError::config(
+            param,
+            repr_of(value),
+            "expected a positive number of seconds",
+        )),
+    }
+}
+
+/// A snapshot of one package's configuration.
+#[pyclass(frozen, module = "cachu._cachu", name = "CacheConfig")]
+pub struct PyConfig {
+    inner: Arc<Config>,
+}
+
+#[pymethods]
+impl PyConfig {
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+    #[getter]
+    fn key_prefix(&self) -> &str {
+        &self.inner.key_prefix
+    }
+    #[getter]
+    fn file_dir(&self) -> &str {
+        &self.inner.file_dir
+    }
+    #[getter]
+    fn redis_url(&self) -> &str {
+        &self.inner.redis_url
+    }
+    #[getter]
+    fn lock_timeout(&self) -> f64 {
+        self.inner.lock_timeout
+    }
+
+    /// The settings as a plain dict.
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        config_dict(py, &self.inner)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<PyConfig>()
+            .is_ok_and(|o| *o.get().inner == *self.inner)
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.inner;
+        Python::attach(|py| {
+            let r = |s: &str| repr_of(&PyString::new(py, s).into_any());
+            format!(
+                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?})",
+                r(c.backend.name()),
+                r(&c.key_prefix),
+                r(&c.file_dir),
+                r(&c.redis_url),
+                c.lock_timeout
+            )
+        })
+    }
+}
+
+fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("backend", c.backend.name())?;
+    d.set_item("key_prefix", &c.key_prefix)?;
+    d.set_item("file_dir", &c.file_dir)?;
+    d.set_item("redis_url", &c.redis_url)?;
+    d.set_item("lock_timeout", c.lock_timeout)?;
+    Ok(d)
+}
+
+fn present_arg<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> {
+    v.filter(|v| !v.is_none()).cloned()
+}
+
+/// Configures the caller's package (or `package`). Options left as `None` keep their
+/// current value; an unknown option or a bad value raises `ConfigurationError` and
+/// changes nothing.
+#[pyfunction]
+#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, *, package=None, **unknown))]
+pub fn configure(
+    py: Python<'_>,
+    backend: Option<&Bound<'_, PyAny>>,
+    key_prefix: Option<&Bound<'_, PyAny>>,
+    file_dir: Option<&Bound<'_, PyAny>>,
+    redis_url: Option<&Bound<'_, PyAny>>,
+    lock_timeout: Option<&Bound<'_, PyAny>>,
+    package: Option<String>,
+    unknown: Option<&Bound<'_, PyDict>>,
+) -> PyResult<PyConfig> {
+    if let Some((name, value)) = unknown.and_then(|u| u.iter().next()) {
+        let name = name.to_string();
+        return Err(CacheError::config(
+            name.clone(),
+            repr_of(&value),
+            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url and lock_timeout"),
+        )
+        .into());
+    }
+    let backend = present_arg(backend)
+        .map(|v| BackendKind::parse("backend", &v))
+        .transpose()?;
+    let key_prefix = present_arg(key_prefix)
+        .map(|v| parse_str("key_prefix", &v))
+        .transpose()?;
+    let file_dir = present_arg(file_dir).map(|v| parse_file_dir(&v)).transpose()?;
+    let redis_url = present_arg(redis_url)
+        .map(|v| parse_redis_url(&v))
+        .transpose()?;
+    let lock_timeout = present_arg(lock_timeout)
+        .map(|v| parse_seconds("lock_timeout", &v))
+        .transpose()?;
+
+    let package = resolve_package(py, package);
+    let mut reg = REGISTRY.write();
+    let mut cfg = reg
+        .get(&package)
+        .map_or_else(Config::default, |c| (**c).clone());
+    if let Some(v) = backend {
+        cfg.backend = v;
+    }
+    if let Some(v) = key_prefix {
+        cfg.key_prefix = v;
+    }
+    if let Some(v) = file_dir {
+        cfg.file_dir = v;
+    }
+    if let Some(v) = redis_url {
+        cfg.redis_url = v;
+    }
+    if let Some(v) = lock_timeout {
+        cfg.lock_timeout = v;
+    }
+    let cfg = Arc::new(cfg);
+    reg.insert(package, cfg.clone());
+    bump_generation();
+    Ok(PyConfig { inner: cfg })
+}
+
+/// The configuration of the caller's package (or `package`).
+#[pyfunction]
+#[pyo3(signature = (package=None))]
+pub fn get_config(py: Python<'_>, package: Option<String>) -> PyConfig {
+    let package = resolve_package(py, package);
+    PyConfig {
+        inner: config_of(package.as_deref()),
+    }
+}
+
+/// Every configured package's settings as dicts, plus `'_default'`.
+#[pyfunction]
+pub fn get_all_configs(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("_default", config_dict(py, &DEFAULT)?)?;
+    let reg = REGISTRY.read().clone();
+    for (pkg, cfg) in &reg {
+        out.set_item(pkg.as_deref(), config_dict(py, cfg)?)?;
+    }
+    Ok(out)
+}
+
+/// The package of the nearest caller outside cachu.
+#[pyfunction]
+pub fn _caller_package(py: Python<'_>) -> Option<String> {
+    caller_package(py)
+}
+
+/// Turns every cache off: decorated functions call through until `enable()`.
+#[pyfunction]
+pub fn disable() {
+    DISABLED.store(true, Ordering::Relaxed);
+}
+
+/// Turns caching back on after `disable()`.
+#[pyfunction]
+pub fn enable() {
+    DISABLED.store(false, Ordering::Relaxed);
+}
+
+/// Whether `disable()` is in force.
+#[pyfunction]
+pub fn is_disabled() -> bool {
+    is_disabled_now()
+}

@@ -1,0 +1,883 @@
+//! `@cache(...)`: the decorator factory, the cached function and its helpers.
+//!
+//! Decoration reads the signature and validates every option once. A call is one
+//! Rust function: check the switches, build the key, look it up, and on a miss run the
+//! function once per key however many threads ask (see `flight.rs`).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use pyo3::exceptions::PyException;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
+use pyo3::{intern, PyTraverseError};
+
+use crate::backend::memory::unix_now;
+use crate::backend::{self, Backend};
+use crate::codec::Stored;
+use crate::config::{self, BackendKind};
+use crate::errors::{repr_of, CacheError};
+use crate::flight::{Flights, Join, Waited};
+use crate::key::{function_head, region_name, KeyPlan};
+use crate::warn;
+
+/// How long a region whose backend failed to open is left alone before a retry.
+const RETRY_FAILED_BACKEND: Duration = Duration::from_secs(5);
+
+/// A decorated function's time to live.
+pub enum Ttl {
+    Fixed(i64),
+    /// Called with the result; keys use the region of TTL -1 (`-1s`), as in 0.2.x.
+    Dynamic(Py<PyAny>),
+}
+
+impl Ttl {
+    /// The TTL that names the region (and the backend instance).
+    pub fn region_ttl(&self) -> i64 {
+        match self {
+            Ttl::Fixed(t) => *t,
+            Ttl::Dynamic(_) => -1,
+        }
+    }
+
+    fn parse(value: &Bound<'_, PyAny>) -> Result<Ttl, CacheError> {
+        if let Some(seconds) = whole_seconds(value) {
+            return Ok(Ttl::Fixed(seconds));
+        }
+        if value.is_callable() {
+            return Ok(Ttl::Dynamic(value.clone().unbind()));
+        }
+        Err(CacheError::config(
+            "ttl",
+            repr_of(value),
+            "expected a whole number of seconds >= 0, or a callable that takes the result and returns one",
+        ))
+    }
+}
+
+/// A whole, non-negative number of seconds (an `int`, or a `float` without a fraction).
+pub fn whole_seconds(value: &Bound<'_, PyAny>) -> Option<i64> {
+    if value.is_instance_of::<PyBool>() {
+        return None;
+    }
+    if value.is_instance_of::<PyInt>() {
+        return value.extract::<i64>().ok().filter(|s| *s >= 0);
+    }
+    if value.is_instance_of::<PyFloat>() {
+        let f: f64 = value.extract().ok()?;
+        if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 {
+            return Some(f as i64);
+        }
+    }
+    None
+}
+
+/// Hit and miss counters of one decorated function.
+pub struct Stats {
+    pub package: Option<String>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+static ALL_STATS: LazyLock<Mutex<Vec<Weak<Stats>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+/// Zeroes the counters of every decorated function of `package`.
+pub fn reset_stats(package: Option<&str>) {
+    let mut all = ALL_STATS.lock();
+    all.retain(|w| w.strong_count() > 0);
+    for s in all.iter().filter_map(Weak::upgrade) {
+        if s.package.as_deref() == package {
+            s.hits.store(0, Ordering::Relaxed);
+            s.misses.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the settings of the moment make of a decorated function.
+struct Resolved {
+    generation: u64,
+    /// `{region}:{key_prefix}{name}|` (or with the tag): every key starts with it.
+    head: String,
+    backend: Result<Arc<Backend>, (PyErr, Instant)>,
+    lock_timeout: Duration,
+}
+
+/// The options of `@cache(...)`, validated.
+pub struct Options {
+    ttl: Ttl,
+    backend: Option<BackendKind>,
+    tag: String,
+    exclude: HashSet<String>,
+    cache_if: Option<Py<PyAny>>,
+    validate: Option<Py<PyAny>>,
+    package: Option<String>,
+}
+
+impl Options {
+    /// Validates every option of `@cache(...)`, naming the one that is wrong.
+    pub fn parse(
+        py: Python<'_>,
+        ttl: &Bound<'_, PyAny>,
+        backend: Option<&Bound<'_, PyAny>>,
+        tag: Option<&Bound<'_, PyAny>>,
+        exclude: Option<&Bound<'_, PyAny>>,
+        cache_if: Option<&Bound<'_, PyAny>>,
+        validate: Option<&Bound<'_, PyAny>>,
+        package: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Options> {
+        let ttl = Ttl::parse(ttl)?;
+        let backend = backend
+            .filter(|b| !b.is_none())
+            .map(|b| BackendKind::parse("backend", b))
+            .transpose()?;
+        let tag = match tag.filter(|t| !t.is_none()) {
+            None => String::new(),
+            Some(t) => t
+                .cast::<PyString>()
+                .ok()
+                .and_then(|s| s.to_str().ok().map(str::to_owned))
+                .ok_or_else(|| CacheError::config("tag", repr_of(t), "expected a str"))?,
+        };
+        let exclude = match exclude.filter(|e| !e.is_none()) {
+            None => HashSet::new(),
+            Some(e) => parse_exclude(e)?,
+        };
+        let callable = |name: &'static str, v: Option<&Bound<'_, PyAny>>| -> PyResult<Option<Py<PyAny>>> {
+            match v.filter(|v| !v.is_none()) {
+                None => Ok(None),
+                Some(v) if v.is_callable() => Ok(Some(v.clone().unbind())),
+                Some(v) => Err(CacheError::config(name, repr_of(v), "expected a callable").into()),
+            }
+        };
+        let cache_if = callable("cache_if", cache_if)?;
+        let validate = callable("validate", validate)?;
+        let package = match package.filter(|p| !p.is_none()) {
+            Some(p) => Some(
+                p.extract::<String>()
+                    .map_err(|_| CacheError::config("package", repr_of(p), "expected a str"))?,
+            ),
+            None => config::caller_package(py),
+        };
+        Ok(Options {
+            ttl,
+            backend,
+            tag,
+            exclude,
+            cache_if,
+            validate,
+            package,
+        })
+    }
+}
+
+fn parse_exclude(e: &Bound<'_, PyAny>) -> PyResult<HashSet<String>> {
+    let bad = || CacheError::config("exclude", repr_of(e), "expected a set of parameter names");
+    if e.is_instance_of::<PyString>() {
+        return Err(bad().into());
+    }
+    let iter = e.try_iter().map_err(|_| bad())?;
+    let mut out = HashSet::new();
+    for item in iter {
+        out.insert(item?.extract::<String>().map_err(|_| bad())?);
+    }
+    Ok(out)
+}
+
+/// The decorator that `cache(...)` returns.
+#[pyclass(frozen, module = "cachu._cachu")]
+pub struct Decorator {
+    options: Mutex<Option<Options>>,
+}
+
+impl Decorator {
+    pub fn new(options: Options) -> Self {
+        Decorator {
+            options: Mutex::new(Some(options)),
+        }
+    }
+}
+
+#[pymethods]
+impl Decorator {
+    fn __call__(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if !func.is_callable() {
+            return Err(CacheError::config("func", repr_of(func), "@cache decorates a function").into());
+        }
+        let options = {
+            let opts = self.options.lock();
+            opts.as_ref().map(|o| o.clone_ref(py))
+        }
+        .ok_or_else(|| CacheError::config("func", repr_of(func), "this decorator was already used"))?;
+        let is_async = py
+            .import("inspect")?
+            .getattr("iscoroutinefunction")?
+            .call1((func,))?
+            .is_truthy()?;
+        let cached = Bound::new(py, CachedFunction::new(py, func, options, is_async)?)?;
+        py.import("functools")?
+            .getattr("update_wrapper")?
+            .call1((&cached, func))?;
+        if is_async {
+            // The coroutine front lives in Python: it awaits, and calls back into this
+            // object for keys and storage.
+            return Ok(py
+                .import("cachu._async")?
+                .getattr("wrap")?
+                .call1((cached,))?
+                .unbind());
+        }
+        Ok(cached.into_any().unbind())
+    }
+}
+
+impl Options {
+    fn clone_ref(&self, py: Python<'_>) -> Options {
+        Options {
+            ttl: match &self.ttl {
+                Ttl::Fixed(t) => Ttl::Fixed(*t),
+                Ttl::Dynamic(f) => Ttl::Dynamic(f.clone_ref(py)),
+            },
+            backend: self.backend,
+            tag: self.tag.clone(),
+            exclude: self.exclude.clone(),
+            cache_if: self.cache_if.as_ref().map(|f| f.clone_ref(py)),
+            validate: self.validate.as_ref().map(|f| f.clone_ref(py)),
+            package: self.package.clone(),
+        }
+    }
+}
+
+/// A value handed to `validate=` callbacks.
+#[pyclass(frozen, module = "cachu._cachu", name = "CacheEntry")]
+pub struct CacheEntry {
+    #[pyo3(get)]
+    value: Py<PyAny>,
+    #[pyo3(get)]
+    created_at: f64,
+    #[pyo3(get)]
+    age: f64,
+}
+
+#[pymethods]
+impl CacheEntry {
+    #[new]
+    fn py_new(value: Py<PyAny>, created_at: f64, age: f64) -> Self {
+        CacheEntry {
+            value,
+            created_at,
+            age,
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "CacheEntry(value={}, created_at={}, age={})",
+            repr_of(self.value.bind(py)),
+            self.created_at,
+            self.age
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.value)
+    }
+}
+
+/// Statistics of one decorated function.
+#[pyclass(frozen, eq, module = "cachu._cachu", name = "CacheInfo")]
+#[derive(PartialEq, Eq)]
+pub struct CacheInfo {
+    #[pyo3(get)]
+    hits: u64,
+    #[pyo3(get)]
+    misses: u64,
+    #[pyo3(get)]
+    currsize: usize,
+}
+
+#[pymethods]
+impl CacheInfo {
+    #[new]
+    fn py_new(hits: u64, misses: u64, currsize: usize) -> Self {
+        CacheInfo {
+            hits,
+            misses,
+            currsize,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CacheInfo(hits={}, misses={}, currsize={})",
+            self.hits, self.misses, self.currsize
+        )
+    }
+}
+
+/// The per-call switches, taken out of `**kwargs` before the function sees them.
+#[derive(Default, Clone, Copy)]
+struct Flags {
+    skip: bool,
+    overwrite: bool,
+}
+
+fn take_flags<'py>(
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<(Option<Bound<'py, PyDict>>, Flags)> {
+    let Some(kw) = kwargs else {
+        return Ok((None, Flags::default()));
+    };
+    let py = kw.py();
+    let skip = kw.get_item(intern!(py, "_skip_cache"))?;
+    let overwrite = kw.get_item(intern!(py, "_overwrite_cache"))?;
+    if skip.is_none() && overwrite.is_none() {
+        return Ok((Some(kw.clone()), Flags::default()));
+    }
+    // The caller's dict is not ours to change.
+    let kw = kw.copy()?;
+    let mut flags = Flags::default();
+    if let Some(v) = skip {
+        flags.skip = v.is_truthy()?;
+        kw.del_item(intern!(py, "_skip_cache"))?;
+    }
+    if let Some(v) = overwrite {
+        flags.overwrite = v.is_truthy()?;
+        kw.del_item(intern!(py, "_overwrite_cache"))?;
+    }
+    Ok((Some(kw), flags))
+}
+
+/// What the computing caller hands to those that waited for it.
+type Outcome = Result<Stored, PyErr>;
+
+/// A function decorated with `@cache(...)`.
+#[pyclass(frozen, dict, weakref, module = "cachu._cachu")]
+pub struct CachedFunction {
+    func: Py<PyAny>,
+    name: String,
+    head: String,
+    plan: KeyPlan,
+    ttl: Ttl,
+    backend: Option<BackendKind>,
+    package: Option<String>,
+    cache_if: Option<Py<PyAny>>,
+    validate: Option<Py<PyAny>>,
+    is_async: bool,
+    stats: Arc<Stats>,
+    flights: Flights<Outcome>,
+    resolved: RwLock<Option<Arc<Resolved>>>,
+}
+
+static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl CachedFunction {
+    fn new(py: Python<'_>, func: &Bound<'_, PyAny>, o: Options, is_async: bool) -> PyResult<Self> {
+        let target = match func.getattr(intern!(py, "__wrapped__")) {
+            Ok(inner) => inner,
+            Err(_) => func.clone(),
+        };
+        let name: String = target.getattr(intern!(py, "__name__"))?.extract()?;
+        let plan = KeyPlan::new(&target, o.exclude)?;
+        let stats = Arc::new(Stats {
+            package: o.package.clone(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        });
+        ALL_STATS.lock().push(Arc::downgrade(&stats));
+        Ok(CachedFunction {
+            func: func.clone().unbind(),
+            head: function_head(&name, &o.tag),
+            name,
+            plan,
+            ttl: o.ttl,
+            backend: o.backend,
+            package: o.package,
+            cache_if: o.cache_if,
+            validate: o.validate,
+            is_async,
+            stats,
+            flights: Flights::default(),
+            resolved: RwLock::new(None),
+        })
+    }
+
+    /// The settings in force, re-read only after a `configure()`.
+    #[inline]
+    fn resolve(&self) -> Arc<Resolved> {
+        let generation = config::generation();
+        if let Some(r) = &*self.resolved.read() {
+            let stale_failure = matches!(&r.backend, Err((_, at)) if at.elapsed() > RETRY_FAILED_BACKEND);
+            if r.generation == generation && !stale_failure {
+                return r.clone();
+            }
+        }
+        self.resolve_slow(generation)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn resolve_slow(&self, generation: u64) -> Arc<Resolved> {
+        let cfg = config::config_of(self.package.as_deref());
+        let region_ttl = self.ttl.region_ttl();
+        let kind = self.backend.unwrap_or(cfg.backend);
+        let backend = backend::instance(self.package.as_deref(), kind, region_ttl)
+            .map_err(|e| (e, Instant::now()));
+        let r = Arc::new(Resolved {
+            generation,
+            head: format!("{}:{}{}", region_name(region_ttl), cfg.key_prefix, self.head),
+            backend,
+            lock_timeout: Duration::from_secs_f64(cfg.lock_timeout),
+        });
+        *self.resolved.write() = Some(r.clone());
+        r
+    }
+
+    fn backend_or_err(&self, py: Python<'_>, r: &Resolved) -> PyResult<Arc<Backend>> {
+        match &r.backend {
+            Ok(b) => Ok(b.clone()),
+            Err((e, _)) => Err(e.clone_ref(py)),
+        }
+    }
+
+    fn key(&self, r: &Resolved, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        let mut key = String::with_capacity(r.head.len() + 32);
+        key.push_str(&r.head);
+        self.plan.write_params(&mut key, args, kwargs)?;
+        Ok(key)
+    }
+
+    /// The key that a call with these arguments uses, with the settings in force.
+    pub fn key_for(&self, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        self.key(&self.resolve(), args, kwargs)
+    }
+
+    /// The backend instance this function uses now.
+    pub fn backend_now(&self, py: Python<'_>) -> PyResult<Arc<Backend>> {
+        self.backend_or_err(py, &self.resolve())
+    }
+
+    /// The prefix every key of this function starts with (`{region}:{prefix}{name}|`).
+    pub fn entries_prefix(&self) -> String {
+        let r = self.resolve();
+        let name_end = r.head.len() - self.head.len() + self.name.len() + 1;
+        r.head[..name_end].to_owned()
+    }
+
+    /// A cached value valid for `validate=`, or `None`.
+    fn lookup<'py>(&self, py: Python<'py>, backend: &Backend, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let found = match backend.get(py, key) {
+            Ok(found) => found,
+            Err(e) => {
+                warn::backend_failed(py, &e);
+                None
+            }
+        };
+        let Some((value, created_at)) = found else {
+            return Ok(None);
+        };
+        if let Some(validate) = &self.validate {
+            let entry = CacheEntry {
+                value: value.clone().unbind(),
+                created_at,
+                age: (unix_now() - created_at).max(0.0),
+            };
+            if !validate.bind(py).call1((entry,))?.is_truthy()? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(value))
+    }
+
+    fn call_func<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.func.bind(py).call(args, kwargs)
+    }
+
+    /// The seconds to keep `result`, from a fixed or a dynamic TTL.
+    fn ttl_for(&self, result: &Bound<'_, PyAny>) -> PyResult<f64> {
+        match &self.ttl {
+            Ttl::Fixed(t) => Ok(*t as f64),
+            Ttl::Dynamic(f) => {
+                let v = f.bind(result.py()).call1((result,))?;
+                whole_seconds(&v).map(|s| s as f64).ok_or_else(|| {
+                    CacheError::config(
+                        "ttl",
+                        format!("<callable returned {}>", repr_of(&v)),
+                        "a dynamic ttl must return a whole number of seconds >= 0",
+                    )
+                    .into()
+                })
+            }
+        }
+    }
+
+    /// Runs the function and stores its result (if `cache_if` allows): the miss path.
+    /// Returns the caller's result and what waiters get.
+    fn compute_and_store<'py>(
+        &self,
+        py: Python<'py>,
+        backend: &Backend,
+        key: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Option<Stored>)> {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let result = self.call_func(py, args, kwargs)?;
+        let wanted = match &self.cache_if {
+            Some(f) => f.bind(py).call1((&result,))?.is_truthy()?,
+            None => true,
+        };
+        let ttl = if wanted { Some(self.ttl_for(&result)?) } else { None };
+        let stored = match Stored::capture(&result) {
+            Ok(s) => s,
+            Err(e) => {
+                warn::once(
+                    py,
+                    &format!("unpicklable:{}", self.name),
+                    &format!(
+                        "cachu: the result of {}() was not cached: it can be neither copied nor pickled ({e})",
+                        self.name
+                    ),
+                );
+                return Ok((result, None));
+            }
+        };
+        if let Some(ttl) = ttl {
+            if let Err(e) = backend.set_stored(py, &stored, key, ttl) {
+                warn::backend_failed(py, &e);
+            }
+        }
+        Ok((result, Some(stored)))
+    }
+
+    /// The miss path, with single flight.
+    fn miss<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        backend: &Backend,
+        key: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        overwrite: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.flights.join(key) {
+            Join::Leader(leader) => {
+                // Another caller may have stored the value between our miss and now.
+                if !overwrite {
+                    if let Some(v) = self.lookup(py, backend, key)? {
+                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        drop(leader);
+                        return Ok(v);
+                    }
+                }
+                match self.compute_and_store(py, backend, key, args, kwargs) {
+                    Ok((result, stored)) => {
+                        leader.finish(Ok(stored.unwrap_or_else(|| Stored::Shared(result.clone().unbind()))));
+                        Ok(result)
+                    }
+                    Err(e) => {
+                        // Ordinary exceptions reach every waiter; KeyboardInterrupt and
+                        // the like concern this thread only: the waiters retry.
+                        if e.is_instance_of::<PyException>(py) {
+                            leader.finish(Err(e.clone_ref(py)));
+                        } else {
+                            drop(leader);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            Join::Follower(flight) => {
+                let timeout = r.lock_timeout;
+                match py.detach(|| flight.wait(timeout)) {
+                    Waited::Done(outcome) => match &*outcome {
+                        Ok(stored) => {
+                            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                            stored.materialize(py)
+                        }
+                        Err(e) => Err(e.clone_ref(py)),
+                    },
+                    Waited::Abandoned | Waited::TimedOut => {
+                        Ok(self.compute_and_store(py, backend, key, args, kwargs)?.0)
+                    }
+                }
+            }
+            Join::Reentrant => Ok(self.compute_and_store(py, backend, key, args, kwargs)?.0),
+        }
+    }
+
+    fn missing_default(slf: &Bound<'_, Self>, key: &str) -> PyErr {
+        let _ = slf;
+        CacheError::Missing(format!("no cached value for key {key:?}")).into()
+    }
+}
+
+#[pymethods]
+impl CachedFunction {
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let py = slf.py();
+        let (kwargs, flags) = take_flags(kwargs)?;
+        let kwargs = kwargs.as_ref();
+        if flags.skip || config::is_disabled_now() {
+            return this.call_func(py, args, kwargs);
+        }
+        let r = this.resolve();
+        let backend = match &r.backend {
+            Ok(b) => b.clone(),
+            Err((e, _)) => {
+                warn::backend_failed(py, e);
+                return this.call_func(py, args, kwargs);
+            }
+        };
+        let key = this.key(&r, args, kwargs)?;
+        if !flags.overwrite {
+            if let Some(v) = this.lookup(py, &backend, &key)? {
+                this.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(v);
+            }
+        }
+        this.miss(py, &r, &backend, &key, args, kwargs, flags.overwrite)
+    }
+
+    fn __get__(
+        slf: &Bound<'_, Self>,
+        obj: Option<&Bound<'_, PyAny>>,
+        _owner: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        match obj.filter(|o| !o.is_none()) {
+            None => Ok(slf.clone().into_any().unbind()),
+            Some(obj) => {
+                let method_type = METHOD_TYPE.import(py, "types", "MethodType")?;
+                Ok(method_type.call1((slf, obj))?.unbind())
+            }
+        }
+    }
+
+    /// The cached value for these arguments, without calling the function; `default`
+    /// if there is none, else `KeyError`.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn get<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (default, kwargs) = split_default(args, kwargs)?;
+        let this = slf.get();
+        let r = this.resolve();
+        let key = this.key(&r, &PyTuple::empty(py), kwargs.as_ref())?;
+        let backend = this.backend_or_err(py, &r)?;
+        match backend.get(py, &key)? {
+            Some((v, _)) => Ok(v),
+            None => default.ok_or_else(|| Self::missing_default(slf, &key)),
+        }
+    }
+
+    /// Stores `value` for these arguments.
+    #[pyo3(signature = (value, **kwargs))]
+    pub fn set(&self, py: Python<'_>, value: &Bound<'_, PyAny>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let r = self.resolve();
+        let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
+        let ttl = match &self.ttl {
+            Ttl::Fixed(t) => *t as f64,
+            Ttl::Dynamic(_) => self.ttl_for(value)?,
+        };
+        self.backend_or_err(py, &r)?.set(value, &key, ttl)
+    }
+
+    /// Removes the entry of these arguments.
+    #[pyo3(signature = (**kwargs))]
+    pub fn invalidate(&self, py: Python<'_>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let r = self.resolve();
+        let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
+        self.backend_or_err(py, &r)?.delete(py, &key)
+    }
+
+    /// Removes the entry of these arguments, then calls (and caches) again.
+    #[pyo3(signature = (**kwargs))]
+    fn refresh<'py>(slf: &Bound<'py, Self>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().invalidate(py, kwargs)?;
+        Self::__call__(slf, &PyTuple::empty(py), kwargs)
+    }
+
+    /// Calls the undecorated function: the cache is neither read nor written.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn original<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call_func(py, args, kwargs)
+    }
+
+    /// The key a call with these arguments reads and writes.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn cache_key(&self, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+        let (kwargs, _) = take_flags(kwargs)?;
+        self.key_for(args, kwargs.as_ref())
+    }
+
+    /// Hits and misses of this function, and how many entries it has in its backend.
+    pub fn cache_info(&self, py: Python<'_>) -> PyResult<CacheInfo> {
+        let prefix = self.entries_prefix();
+        let currsize = match self.backend_now(py) {
+            Ok(b) => b.count_prefix(py, &prefix)?,
+            Err(_) => 0,
+        };
+        Ok(CacheInfo {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            misses: self.stats.misses.load(Ordering::Relaxed),
+            currsize,
+        })
+    }
+
+    /// For the async front: the value for a key, validated, or `None`... as a pair
+    /// `(found, value)` since `None` may be cached.
+    fn _lookup<'py>(&self, py: Python<'py>, key: &str) -> PyResult<(bool, Bound<'py, PyAny>)> {
+        let backend = self.backend_now(py)?;
+        Ok(match self.lookup(py, &backend, key)? {
+            Some(v) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                (true, v)
+            }
+            None => (false, py.None().into_bound(py)),
+        })
+    }
+
+    /// For the async front: stores a computed result as the miss path does.
+    fn _store(&self, py: Python<'_>, key: &str, result: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let wanted = match &self.cache_if {
+            Some(f) => f.bind(py).call1((result,))?.is_truthy()?,
+            None => true,
+        };
+        if !wanted {
+            return Ok(());
+        }
+        let ttl = self.ttl_for(result)?;
+        if let Err(e) = self.backend_now(py).and_then(|b| b.set(result, key, ttl)) {
+            warn::backend_failed(py, &e);
+        }
+        Ok(())
+    }
+
+    /// For the async front: a copy of `value` as a hit would hand it out.
+    fn _copy<'py>(&self, value: &Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+        Stored::capture(value)
+            .and_then(|s| s.materialize(value.py()))
+            .unwrap_or_else(|_| value.clone())
+    }
+
+    /// Whether this function's backend keeps values in this process (no I/O).
+    #[getter]
+    fn _is_memory(&self, py: Python<'_>) -> bool {
+        self.backend_now(py).is_ok_and(|b| b.is_memory())
+    }
+
+    /// Whether the decorated function is a coroutine function.
+    #[getter]
+    fn _is_async(&self) -> bool {
+        self.is_async
+    }
+
+    /// The package whose configuration this function follows.
+    #[getter]
+    fn _package(&self) -> Option<String> {
+        self.package.clone()
+    }
+
+    /// The TTL, as given (an int, or the callable).
+    #[getter]
+    fn _ttl(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.ttl {
+            Ttl::Fixed(t) => t.into_pyobject(py).map_or_else(|_| py.None(), |v| v.into_any().unbind()),
+            Ttl::Dynamic(f) => f.clone_ref(py),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<cached function {}>", self.name)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        if let Ttl::Dynamic(f) = &self.ttl {
+            visit.call(f)?;
+        }
+        if let Some(f) = &self.cache_if {
+            visit.call(f)?;
+        }
+        if let Some(f) = &self.validate {
+            visit.call(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `.get(default, **kwargs)` / `.get(default=..., **kwargs)`.
+fn split_default<'py>(
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<(Option<Bound<'py, PyAny>>, Option<Bound<'py, PyDict>>)> {
+    let py = args.py();
+    let kwargs = kwargs.map(|k| k.copy()).transpose()?;
+    let mut default = None;
+    if let Some(k) = &kwargs {
+        if let Some(d) = k.get_item(intern!(py, "default"))? {
+            k.del_item(intern!(py, "default"))?;
+            default = Some(d);
+        }
+    }
+    match args.len() {
+        0 => {}
+        1 if default.is_none() => default = Some(args.get_item(0)?),
+        _ => {
+            return Err(CacheError::config(
+                "args",
+                repr_of(args),
+                "get() takes the default as its only positional argument; pass parameters by name",
+            )
+            .into())
+        }
+    }
+    Ok((default, kwargs))
+}
+
+/// `cache(...)`: a decorator that caches a function's results.
+#[pyfunction]
+#[pyo3(signature = (ttl=None, backend=None, tag=None, exclude=None, cache_if=None, validate=None, package=None))]
+pub fn cache(
+    py: Python<'_>,
+    ttl: Option<&Bound<'_, PyAny>>,
+    backend: Option<&Bound<'_, PyAny>>,
+    tag: Option<&Bound<'_, PyAny>>,
+    exclude: Option<&Bound<'_, PyAny>>,
+    cache_if: Option<&Bound<'_, PyAny>>,
+    validate: Option<&Bound<'_, PyAny>>,
+    package: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Decorator> {
+    let default_ttl = 300_i64.into_pyobject(py)?.into_any();
+    let ttl = ttl.unwrap_or(&default_ttl);
+    Ok(Decorator::new(Options::parse(
+        py, ttl, backend, tag, exclude, cache_if, validate, package,
+    )?))
+}

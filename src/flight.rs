@@ -1,0 +1,221 @@
+//! Single flight: concurrent misses of one key run the computation once; the other
+//! callers wait for its outcome instead of computing it again.
+//!
+//! Generic over the outcome so that it is tested without Python. Waiting happens with
+//! the GIL released by the caller; no lock here is held while the leader computes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+enum State<T> {
+    Running,
+    Done(Arc<T>),
+    Abandoned,
+}
+
+/// One computation in progress.
+pub struct Flight<T> {
+    state: Mutex<State<T>>,
+    done: Condvar,
+    leader: ThreadId,
+}
+
+/// What a waiter learns.
+pub enum Waited<T> {
+    /// The leader's outcome.
+    Done(Arc<T>),
+    /// The leader went away without an outcome (it panicked or was interrupted).
+    Abandoned,
+    /// The leader did not finish in time.
+    TimedOut,
+}
+
+impl<T> Flight<T> {
+    /// Waits up to `timeout` for the leader.
+    pub fn wait(&self, timeout: Duration) -> Waited<T> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock();
+        loop {
+            match &*state {
+                State::Done(v) => return Waited::Done(v.clone()),
+                State::Abandoned => return Waited::Abandoned,
+                State::Running => {
+                    if self.done.wait_until(&mut state, deadline).timed_out() {
+                        return match &*state {
+                            State::Done(v) => Waited::Done(v.clone()),
+                            State::Abandoned => Waited::Abandoned,
+                            State::Running => Waited::TimedOut,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The computations in progress, by key.
+pub struct Flights<T> {
+    map: Mutex<HashMap<String, Arc<Flight<T>>>>,
+}
+
+impl<T> Default for Flights<T> {
+    fn default() -> Self {
+        Flights {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The role of a caller that missed.
+pub enum Join<'a, T> {
+    /// Compute, then [`Leader::finish`].
+    Leader(Leader<'a, T>),
+    /// Another thread computes: wait for it.
+    Follower(Arc<Flight<T>>),
+    /// This very thread is already computing this key (recursion): compute again
+    /// rather than wait for ourselves.
+    Reentrant,
+}
+
+/// The caller that computes. Dropping it without finishing wakes the waiters with
+/// [`Waited::Abandoned`], so that a panic or an interruption never strands them.
+pub struct Leader<'a, T> {
+    flights: &'a Flights<T>,
+    key: String,
+    flight: Arc<Flight<T>>,
+    finished: bool,
+}
+
+impl<T> Flights<T> {
+    /// Joins the computation of `key`, becoming its leader if there is none.
+    pub fn join(&self, key: &str) -> Join<'_, T> {
+        let me = std::thread::current().id();
+        let mut map = self.map.lock();
+        if let Some(f) = map.get(key) {
+            return if f.leader == me {
+                Join::Reentrant
+            } else {
+                Join::Follower(f.clone())
+            };
+        }
+        let flight = Arc::new(Flight {
+            state: Mutex::new(State::Running),
+            done: Condvar::new(),
+            leader: me,
+        });
+        map.insert(key.to_owned(), flight.clone());
+        Join::Leader(Leader {
+            flights: self,
+            key: key.to_owned(),
+            flight,
+            finished: false,
+        })
+    }
+
+    /// How many computations are in progress.
+    pub fn in_progress(&self) -> usize {
+        self.map.lock().len()
+    }
+}
+
+impl<T> Leader<'_, T> {
+    /// Publishes the outcome to every waiter.
+    pub fn finish(mut self, outcome: T) {
+        self.settle(State::Done(Arc::new(outcome)));
+    }
+
+    fn settle(&mut self, state: State<T>) {
+        self.finished = true;
+        self.flights.map.lock().remove(&self.key);
+        *self.flight.state.lock() = state;
+        self.flight.done.notify_all();
+    }
+}
+
+impl<T> Drop for Leader<'_, T> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.settle(State::Abandoned);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn one_leader_many_followers() {
+        let flights = Arc::new(Flights::<usize>::default());
+        let computed = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (flights, computed, barrier) = (flights.clone(), computed.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    match flights.join("k") {
+                        Join::Leader(l) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            computed.fetch_add(1, Ordering::SeqCst);
+                            l.finish(42);
+                            42
+                        }
+                        Join::Follower(f) => match f.wait(Duration::from_secs(5)) {
+                            Waited::Done(v) => *v,
+                            _ => panic!("follower did not get the outcome"),
+                        },
+                        Join::Reentrant => panic!("not reentrant"),
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), 42);
+        }
+        // Threads that arrived after the first finished lead a flight of their own.
+        assert!(computed.load(Ordering::SeqCst) >= 1);
+        assert_eq!(flights.in_progress(), 0);
+    }
+
+    #[test]
+    fn same_thread_is_reentrant() {
+        let flights = Flights::<()>::default();
+        let Join::Leader(leader) = flights.join("k") else { panic!() };
+        assert!(matches!(flights.join("k"), Join::Reentrant));
+        leader.finish(());
+        assert!(matches!(flights.join("k"), Join::Leader(_)));
+    }
+
+    #[test]
+    fn dropped_leader_releases_waiters() {
+        let flights = Arc::new(Flights::<()>::default());
+        let Join::Leader(leader) = flights.join("k") else { panic!() };
+        let f2 = flights.clone();
+        let waiter = std::thread::spawn(move || match f2.join("k") {
+            Join::Follower(f) => matches!(f.wait(Duration::from_secs(5)), Waited::Abandoned),
+            _ => false,
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(leader);
+        assert!(waiter.join().unwrap());
+        assert_eq!(flights.in_progress(), 0);
+    }
+
+    #[test]
+    fn waiting_is_bounded() {
+        let flights = Arc::new(Flights::<()>::default());
+        let Join::Leader(_leader) = flights.join("k") else { panic!() };
+        let f2 = flights.clone();
+        let t = std::thread::spawn(move || match f2.join("k") {
+            Join::Follower(f) => matches!(f.wait(Duration::from_millis(30)), Waited::TimedOut),
+            _ => false,
+        });
+        assert!(t.join().unwrap());
+    }
+}

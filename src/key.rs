@@ -1,0 +1,366 @@
+//! Cache keys, exactly as cachu 0.2.x writes them (see FORMATS.md):
+//! `{region}:{key_prefix}{name}|{params}` or `{region}:{key_prefix}{name}||{tag}||{params}`.
+//!
+//! The expensive part (reading the signature) is done once, at decoration, into a
+//! [`KeyPlan`]; a call then only walks its arguments and formats them into one buffer.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt::Write;
+
+use pyo3::prelude::*;
+use pyo3::types::{
+    PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple,
+};
+
+/// The TTL region of a key: `{s}s`, `{m}m`, `{h}h` or `{d}d` (integer division).
+pub fn region_name(ttl: i64) -> String {
+    if ttl < 60 {
+        format!("{ttl}s")
+    } else if ttl < 3600 {
+        format!("{}m", ttl / 60)
+    } else if ttl < 86_400 {
+        format!("{}h", ttl / 3600)
+    } else {
+        format!("{}d", ttl / 86_400)
+    }
+}
+
+/// A tag as it stands in keys: `|` stripped from both ends, inner `|` made `.`, wrapped
+/// in `|`. The empty tag stays empty.
+pub fn normalize_tag(tag: &str) -> String {
+    if tag.is_empty() {
+        return String::new();
+    }
+    format!("|{}|", tag.trim_matches('|').replace('|', "."))
+}
+
+/// The SQLite file of a (package, TTL) region: `{package}_cache{n}{sec|min|hour}.db`.
+pub fn sqlite_file_name(package: Option<&str>, ttl: i64) -> String {
+    let base = if ttl < 60 {
+        format!("cache{ttl}sec.db")
+    } else if ttl < 3600 {
+        format!("cache{}min.db", ttl / 60)
+    } else {
+        format!("cache{}hour.db", ttl / 3600)
+    };
+    match package {
+        Some(p) if !p.is_empty() => format!("{p}_{base}"),
+        _ => base,
+    }
+}
+
+/// The part of a function's keys that precedes the parameters: `name|` or `name||tag||`.
+pub fn function_head(name: &str, tag: &str) -> String {
+    let tag = normalize_tag(tag);
+    if tag.is_empty() {
+        format!("{name}|")
+    } else {
+        format!("{name}|{tag}|")
+    }
+}
+
+/// Whether a parameter of this name never enters a key.
+fn is_filtered_name(name: &str, exclude: &HashSet<String>) -> bool {
+    name == "self" || name == "cls" || name.starts_with('_') || exclude.contains(name)
+}
+
+struct Param {
+    name: String,
+    included: bool,
+    default: Option<Py<PyAny>>,
+}
+
+/// How to turn a call's arguments into the parameter part of a key. Built once per
+/// decorated function from `inspect.getfullargspec`, whose binding rules 0.2.x keys follow.
+pub struct KeyPlan {
+    positional: Vec<Param>,
+    /// Indices of the positional parameters that enter keys, sorted by name.
+    sorted: Vec<usize>,
+    exclude: HashSet<String>,
+}
+
+impl KeyPlan {
+    /// Reads the signature of `func` (its `__wrapped__` if it has one).
+    pub fn new(func: &Bound<'_, PyAny>, exclude: HashSet<String>) -> PyResult<Self> {
+        let py = func.py();
+        let spec = py
+            .import("inspect")?
+            .getattr("getfullargspec")?
+            .call1((func,))?;
+        let names: Vec<String> = spec.getattr("args")?.extract()?;
+        let defaults = spec.getattr("defaults")?;
+        let defaults: Vec<Py<PyAny>> = if defaults.is_none() {
+            Vec::new()
+        } else {
+            defaults
+                .try_iter()?
+                .map(|d| d.map(Bound::unbind))
+                .collect::<PyResult<_>>()?
+        };
+        let first_default = names.len().saturating_sub(defaults.len());
+        let mut defaults = defaults.into_iter();
+        let positional: Vec<Param> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| Param {
+                included: !is_filtered_name(&name, &exclude),
+                default: if i >= first_default {
+                    defaults.next()
+                } else {
+                    None
+                },
+                name,
+            })
+            .collect();
+        let mut sorted: Vec<usize> = (0..positional.len())
+            .filter(|&i| positional[i].included)
+            .collect();
+        sorted.sort_by(|&a, &b| positional[a].name.cmp(&positional[b].name));
+        Ok(KeyPlan {
+            positional,
+            sorted,
+            exclude,
+        })
+    }
+
+    /// Appends `name=repr(value)` pairs, sorted by name and joined by one space.
+    pub fn write_params(
+        &self,
+        out: &mut String,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let kwargs = kwargs.filter(|k| !k.is_empty());
+        if kwargs.is_none() && args.len() <= self.positional.len() {
+            return self.write_positional_only(out, args);
+        }
+        self.write_general(out, args, kwargs)
+    }
+
+    /// The common case: positional arguments only, none beyond the named parameters.
+    fn write_positional_only(&self, out: &mut String, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let py = args.py();
+        let mut first = true;
+        for &i in &self.sorted {
+            let param = &self.positional[i];
+            let value = if i < args.len() {
+                args.get_item(i)?
+            } else if let Some(d) = &param.default {
+                d.bind(py).clone()
+            } else {
+                continue;
+            };
+            write_pair(out, &param.name, &value, &mut first)?;
+        }
+        Ok(())
+    }
+
+    /// Every other call: bind as `inspect` would, later bindings replacing earlier ones.
+    #[cold]
+    fn write_general(
+        &self,
+        out: &mut String,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let py = args.py();
+        let mut bound: Vec<(Cow<'_, str>, Bound<'_, PyAny>)> = Vec::new();
+        for p in &self.positional {
+            if let Some(d) = &p.default {
+                bind(&mut bound, Cow::Borrowed(p.name.as_str()), d.bind(py).clone());
+            }
+        }
+        for (i, value) in args.iter().enumerate() {
+            match self.positional.get(i) {
+                Some(p) => bind(&mut bound, Cow::Borrowed(p.name.as_str()), value),
+                None => bind(&mut bound, 
+                    Cow::Owned(format!("vararg{}", i - self.positional.len() + 1)),
+                    value,
+                ),
+            }
+        }
+        if let Some(kwargs) = kwargs {
+            for (k, v) in kwargs.iter() {
+                let name = k.cast::<PyString>()?.to_str()?.to_owned();
+                bind(&mut bound, Cow::Owned(name), v);
+            }
+        }
+        bound.retain(|(n, _)| !is_filtered_name(n, &self.exclude));
+        bound.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut first = true;
+        for (name, value) in &bound {
+            write_pair(out, name, value, &mut first)?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds `name` to `value`, replacing an earlier binding of the same name.
+fn bind<'a, 'py>(bound: &mut Vec<(Cow<'a, str>, Bound<'py, PyAny>)>, name: Cow<'a, str>, value: Bound<'py, PyAny>) {
+    if let Some(slot) = bound.iter_mut().find(|(n, _)| *n == name) {
+        slot.1 = value;
+    } else {
+        bound.push((name, value));
+    }
+}
+
+fn write_pair(out: &mut String, name: &str, value: &Bound<'_, PyAny>, first: &mut bool) -> PyResult<()> {
+    if is_connection_like(value) {
+        return Ok(());
+    }
+    if !*first {
+        out.push(' ');
+    }
+    *first = false;
+    out.push_str(name);
+    out.push('=');
+    write_repr(out, value)
+}
+
+/// Appends `repr(value)`; `int`, `bool`, `None` and plain ASCII `str` are formatted here,
+/// byte for byte as Python would, without calling `repr`.
+pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(s) = value.cast_exact::<PyString>() {
+        if let Ok(s) = s.to_str() {
+            if write_ascii_str_repr(out, s) {
+                return Ok(());
+            }
+        }
+    } else if value.is_exact_instance_of::<PyInt>() {
+        if let Ok(n) = value.extract::<i64>() {
+            let _ = write!(out, "{n}");
+            return Ok(());
+        }
+    } else if value.is_none() {
+        out.push_str("None");
+        return Ok(());
+    } else if let Ok(b) = value.cast_exact::<PyBool>() {
+        out.push_str(if b.is_true() { "True" } else { "False" });
+        return Ok(());
+    }
+    out.push_str(value.repr()?.to_str()?);
+    Ok(())
+}
+
+/// Python's `repr` of a printable-ASCII string; `false` (nothing written) for any other
+/// string, which is left to Python.
+fn write_ascii_str_repr(out: &mut String, s: &str) -> bool {
+    if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return false;
+    }
+    let has_single = s.contains('\'');
+    let quote = if !has_single {
+        '\''
+    } else if !s.contains('"') {
+        '"'
+    } else {
+        return false;
+    };
+    out.push(quote);
+    for c in s.chars() {
+        if c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push(quote);
+    true
+}
+
+/// Values that look like a database connection are left out of keys, as in 0.2.x: an
+/// object with a `driver_connection`, `dialect` or `engine` attribute, or whose type's
+/// `str` names `Connection`, `Engine`, `psycopg`, `pyodbc` or `sqlite3`.
+fn is_connection_like(value: &Bound<'_, PyAny>) -> bool {
+    // Builtin value types have none of those attributes: skip the look-ups for them.
+    if value.is_exact_instance_of::<PyString>()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_none()
+        || value.is_exact_instance_of::<PyBool>()
+        || value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyTuple>()
+        || value.is_exact_instance_of::<PyBytes>()
+        || value.is_exact_instance_of::<PyList>()
+        || value.is_exact_instance_of::<PyDict>()
+        || value.is_exact_instance_of::<PySet>()
+        || value.is_exact_instance_of::<PyFrozenSet>()
+    {
+        return false;
+    }
+    connection_like_slow(value)
+}
+
+#[cold]
+fn connection_like_slow(value: &Bound<'_, PyAny>) -> bool {
+    for attr in ["driver_connection", "dialect", "engine"] {
+        if value.hasattr(attr).unwrap_or(false) {
+            return true;
+        }
+    }
+    value.get_type().str().is_ok_and(|s| {
+        let s = s.to_string();
+        ["Connection", "Engine", "psycopg", "pyodbc", "sqlite3"]
+            .iter()
+            .any(|needle| s.contains(needle))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_follow_integer_division() {
+        let cases = [
+            (0, "0s"),
+            (5, "5s"),
+            (59, "59s"),
+            (60, "1m"),
+            (300, "5m"),
+            (3599, "59m"),
+            (3600, "1h"),
+            (86_399, "23h"),
+            (86_400, "1d"),
+            (604_800, "7d"),
+            (-1, "-1s"),
+        ];
+        for (ttl, name) in cases {
+            assert_eq!(region_name(ttl), name, "ttl={ttl}");
+        }
+    }
+
+    #[test]
+    fn tags_are_normalized() {
+        assert_eq!(normalize_tag(""), "");
+        assert_eq!(normalize_tag("users"), "|users|");
+        assert_eq!(normalize_tag("|users|"), "|users|");
+        assert_eq!(normalize_tag("a|b"), "|a.b|");
+        assert_eq!(function_head("get_user", ""), "get_user|");
+        assert_eq!(function_head("get_user", "users"), "get_user||users||");
+    }
+
+    #[test]
+    fn sqlite_files_are_named_by_region() {
+        assert_eq!(sqlite_file_name(Some("app"), 30), "app_cache30sec.db");
+        assert_eq!(sqlite_file_name(Some("app"), 300), "app_cache5min.db");
+        assert_eq!(sqlite_file_name(Some("app"), 7200), "app_cache2hour.db");
+        assert_eq!(sqlite_file_name(Some("app"), 172_800), "app_cache48hour.db");
+        assert_eq!(sqlite_file_name(None, 300), "cache5min.db");
+        assert_eq!(sqlite_file_name(Some("app"), -1), "app_cache-1sec.db");
+    }
+
+    #[test]
+    fn ascii_strings_are_quoted_like_python() {
+        let repr = |s: &str| {
+            let mut out = String::new();
+            write_ascii_str_repr(&mut out, s).then_some(out)
+        };
+        assert_eq!(repr("abc").as_deref(), Some("'abc'"));
+        assert_eq!(repr("it's").as_deref(), Some("\"it's\""));
+        assert_eq!(repr("a\\b").as_deref(), Some("'a\\\\b'"));
+        assert_eq!(repr("").as_deref(), Some("''"));
+        assert_eq!(repr("both ' and \""), None);
+        assert_eq!(repr("tab\t"), None);
+        assert_eq!(repr("café"), None);
+    }
+}
