@@ -188,10 +188,7 @@ fn parse_file_dir(value: &Bound<'_, PyAny>) -> CacheResult<String> {
             "it must be an existing directory",
         ));
     }
-    let metadata = std::fs::metadata(&path).map_err(|e| {
-        CacheError::config("file_dir", format!("{shown:?}"), format!("cannot be read: {e}"))
-    })?;
-    if metadata.permissions().readonly() || !is_writable(&path) {
+    if !is_writable(&path) {
         return Err(CacheError::config(
             "file_dir",
             format!("{shown:?}"),
