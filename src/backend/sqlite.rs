@@ -24,15 +24,14 @@ const SWEEP_EVERY: u32 = 256;
 /// Connections kept open per file; more may be open while threads overlap.
 const POOL_SIZE: usize = 8;
 
-const SCHEMA: &str = "
+const TABLE: &str = "
 CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL,
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_cache_expires ON cache(expires_at);
-";
+)";
+const INDEX: &str = "CREATE INDEX IF NOT EXISTS idx_cache_expires ON cache(expires_at)";
 
 /// One SQLite cache file.
 pub struct SqliteStore {
@@ -81,9 +80,11 @@ impl SqliteStore {
         // another process holds the file, switching may fail: the file stays usable.
         let _ = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0));
         let _ = conn.execute_batch("PRAGMA synchronous=NORMAL");
-        conn.execute_batch(SCHEMA)
+        conn.execute_batch(TABLE)
             .map_err(|e| backend_err(&self.path, "is not a usable SQLite cache", e))?;
         check_schema(&conn).map_err(|e| backend_err(&self.path, "has a foreign schema", e))?;
+        conn.execute_batch(INDEX)
+            .map_err(|e| backend_err(&self.path, "is not a usable SQLite cache", e))?;
         Ok(conn)
     }
 

@@ -1,0 +1,181 @@
+"""Single flight across real threads, copy isolation, and exceptions."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import cachu
+from cachu import cache
+
+
+def run_threads(n, target):
+    barrier = threading.Barrier(n)
+    results, errors = [None] * n, [None] * n
+
+    def body(i):
+        barrier.wait()
+        try:
+            results[i] = target(i)
+        except BaseException as e:  # noqa: BLE001
+            errors[i] = e
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a thread hung"
+    return results, errors
+
+
+def test_concurrent_misses_run_the_function_once():
+    calls = []
+
+    @cache(ttl=60)
+    def slow(x):
+        calls.append(x)
+        time.sleep(0.2)
+        return {"x": x}
+
+    results, errors = run_threads(8, lambda i: slow(1))
+    assert errors == [None] * 8
+    assert results == [{"x": 1}] * 8
+    assert calls == [1]
+    # Every waiter got its own copy.
+    assert len({id(r) for r in results}) == 8
+    info = cachu.cache_info(slow)
+    assert (info.misses, info.hits) == (1, 7)
+
+
+def test_distinct_keys_run_in_parallel():
+    @cache(ttl=60)
+    def slow(x):
+        time.sleep(0.3)
+        return x
+
+    t = time.perf_counter()
+    results, _ = run_threads(4, lambda i: slow(i))
+    assert sorted(results) == [0, 1, 2, 3]
+    assert time.perf_counter() - t < 1.0, "different keys must not wait for each other"
+
+
+def test_an_exception_reaches_every_waiter_and_is_not_cached():
+    calls = []
+
+    class Boom(Exception):
+        pass
+
+    @cache(ttl=60)
+    def failing(x):
+        calls.append(x)
+        time.sleep(0.2)
+        raise Boom("no")
+
+    _, errors = run_threads(6, lambda i: failing(1))
+    assert all(isinstance(e, Boom) for e in errors)
+    assert calls == [1]
+    assert cachu.cache_info(failing).currsize == 0
+    with pytest.raises(Boom):
+        failing(1)
+    assert calls == [1, 1]
+
+
+def test_recursion_on_the_same_key_does_not_deadlock():
+    depth = []
+
+    @cache(ttl=60)
+    def rec(x):
+        depth.append(x)
+        if len(depth) < 3:
+            rec.invalidate(x=x)
+            return rec(x) + 1
+        return 0
+
+    assert rec(1) == 2
+
+
+def test_waiters_give_up_after_lock_timeout():
+    cachu.configure(lock_timeout=0.2, package="timeout_pkg")
+    calls = []
+
+    @cache(ttl=60, package="timeout_pkg")
+    def slow(x):
+        calls.append(x)
+        time.sleep(1.0)
+        return x
+
+    t = time.perf_counter()
+    results, errors = run_threads(3, lambda i: slow(1))
+    assert errors == [None] * 3 and results == [1, 1, 1]
+    assert 1 < len(calls) <= 3, "waiters past lock_timeout compute for themselves"
+    assert time.perf_counter() - t < 5
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and other.x == self.x
+
+
+@pytest.mark.parametrize(
+    ("make", "mutate"),
+    [
+        (lambda: {"a": [1, 2], "b": {"c": 1}}, lambda v: v["a"].append(3)),
+        (lambda: [1, [2, 3]], lambda v: v[1].append(4)),
+        (lambda: {1, 2}, lambda v: v.add(3)),
+        (lambda: ([1], 2), lambda v: v[0].append(5)),
+        (lambda: Point(1), lambda v: setattr(v, "x", 99)),
+    ],
+)
+def test_mutating_a_result_never_changes_the_cache(make, mutate):
+    @cache(ttl=60)
+    def f():
+        return make()
+
+    first = f()  # the miss: the caller owns this object
+    mutate(first)
+    second = f()  # a hit
+    assert second == make()
+    mutate(second)
+    assert f() == make()
+
+
+def test_immutable_results_are_shared_not_copied():
+    @cache(ttl=60)
+    def f(x):
+        return ("a", x, 2**80, "long string " * 10)
+
+    assert f(1) is f(1)
+
+
+def test_unpicklable_results_are_returned_but_not_cached():
+    calls = []
+
+    @cache(ttl=60)
+    def f(x):
+        calls.append(x)
+        return lambda: x  # neither copyable nor picklable
+
+    with pytest.warns(RuntimeWarning, match="not cached"):
+        r = f(1)
+    assert r() == 1
+    assert f(1)() == 1
+    assert calls == [1, 1]
+    assert cachu.cache_info(f).currsize == 0
+
+
+def test_user_exceptions_pass_through_unchanged():
+    err = KeyError("mine")
+
+    @cache(ttl=60)
+    def f():
+        raise err
+
+    with pytest.raises(KeyError) as info:
+        f()
+    assert info.value is err
