@@ -36,10 +36,7 @@ fn is_immutable_leaf(v: &Bound<'_, PyAny>) -> bool {
         || v.is_exact_instance_of::<PyComplex>()
 }
 
-fn shape_of_items<'py>(
-    items: impl Iterator<Item = Bound<'py, PyAny>>,
-    depth: usize,
-) -> Shape {
+fn shape_of_items<'py>(items: impl Iterator<Item = Bound<'py, PyAny>>, depth: usize) -> Shape {
     let mut worst = Shape::Immutable;
     for item in items {
         worst = worst.max(shape(&item, depth + 1));
@@ -149,8 +146,32 @@ pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
 /// A value as the memory backend keeps it.
 pub enum Stored {
     Shared(Py<PyAny>),
+    /// A dict or list whose items are all immutable: one shallow copy isolates it.
+    Flat(Py<PyAny>),
     Copied(Py<PyAny>),
     Pickled(Py<PyBytes>),
+}
+
+/// Whether `v` is a dict or list whose items (and keys) are all immutable leaves.
+fn is_flat(v: &Bound<'_, PyAny>) -> bool {
+    if let Ok(d) = v.cast_exact::<PyDict>() {
+        return d.iter().all(|(_, item)| is_immutable_leaf(&item));
+    }
+    if let Ok(l) = v.cast_exact::<PyList>() {
+        return l.iter().all(|item| is_immutable_leaf(&item));
+    }
+    false
+}
+
+/// A shallow copy of a flat dict or list.
+fn shallow_copy<'py>(v: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(d) = v.cast_exact::<PyDict>() {
+        return Ok(d.copy()?.into_any());
+    }
+    if let Ok(l) = v.cast_exact::<PyList>() {
+        return Ok(l.get_slice(0, l.len()).into_any());
+    }
+    deep_copy(v)
 }
 
 impl Stored {
@@ -159,6 +180,7 @@ impl Stored {
     pub fn capture(value: &Bound<'_, PyAny>) -> PyResult<Stored> {
         Ok(match shape(value, 0) {
             Shape::Immutable => Stored::Shared(value.clone().unbind()),
+            Shape::Structural if is_flat(value) => Stored::Flat(shallow_copy(value)?.unbind()),
             Shape::Structural => Stored::Copied(deep_copy(value)?.unbind()),
             Shape::Opaque => Stored::Pickled(dumps(value)?.unbind()),
         })
@@ -168,15 +190,18 @@ impl Stored {
     pub fn materialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self {
             Stored::Shared(v) => Ok(v.bind(py).clone()),
+            Stored::Flat(v) => shallow_copy(v.bind(py)),
             Stored::Copied(v) => deep_copy(v.bind(py)),
             Stored::Pickled(b) => pickle(py)?.loads.bind(py).call1((b.bind(py),)),
         }
     }
 
     /// Another handle on the same stored value (no Python code runs).
+    #[must_use]
     pub fn clone_ref(&self, py: Python<'_>) -> Stored {
         match self {
             Stored::Shared(v) => Stored::Shared(v.clone_ref(py)),
+            Stored::Flat(v) => Stored::Flat(v.clone_ref(py)),
             Stored::Copied(v) => Stored::Copied(v.clone_ref(py)),
             Stored::Pickled(b) => Stored::Pickled(b.clone_ref(py)),
         }

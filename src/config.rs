@@ -344,7 +344,9 @@ pub fn configure(
     let key_prefix = present_arg(key_prefix)
         .map(|v| parse_str("key_prefix", &v))
         .transpose()?;
-    let file_dir = present_arg(file_dir).map(|v| parse_file_dir(&v)).transpose()?;
+    let file_dir = present_arg(file_dir)
+        .map(|v| parse_file_dir(&v))
+        .transpose()?;
     let redis_url = present_arg(redis_url)
         .map(|v| parse_redis_url(&v))
         .transpose()?;

@@ -41,7 +41,11 @@ pub fn cache_get<'py>(
 /// Stores `value` for these arguments.
 #[pyfunction]
 #[pyo3(signature = (r#fn, value, **kwargs))]
-pub fn cache_set(r#fn: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+pub fn cache_set(
+    r#fn: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<()> {
     let f = cached_of(r#fn)?;
     f.get().set(r#fn.py(), value, kwargs)
 }
@@ -82,7 +86,9 @@ pub fn cache_clear(
         None => None,
     };
     let pattern = tag.as_deref().and_then(tag_pattern);
-    let kind = backend.map(|b| BackendKind::parse("backend", b)).transpose()?;
+    let kind = backend
+        .map(|b| BackendKind::parse("backend", b))
+        .transpose()?;
     let ttl = match ttl.filter(|t| !t.is_none()) {
         Some(t) => Some(
             whole_seconds(t)

@@ -147,7 +147,9 @@ impl Options {
             None => HashSet::new(),
             Some(e) => parse_exclude(e)?,
         };
-        let callable = |name: &'static str, v: Option<&Bound<'_, PyAny>>| -> PyResult<Option<Py<PyAny>>> {
+        let callable = |name: &'static str,
+                        v: Option<&Bound<'_, PyAny>>|
+         -> PyResult<Option<Py<PyAny>>> {
             match v.filter(|v| !v.is_none()) {
                 None => Ok(None),
                 Some(v) if v.is_callable() => Ok(Some(v.clone().unbind())),
@@ -206,13 +208,17 @@ impl Decorator {
 impl Decorator {
     fn __call__(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if !func.is_callable() {
-            return Err(CacheError::config("func", repr_of(func), "@cache decorates a function").into());
+            return Err(
+                CacheError::config("func", repr_of(func), "@cache decorates a function").into(),
+            );
         }
         let options = {
             let opts = self.options.lock();
             opts.as_ref().map(|o| o.clone_ref(py))
         }
-        .ok_or_else(|| CacheError::config("func", repr_of(func), "this decorator was already used"))?;
+        .ok_or_else(|| {
+            CacheError::config("func", repr_of(func), "this decorator was already used")
+        })?;
         let is_async = py
             .import("inspect")?
             .getattr("iscoroutinefunction")?
@@ -411,7 +417,8 @@ impl CachedFunction {
     fn resolve(&self) -> Arc<Resolved> {
         let generation = config::generation();
         if let Some(r) = &*self.resolved.read() {
-            let stale_failure = matches!(&r.backend, Err((_, at)) if at.elapsed() > RETRY_FAILED_BACKEND);
+            let stale_failure =
+                matches!(&r.backend, Err((_, at)) if at.elapsed() > RETRY_FAILED_BACKEND);
             if r.generation == generation && !stale_failure {
                 return r.clone();
             }
@@ -429,7 +436,12 @@ impl CachedFunction {
             .map_err(|e| (e, Instant::now()));
         let r = Arc::new(Resolved {
             generation,
-            head: format!("{}:{}{}", region_name(region_ttl), cfg.key_prefix, self.head),
+            head: format!(
+                "{}:{}{}",
+                region_name(region_ttl),
+                cfg.key_prefix,
+                self.head
+            ),
             backend,
             lock_timeout: Duration::from_secs_f64(cfg.lock_timeout),
         });
@@ -444,7 +456,12 @@ impl CachedFunction {
         }
     }
 
-    fn key(&self, r: &Resolved, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+    fn key(
+        &self,
+        r: &Resolved,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
         let mut key = String::with_capacity(r.head.len() + 32);
         key.push_str(&r.head);
         self.plan.write_params(&mut key, args, kwargs)?;
@@ -452,7 +469,11 @@ impl CachedFunction {
     }
 
     /// The key that a call with these arguments uses, with the settings in force.
-    pub fn key_for(&self, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+    pub fn key_for(
+        &self,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
         self.key(&self.resolve(), args, kwargs)
     }
 
@@ -469,7 +490,12 @@ impl CachedFunction {
     }
 
     /// A cached value valid for `validate=`, or `None`.
-    fn lookup<'py>(&self, py: Python<'py>, backend: &Backend, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        backend: &Backend,
+        key: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let found = match backend.get(py, key) {
             Ok(found) => found,
             Err(e) => {
@@ -536,7 +562,11 @@ impl CachedFunction {
             Some(f) => f.bind(py).call1((&result,))?.is_truthy()?,
             None => true,
         };
-        let ttl = if wanted { Some(self.ttl_for(&result)?) } else { None };
+        let ttl = if wanted {
+            Some(self.ttl_for(&result)?)
+        } else {
+            None
+        };
         let stored = match Stored::capture(&result) {
             Ok(s) => s,
             Err(e) => {
@@ -582,7 +612,9 @@ impl CachedFunction {
                 }
                 match self.compute_and_store(py, backend, key, args, kwargs) {
                     Ok((result, stored)) => {
-                        leader.finish(Ok(stored.unwrap_or_else(|| Stored::Shared(result.clone().unbind()))));
+                        leader.finish(Ok(
+                            stored.unwrap_or_else(|| Stored::Shared(result.clone().unbind()))
+                        ));
                         Ok(result)
                     }
                     Err(e) => {
@@ -616,8 +648,7 @@ impl CachedFunction {
         }
     }
 
-    fn missing_default(slf: &Bound<'_, Self>, key: &str) -> PyErr {
-        let _ = slf;
+    fn missing(key: &str) -> PyErr {
         CacheError::Missing(format!("no cached value for key {key:?}")).into()
     }
 }
@@ -686,13 +717,18 @@ impl CachedFunction {
         let backend = this.backend_or_err(py, &r)?;
         match backend.get(py, &key)? {
             Some((v, _)) => Ok(v),
-            None => default.ok_or_else(|| Self::missing_default(slf, &key)),
+            None => default.ok_or_else(|| Self::missing(&key)),
         }
     }
 
     /// Stores `value` for these arguments.
     #[pyo3(signature = (value, **kwargs))]
-    pub fn set(&self, py: Python<'_>, value: &Bound<'_, PyAny>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+    pub fn set(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
         let r = self.resolve();
         let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
         let ttl = match &self.ttl {
@@ -712,7 +748,10 @@ impl CachedFunction {
 
     /// Removes the entry of these arguments, then calls (and caches) again.
     #[pyo3(signature = (**kwargs))]
-    fn refresh<'py>(slf: &Bound<'py, Self>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+    fn refresh<'py>(
+        slf: &Bound<'py, Self>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         slf.get().invalidate(py, kwargs)?;
         Self::__call__(slf, &PyTuple::empty(py), kwargs)
@@ -731,7 +770,11 @@ impl CachedFunction {
 
     /// The key a call with these arguments reads and writes.
     #[pyo3(signature = (*args, **kwargs))]
-    fn cache_key(&self, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<String> {
+    fn cache_key(
+        &self,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
         let (kwargs, _) = take_flags(kwargs)?;
         self.key_for(args, kwargs.as_ref())
     }
@@ -809,7 +852,9 @@ impl CachedFunction {
     #[getter]
     fn _ttl(&self, py: Python<'_>) -> Py<PyAny> {
         match &self.ttl {
-            Ttl::Fixed(t) => t.into_pyobject(py).map_or_else(|_| py.None(), |v| v.into_any().unbind()),
+            Ttl::Fixed(t) => t
+                .into_pyobject(py)
+                .map_or_else(|_| py.None(), |v| v.into_any().unbind()),
             Ttl::Dynamic(f) => f.clone_ref(py),
         }
     }
@@ -833,13 +878,16 @@ impl CachedFunction {
     }
 }
 
+/// An optional default, and the keyword arguments without it.
+type DefaultAndKwargs<'py> = (Option<Bound<'py, PyAny>>, Option<Bound<'py, PyDict>>);
+
 /// Splits `.get(default, **kwargs)` / `.get(default=..., **kwargs)`.
 fn split_default<'py>(
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<(Option<Bound<'py, PyAny>>, Option<Bound<'py, PyDict>>)> {
+) -> PyResult<DefaultAndKwargs<'py>> {
     let py = args.py();
-    let kwargs = kwargs.map(|k| k.copy()).transpose()?;
+    let kwargs = kwargs.map(PyDictMethods::copy).transpose()?;
     let mut default = None;
     if let Some(k) = &kwargs {
         if let Some(d) = k.get_item(intern!(py, "default"))? {

@@ -32,7 +32,11 @@ pub enum CacheError {
 
 impl CacheError {
     /// A configuration error for `param`, whose value is shown through `repr`.
-    pub fn config(param: impl Into<String>, value: impl Into<String>, expected: impl Into<String>) -> Self {
+    pub fn config(
+        param: impl Into<String>,
+        value: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
         CacheError::Config {
             param: param.into(),
             value: value.into(),

@@ -156,7 +156,8 @@ mod tests {
         let barrier = Arc::new(std::sync::Barrier::new(8));
         let handles: Vec<_> = (0..8)
             .map(|_| {
-                let (flights, computed, barrier) = (flights.clone(), computed.clone(), barrier.clone());
+                let (flights, computed, barrier) =
+                    (flights.clone(), computed.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
                     match flights.join("k") {
@@ -186,7 +187,9 @@ mod tests {
     #[test]
     fn same_thread_is_reentrant() {
         let flights = Flights::<()>::default();
-        let Join::Leader(leader) = flights.join("k") else { panic!() };
+        let Join::Leader(leader) = flights.join("k") else {
+            panic!()
+        };
         assert!(matches!(flights.join("k"), Join::Reentrant));
         leader.finish(());
         assert!(matches!(flights.join("k"), Join::Leader(_)));
@@ -195,7 +198,9 @@ mod tests {
     #[test]
     fn dropped_leader_releases_waiters() {
         let flights = Arc::new(Flights::<()>::default());
-        let Join::Leader(leader) = flights.join("k") else { panic!() };
+        let Join::Leader(leader) = flights.join("k") else {
+            panic!()
+        };
         let f2 = flights.clone();
         let waiter = std::thread::spawn(move || match f2.join("k") {
             Join::Follower(f) => matches!(f.wait(Duration::from_secs(5)), Waited::Abandoned),
@@ -210,7 +215,9 @@ mod tests {
     #[test]
     fn waiting_is_bounded() {
         let flights = Arc::new(Flights::<()>::default());
-        let Join::Leader(_leader) = flights.join("k") else { panic!() };
+        let Join::Leader(_leader) = flights.join("k") else {
+            panic!()
+        };
         let f2 = flights.clone();
         let t = std::thread::spawn(move || match f2.join("k") {
             Join::Follower(f) => matches!(f.wait(Duration::from_millis(30)), Waited::TimedOut),

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt::Write;
 
 use pyo3::prelude::*;
 use pyo3::types::{
@@ -168,13 +167,18 @@ impl KeyPlan {
         let mut bound: Vec<(Cow<'_, str>, Bound<'_, PyAny>)> = Vec::new();
         for p in &self.positional {
             if let Some(d) = &p.default {
-                bind(&mut bound, Cow::Borrowed(p.name.as_str()), d.bind(py).clone());
+                bind(
+                    &mut bound,
+                    Cow::Borrowed(p.name.as_str()),
+                    d.bind(py).clone(),
+                );
             }
         }
         for (i, value) in args.iter().enumerate() {
             match self.positional.get(i) {
                 Some(p) => bind(&mut bound, Cow::Borrowed(p.name.as_str()), value),
-                None => bind(&mut bound, 
+                None => bind(
+                    &mut bound,
                     Cow::Owned(format!("vararg{}", i - self.positional.len() + 1)),
                     value,
                 ),
@@ -197,7 +201,11 @@ impl KeyPlan {
 }
 
 /// Binds `name` to `value`, replacing an earlier binding of the same name.
-fn bind<'a, 'py>(bound: &mut Vec<(Cow<'a, str>, Bound<'py, PyAny>)>, name: Cow<'a, str>, value: Bound<'py, PyAny>) {
+fn bind<'a, 'py>(
+    bound: &mut Vec<(Cow<'a, str>, Bound<'py, PyAny>)>,
+    name: Cow<'a, str>,
+    value: Bound<'py, PyAny>,
+) {
     if let Some(slot) = bound.iter_mut().find(|(n, _)| *n == name) {
         slot.1 = value;
     } else {
@@ -205,7 +213,12 @@ fn bind<'a, 'py>(bound: &mut Vec<(Cow<'a, str>, Bound<'py, PyAny>)>, name: Cow<'
     }
 }
 
-fn write_pair(out: &mut String, name: &str, value: &Bound<'_, PyAny>, first: &mut bool) -> PyResult<()> {
+fn write_pair(
+    out: &mut String,
+    name: &str,
+    value: &Bound<'_, PyAny>,
+    first: &mut bool,
+) -> PyResult<()> {
     if is_connection_like(value) {
         return Ok(());
     }
@@ -229,7 +242,7 @@ pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<()> {
         }
     } else if value.is_exact_instance_of::<PyInt>() {
         if let Ok(n) = value.extract::<i64>() {
-            let _ = write!(out, "{n}");
+            write_int(out, n);
             return Ok(());
         }
     } else if value.is_none() {
@@ -241,6 +254,26 @@ pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<()> {
     }
     out.push_str(value.repr()?.to_str()?);
     Ok(())
+}
+
+/// Appends the decimal digits of `n`, as `repr(int)` writes them.
+fn write_int(out: &mut String, n: i64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    // The buffer holds ASCII digits only.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// Python's `repr` of a printable-ASCII string; `false` (nothing written) for any other
@@ -347,6 +380,15 @@ mod tests {
         assert_eq!(sqlite_file_name(Some("app"), 172_800), "app_cache48hour.db");
         assert_eq!(sqlite_file_name(None, 300), "cache5min.db");
         assert_eq!(sqlite_file_name(Some("app"), -1), "app_cache-1sec.db");
+    }
+
+    #[test]
+    fn ints_are_written_like_python() {
+        for n in [0, 7, -7, 10, 123_456, i64::MAX, i64::MIN] {
+            let mut out = String::new();
+            write_int(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

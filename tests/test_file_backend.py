@@ -11,10 +11,10 @@ import textwrap
 import time
 
 import pytest
-from conftest import run_python
 
 import cachu
 from cachu import cache
+from conftest import run_python
 
 PKG = "filepkg"
 
@@ -47,7 +47,7 @@ def test_files_and_schema_follow_the_format(file_dir):
     conn = sqlite3.connect(file_dir / "filepkg_cache5min.db")
     cols = [r[1] for r in conn.execute("PRAGMA table_info(cache)")]
     assert cols == ["key", "value", "created_at", "expires_at"]
-    (key, value, created, expires), = conn.execute("SELECT * FROM cache").fetchall()
+    ((key, value, created, expires),) = conn.execute("SELECT * FROM cache").fetchall()
     import pickle
 
     assert key == "5m:get_user|user_id=1"

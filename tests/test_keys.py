@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
+import cachu
 from conftest import run_python
 
-import cachu
-
-FUNCTIONS = '''
+FUNCTIONS = """
 import datetime, decimal
 def plain(a, b): pass
 def defaults(a, b=2, c="x"): pass
@@ -19,7 +18,7 @@ def strings(s): pass
 class K:
     def method(self, x): pass
     def __repr__(self): return "K()"
-'''
+"""
 
 # (function, args, kwargs) as Python source, evaluated on both sides.
 CALLS = [
@@ -53,7 +52,9 @@ TAGS = ["", "users", "|users|", "a|b", "|x"]
 
 
 def reference_keys(python: str) -> list[str]:
-    code = FUNCTIONS + f'''
+    code = (
+        FUNCTIONS
+        + f"""
 import json
 from cachu.keys import make_key_generator, mangle_key
 out = []
@@ -63,7 +64,8 @@ for tag in {TAGS!r}:
         out.append(mangle_key(gen(*eval(args), **eval(kwargs)), 'p:', 300))
 out.append(mangle_key(make_key_generator(K.method)(K(), 5), '', 7200))
 print(json.dumps(out))
-'''
+"""
+    )
     return json.loads(run_python(python, code))
 
 

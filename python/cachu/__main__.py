@@ -56,7 +56,9 @@ def demo() -> int:
         get_user(uid)
     print(f"   before: {cachu.cache_info(get_user).currsize} users cached")
     cleared = cachu.cache_clear(tag="users", backend="memory", ttl=300)
-    print(f"   cache_clear(tag='users') removed {cleared}; now {cachu.cache_info(get_user).currsize}")
+    print(
+        f"   cache_clear(tag='users') removed {cleared}; now {cachu.cache_info(get_user).currsize}"
+    )
 
     print("\n6. The file backend persists entries in SQLite:")
     with tempfile.TemporaryDirectory() as d:
@@ -84,7 +86,7 @@ def bench(n: int) -> int:
     """Times a memory hit next to functools.lru_cache."""
     import functools
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def lru(user_id: int) -> dict[str, int]:
         return {"id": user_id}
 

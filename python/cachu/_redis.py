@@ -10,9 +10,7 @@ def get_redis_client(package: Optional[str] = None) -> Any:
     try:
         import redis
     except ImportError as e:
-        raise ImportError(
-            "get_redis_client() needs redis-py: pip install cachu[redis]"
-        ) from e
+        raise ImportError("get_redis_client() needs redis-py: pip install cachu[redis]") from e
     if package is None:
         package = _caller_package()
     return redis.Redis.from_url(get_config(package=package).redis_url)

@@ -220,7 +220,10 @@ mod tests {
     fn stores_and_reads_back() {
         let s = MemoryStore::new();
         assert!(s.insert("5m:f|x=1", "one".to_owned(), 300.0).is_empty());
-        assert_eq!(s.get_with("5m:f|x=1", |v, _| v.clone()).as_deref(), Some("one"));
+        assert_eq!(
+            s.get_with("5m:f|x=1", |v, _| v.clone()).as_deref(),
+            Some("one")
+        );
         assert_eq!(s.get_with("5m:f|x=2", |v, _| v.clone()), None);
         let replaced = s.insert("5m:f|x=1", "uno".to_owned(), 300.0);
         assert_eq!(replaced, vec!["one".to_owned()]);
@@ -259,7 +262,10 @@ mod tests {
         let (removed, live) = s.remove_matching(|k| k.contains("|odd|"));
         assert_eq!((removed.len(), live), (50, 50));
         assert_eq!(s.count_matching(|_| true), 50);
-        assert_eq!(s.keys_matching(|k| k.ends_with("i=4")), vec!["5m:f||even||i=4"]);
+        assert_eq!(
+            s.keys_matching(|k| k.ends_with("i=4")),
+            vec!["5m:f||even||i=4"]
+        );
     }
 
     #[test]

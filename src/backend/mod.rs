@@ -88,7 +88,11 @@ impl Backend {
     }
 
     /// A value for the caller and its creation time, or `None` on a miss.
-    pub fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<(Bound<'py, PyAny>, f64)>> {
+    pub fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, f64)>> {
         match &self.store {
             Store::Memory(m) => {
                 let Some((stored, created)) = m.get_with(key, |v, c| (v.clone_ref(py), c)) else {
@@ -233,7 +237,11 @@ pub fn instance(package: Option<&str>, kind: BackendKind, ttl: i64) -> PyResult<
 }
 
 /// Every instance created so far for `package`, optionally of one kind and TTL.
-pub fn instances_of(package: Option<&str>, kind: Option<BackendKind>, ttl: Option<i64>) -> Vec<Arc<Backend>> {
+pub fn instances_of(
+    package: Option<&str>,
+    kind: Option<BackendKind>,
+    ttl: Option<i64>,
+) -> Vec<Arc<Backend>> {
     INSTANCES
         .lock()
         .values()

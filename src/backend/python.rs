@@ -55,7 +55,12 @@ fn ttl_arg(ttl: Option<&Bound<'_, PyAny>>, fallback: i64) -> PyResult<f64> {
 impl PyBackend {
     /// The value stored under `key`, else `default` (`NO_VALUE` if not given).
     #[pyo3(signature = (key, *default))]
-    fn get<'py>(&self, py: Python<'py>, key: &str, default: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        default: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         match self.inner.get(py, key)? {
             Some((v, _)) => Ok(v),
             None if !default.is_empty() => default.get_item(0),
@@ -64,7 +69,11 @@ impl PyBackend {
     }
 
     /// `(value, created_at)`, or `(NO_VALUE, None)`.
-    fn get_with_metadata<'py>(&self, py: Python<'py>, key: &str) -> PyResult<(Bound<'py, PyAny>, Option<f64>)> {
+    fn get_with_metadata<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+    ) -> PyResult<(Bound<'py, PyAny>, Option<f64>)> {
         Ok(match self.inner.get(py, key)? {
             Some((v, created)) => (v, Some(created)),
             None => (no_value(py)?, None),
@@ -73,7 +82,12 @@ impl PyBackend {
 
     /// Stores `value` under `key` for `ttl` seconds (the region's TTL if not given).
     #[pyo3(signature = (key, value, ttl=None))]
-    fn set(&self, key: &str, value: &Bound<'_, PyAny>, ttl: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn set(
+        &self,
+        key: &str,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let ttl = ttl_arg(ttl, self.inner.ttl)?;
         self.inner.set(value, key, ttl)
     }
@@ -146,7 +160,13 @@ pub fn get_backend(
     };
     let ttl = whole_seconds(ttl)
         .or_else(|| ttl.extract::<i64>().ok().filter(|t| *t == -1))
-        .ok_or_else(|| CacheError::config("ttl", repr_of(ttl), "expected a whole number of seconds >= 0"))?;
+        .ok_or_else(|| {
+            CacheError::config(
+                "ttl",
+                repr_of(ttl),
+                "expected a whole number of seconds >= 0",
+            )
+        })?;
     Ok(PyBackend {
         inner: instance(package.as_deref(), kind, ttl)?,
     })

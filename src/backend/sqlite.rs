@@ -114,7 +114,11 @@ impl SqliteStore {
         }
     }
 
-    fn with_conn<T>(&self, what: &str, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> CacheResult<T> {
+    fn with_conn<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> CacheResult<T> {
         let conn = self.acquire()?;
         let result = f(&conn);
         self.release(conn);
@@ -183,9 +187,8 @@ impl ByteStore for SqliteStore {
     fn keys(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
         let now = unix_now();
         self.with_conn("listing keys failed", |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT key FROM cache WHERE expires_at >= ?1 AND key GLOB ?2",
-            )?;
+            let mut stmt =
+                c.prepare_cached("SELECT key FROM cache WHERE expires_at >= ?1 AND key GLOB ?2")?;
             let rows = stmt.query_map(params![now, pattern.unwrap_or("*")], |r| r.get(0))?;
             rows.collect()
         })
@@ -237,10 +240,19 @@ mod tests {
     #[test]
     fn a_file_that_is_not_sqlite_is_an_error_and_kept() {
         let path = temp_path("junk");
-        std::fs::write(&path, b"this is not a database, it is the user's data".repeat(100)).unwrap();
+        std::fs::write(
+            &path,
+            b"this is not a database, it is the user's data".repeat(100),
+        )
+        .unwrap();
         let err = SqliteStore::open(path.clone()).err().expect("must fail");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
-        assert!(std::fs::read(&path).unwrap().starts_with(b"this is not a database"));
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert!(std::fs::read(&path)
+            .unwrap()
+            .starts_with(b"this is not a database"));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
@@ -248,7 +260,8 @@ mod tests {
     fn a_foreign_cache_table_is_refused() {
         let path = temp_path("foreign");
         let c = Connection::open(&path).unwrap();
-        c.execute_batch("CREATE TABLE cache (id INTEGER PRIMARY KEY, payload TEXT)").unwrap();
+        c.execute_batch("CREATE TABLE cache (id INTEGER PRIMARY KEY, payload TEXT)")
+            .unwrap();
         drop(c);
         let err = SqliteStore::open(path.clone()).err().expect("must fail");
         assert!(err.to_string().contains("foreign schema"), "{err}");
