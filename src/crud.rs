@@ -7,7 +7,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::backend::{self, instance, instances_of};
 use crate::config::{self, BackendKind};
-use crate::decorator::{reset_stats, whole_seconds, CacheInfo, CachedFunction};
+use crate::decorator::{parse_region_ttl, reset_stats, CacheInfo, CachedFunction};
 use crate::errors::{repr_of, CacheError};
 use crate::pattern::tag_pattern;
 
@@ -89,16 +89,10 @@ pub fn cache_clear(
     let kind = backend
         .map(|b| BackendKind::parse("backend", b))
         .transpose()?;
-    let ttl = match ttl.filter(|t| !t.is_none()) {
-        Some(t) => Some(
-            whole_seconds(t)
-                .or_else(|| t.extract::<i64>().ok().filter(|v| *v == -1))
-                .ok_or_else(|| {
-                    CacheError::config("ttl", repr_of(t), "expected a whole number of seconds >= 0")
-                })?,
-        ),
-        None => None,
-    };
+    let ttl = ttl
+        .filter(|t| !t.is_none())
+        .map(parse_region_ttl)
+        .transpose()?;
     let targets = match (kind, ttl) {
         (Some(kind), Some(ttl)) => vec![instance(package.as_deref(), kind, ttl)?],
         _ => instances_of(package.as_deref(), kind, ttl),

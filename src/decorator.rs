@@ -77,6 +77,25 @@ pub fn whole_seconds(value: &Bound<'_, PyAny>) -> Option<i64> {
     None
 }
 
+/// A TTL that names a region: whole seconds >= 0, or -1 (the region of dynamic TTLs).
+pub fn parse_region_ttl(value: &Bound<'_, PyAny>) -> PyResult<i64> {
+    whole_seconds(value)
+        .or_else(|| {
+            (value.is_instance_of::<PyInt>() && !value.is_instance_of::<PyBool>())
+                .then(|| value.extract::<i64>().ok())
+                .flatten()
+                .filter(|t| *t == -1)
+        })
+        .ok_or_else(|| {
+            CacheError::config(
+                "ttl",
+                repr_of(value),
+                "expected a whole number of seconds >= 0",
+            )
+            .into()
+        })
+}
+
 /// Hit and miss counters of one decorated function.
 pub struct Stats {
     pub package: Option<String>,

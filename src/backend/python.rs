@@ -8,7 +8,7 @@ use pyo3::types::PyTuple;
 
 use super::{instance, Backend};
 use crate::config::{self, BackendKind};
-use crate::decorator::whole_seconds;
+use crate::decorator::{parse_region_ttl, whole_seconds};
 use crate::errors::{repr_of, CacheError};
 
 /// The value of "nothing cached here".
@@ -158,15 +158,7 @@ pub fn get_backend(
         Some(b) => BackendKind::parse("backend_type", b)?,
         None => config::config_of(package.as_deref()).backend,
     };
-    let ttl = whole_seconds(ttl)
-        .or_else(|| ttl.extract::<i64>().ok().filter(|t| *t == -1))
-        .ok_or_else(|| {
-            CacheError::config(
-                "ttl",
-                repr_of(ttl),
-                "expected a whole number of seconds >= 0",
-            )
-        })?;
+    let ttl = parse_region_ttl(ttl)?;
     Ok(PyBackend {
         inner: instance(package.as_deref(), kind, ttl)?,
     })
