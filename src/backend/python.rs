@@ -137,9 +137,14 @@ impl PyBackend {
     }
 
     fn __repr__(&self) -> String {
+        let package = self
+            .inner
+            .package
+            .as_deref()
+            .map_or_else(|| "None".to_owned(), |p| format!("'{p}'"));
         format!(
-            "<cachu Backend {} package={:?} ttl={}>",
-            self.inner.kind, self.inner.package, self.inner.ttl
+            "<cachu Backend {} package={package} ttl={}>",
+            self.inner.kind, self.inner.ttl
         )
     }
 }
