@@ -565,6 +565,16 @@ impl CachedFunction {
         }
     }
 
+    /// The seconds to keep `result`, or `None` if `cache_if` refuses it.
+    fn ttl_if_wanted(&self, result: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        if let Some(f) = &self.cache_if {
+            if !f.bind(result.py()).call1((result,))?.is_truthy()? {
+                return Ok(None);
+            }
+        }
+        self.ttl_for(result).map(Some)
+    }
+
     /// Runs the function and stores its result (if `cache_if` allows): the miss path.
     /// Returns the caller's result and what waiters get.
     fn compute_and_store<'py>(
@@ -577,15 +587,7 @@ impl CachedFunction {
     ) -> PyResult<(Bound<'py, PyAny>, Option<Stored>)> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let result = self.call_func(py, args, kwargs)?;
-        let wanted = match &self.cache_if {
-            Some(f) => f.bind(py).call1((&result,))?.is_truthy()?,
-            None => true,
-        };
-        let ttl = if wanted {
-            Some(self.ttl_for(&result)?)
-        } else {
-            None
-        };
+        let ttl = self.ttl_if_wanted(&result)?;
         let stored = match Stored::capture(&result) {
             Ok(s) => s,
             Err(e) => {
@@ -828,14 +830,9 @@ impl CachedFunction {
     /// For the async front: stores a computed result as the miss path does.
     fn _store(&self, py: Python<'_>, key: &str, result: &Bound<'_, PyAny>) -> PyResult<()> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let wanted = match &self.cache_if {
-            Some(f) => f.bind(py).call1((result,))?.is_truthy()?,
-            None => true,
-        };
-        if !wanted {
+        let Some(ttl) = self.ttl_if_wanted(result)? else {
             return Ok(());
-        }
-        let ttl = self.ttl_for(result)?;
+        };
         if let Err(e) = self.backend_now(py).and_then(|b| b.set(result, key, ttl)) {
             warn::backend_failed(py, &e);
         }

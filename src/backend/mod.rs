@@ -128,10 +128,7 @@ impl Backend {
                 drop(replaced);
             }
             Store::Bytes(b) => {
-                let data = codec::dumps(value)?;
-                let data: &[u8] = data.as_bytes();
-                let created = unix_now();
-                py.detach(|| b.set(key, data, created, ttl))?;
+                write_bytes(py, b.as_ref(), key, codec::dumps(value)?.as_bytes(), ttl)?;
             }
             Store::Null => {}
         }
@@ -146,7 +143,14 @@ impl Backend {
                 drop(replaced);
                 Ok(())
             }
-            _ => self.set(&stored.materialize(py)?, key, ttl),
+            // Already pickled: written as is, not unpickled to be pickled again.
+            Store::Bytes(b) => match stored {
+                Stored::Pickled(data) => {
+                    write_bytes(py, b.as_ref(), key, data.bind(py).as_bytes(), ttl)
+                }
+                _ => self.set(&stored.materialize(py)?, key, ttl),
+            },
+            Store::Null => Ok(()),
         }
     }
 
@@ -202,6 +206,19 @@ impl Backend {
             _ => self.keys(py, pattern)?.len(),
         })
     }
+}
+
+/// Writes a pickled value created now, with the GIL released.
+fn write_bytes(
+    py: Python<'_>,
+    store: &dyn ByteStore,
+    key: &str,
+    data: &[u8],
+    ttl: f64,
+) -> PyResult<()> {
+    let created = unix_now();
+    py.detach(|| store.set(key, data, created, ttl))?;
+    Ok(())
 }
 
 /// Escapes the glob metacharacters of a literal.
