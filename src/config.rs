@@ -5,7 +5,7 @@
 //! Every change bumps a generation counter, which lets decorated functions keep their
 //! resolved settings cached and re-read them only after a change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -82,6 +82,11 @@ pub struct Config {
     pub file_dir: String,
     pub redis_url: String,
     pub lock_timeout: f64,
+    /// `on_backend_error='raise'`: a failing backend raises instead of missing.
+    pub raise_backend_errors: bool,
+    /// `on_lock_timeout='raise'`: a waiter past `lock_timeout` raises instead of
+    /// running the function itself.
+    pub raise_lock_timeout: bool,
 }
 
 impl Default for Config {
@@ -92,6 +97,25 @@ impl Default for Config {
             file_dir: "/tmp".to_owned(),
             redis_url: "redis://localhost:6379/0".to_owned(),
             lock_timeout: 10.0,
+            raise_backend_errors: false,
+            raise_lock_timeout: false,
+        }
+    }
+}
+
+impl Config {
+    pub fn on_backend_error(&self) -> &'static str {
+        if self.raise_backend_errors {
+            "raise"
+        } else {
+            "miss"
+        }
+    }
+    pub fn on_lock_timeout(&self) -> &'static str {
+        if self.raise_lock_timeout {
+            "raise"
+        } else {
+            "run"
         }
     }
 }
@@ -102,6 +126,28 @@ static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(HashM
 static DEFAULT: LazyLock<Arc<Config>> = LazyLock::new(|| Arc::new(Config::default()));
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 static DISABLED: AtomicBool = AtomicBool::new(false);
+/// The names of the cached functions of each package: the scope of a Redis clear when
+/// the package has no key prefix.
+static FUNCTIONS: LazyLock<RwLock<HashMap<Option<String>, HashSet<String>>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// Records that `package` has a cached function called `name`.
+pub fn register_function(package: Option<&str>, name: &str) {
+    let mut map = FUNCTIONS.write();
+    let names = map.entry(package.map(str::to_owned)).or_default();
+    if !names.contains(name) {
+        names.insert(name.to_owned());
+    }
+}
+
+/// The names of the cached functions of `package` seen so far.
+pub fn functions_of(package: Option<&str>) -> HashSet<String> {
+    FUNCTIONS
+        .read()
+        .get(&package.map(str::to_owned))
+        .cloned()
+        .unwrap_or_default()
+}
 
 /// Changes whenever any package's configuration changes.
 pub fn generation() -> u64 {
@@ -216,17 +262,25 @@ fn is_writable(dir: &std::path::Path) -> bool {
 
 fn parse_redis_url(value: &Bound<'_, PyAny>) -> CacheResult<String> {
     let url = parse_str("redis_url", value)?;
-    if ["redis://", "rediss://", "unix://"]
-        .iter()
-        .any(|scheme| url.starts_with(scheme))
-    {
-        Ok(url)
-    } else {
-        Err(CacheError::config(
-            "redis_url",
+    crate::backend::redis::Endpoint::parse(&url)
+        .map_err(|why| CacheError::config("redis_url", repr_of(value), why))?;
+    Ok(url)
+}
+
+/// One of two words; `true` for the second.
+fn parse_choice(
+    param: &'static str,
+    value: &Bound<'_, PyAny>,
+    choices: [&str; 2],
+) -> CacheResult<bool> {
+    let word = parse_str(param, value)?;
+    match choices.iter().position(|c| *c == word) {
+        Some(i) => Ok(i == 1),
+        None => Err(CacheError::config(
+            param,
             repr_of(value),
-            "expected a URL starting with redis://, rediss:// or unix://",
-        ))
+            format!("expected {:?} or {:?}", choices[0], choices[1]),
+        )),
     }
 }
 
@@ -272,6 +326,14 @@ impl PyConfig {
     fn lock_timeout(&self) -> f64 {
         self.inner.lock_timeout
     }
+    #[getter]
+    fn on_backend_error(&self) -> &'static str {
+        self.inner.on_backend_error()
+    }
+    #[getter]
+    fn on_lock_timeout(&self) -> &'static str {
+        self.inner.on_lock_timeout()
+    }
 
     /// The settings as a plain dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -289,12 +351,14 @@ impl PyConfig {
         Python::attach(|py| {
             let r = |s: &str| repr_of(&PyString::new(py, s).into_any());
             format!(
-                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?})",
+                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?}, on_backend_error={}, on_lock_timeout={})",
                 r(c.backend.name()),
                 r(&c.key_prefix),
                 r(&c.file_dir),
                 r(&c.redis_url),
-                c.lock_timeout
+                c.lock_timeout,
+                r(c.on_backend_error()),
+                r(c.on_lock_timeout()),
             )
         })
     }
@@ -307,6 +371,8 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("file_dir", &c.file_dir)?;
     d.set_item("redis_url", &c.redis_url)?;
     d.set_item("lock_timeout", c.lock_timeout)?;
+    d.set_item("on_backend_error", c.on_backend_error())?;
+    d.set_item("on_lock_timeout", c.on_lock_timeout())?;
     Ok(d)
 }
 
@@ -318,7 +384,7 @@ fn present_arg<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> 
 /// current value; an unknown option or a bad value raises `ConfigurationError` and
 /// changes nothing.
 #[pyfunction]
-#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, *, package=None, **unknown))]
+#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, on_backend_error=None, on_lock_timeout=None, *, package=None, **unknown))]
 pub fn configure(
     py: Python<'_>,
     backend: Option<&Bound<'_, PyAny>>,
@@ -326,6 +392,8 @@ pub fn configure(
     file_dir: Option<&Bound<'_, PyAny>>,
     redis_url: Option<&Bound<'_, PyAny>>,
     lock_timeout: Option<&Bound<'_, PyAny>>,
+    on_backend_error: Option<&Bound<'_, PyAny>>,
+    on_lock_timeout: Option<&Bound<'_, PyAny>>,
     package: Option<String>,
     unknown: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<PyConfig> {
@@ -334,7 +402,7 @@ pub fn configure(
         return Err(CacheError::config(
             name.clone(),
             repr_of(&value),
-            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url and lock_timeout"),
+            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error and on_lock_timeout"),
         )
         .into());
     }
@@ -352,6 +420,12 @@ pub fn configure(
         .transpose()?;
     let lock_timeout = present_arg(lock_timeout)
         .map(|v| parse_seconds("lock_timeout", &v))
+        .transpose()?;
+    let raise_backend_errors = present_arg(on_backend_error)
+        .map(|v| parse_choice("on_backend_error", &v, ["miss", "raise"]))
+        .transpose()?;
+    let raise_lock_timeout = present_arg(on_lock_timeout)
+        .map(|v| parse_choice("on_lock_timeout", &v, ["run", "raise"]))
         .transpose()?;
 
     let package = resolve_package(py, package);
@@ -373,6 +447,12 @@ pub fn configure(
     }
     if let Some(v) = lock_timeout {
         cfg.lock_timeout = v;
+    }
+    if let Some(v) = raise_backend_errors {
+        cfg.raise_backend_errors = v;
+    }
+    if let Some(v) = raise_lock_timeout {
+        cfg.raise_lock_timeout = v;
     }
     let cfg = Arc::new(cfg);
     reg.insert(package, cfg.clone());

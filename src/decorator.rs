@@ -18,13 +18,38 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError};
 
 use crate::backend::memory::unix_now;
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, Lease};
 use crate::codec::Stored;
 use crate::config::{self, BackendKind};
 use crate::errors::{repr_of, CacheError};
 use crate::flight::{Flights, Join, Waited};
 use crate::key::{function_head, region_name, KeyPlan};
 use crate::warn;
+
+/// The longest pause between two looks at a lease held by another process.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// A token that names one lease holder: unique across processes and calls.
+fn lease_token() -> String {
+    use std::fmt::Write;
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut out = String::with_capacity(32);
+    for round in 0..2u64 {
+        // RandomState is seeded from the OS once per process, then varies per instance.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u64(round);
+        let _ = write!(out, "{:016x}", h.finish());
+    }
+    out
+}
 
 /// How long a region whose backend failed to open is left alone before a retry.
 const RETRY_FAILED_BACKEND: Duration = Duration::from_secs(5);
@@ -124,6 +149,10 @@ struct Resolved {
     head: String,
     backend: Result<Arc<Backend>, (PyErr, Instant)>,
     lock_timeout: Duration,
+    /// `on_backend_error='raise'`.
+    raise_backend_errors: bool,
+    /// `on_lock_timeout='raise'`.
+    raise_lock_timeout: bool,
 }
 
 /// The options of `@cache(...)`, validated.
@@ -414,6 +443,7 @@ impl CachedFunction {
             misses: AtomicU64::new(0),
         });
         ALL_STATS.lock().push(Arc::downgrade(&stats));
+        config::register_function(o.package.as_deref(), &name);
         Ok(CachedFunction {
             func: func.clone().unbind(),
             head: function_head(&name, &o.tag),
@@ -463,6 +493,8 @@ impl CachedFunction {
             ),
             backend,
             lock_timeout: Duration::from_secs_f64(cfg.lock_timeout),
+            raise_backend_errors: cfg.raise_backend_errors,
+            raise_lock_timeout: cfg.raise_lock_timeout,
         });
         *self.resolved.write() = Some(r.clone());
         r
@@ -512,19 +544,30 @@ impl CachedFunction {
     fn lookup<'py>(
         &self,
         py: Python<'py>,
+        r: &Resolved,
         backend: &Backend,
         key: &str,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let found = match backend.get(py, key) {
             Ok(found) => found,
             Err(e) => {
-                warn::backend_failed(py, &e);
+                Self::backend_failed(py, r, e)?;
                 None
             }
         };
         let Some((value, created_at)) = found else {
             return Ok(None);
         };
+        self.validated(py, value, created_at)
+    }
+
+    /// `value` if `validate=` accepts it (or there is none).
+    fn validated<'py>(
+        &self,
+        py: Python<'py>,
+        value: Bound<'py, PyAny>,
+        created_at: f64,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if let Some(validate) = &self.validate {
             let entry = CacheEntry {
                 value: value.clone().unbind(),
@@ -536,6 +579,16 @@ impl CachedFunction {
             }
         }
         Ok(Some(value))
+    }
+
+    /// A backend failure: raised with `on_backend_error='raise'`, else said once and
+    /// the call goes on without the cache.
+    fn backend_failed(py: Python<'_>, r: &Resolved, e: PyErr) -> PyResult<()> {
+        if r.raise_backend_errors {
+            return Err(e);
+        }
+        warn::backend_failed(py, &e);
+        Ok(())
     }
 
     fn call_func<'py>(
@@ -580,6 +633,7 @@ impl CachedFunction {
     fn compute_and_store<'py>(
         &self,
         py: Python<'py>,
+        r: &Resolved,
         backend: &Backend,
         key: &str,
         args: &Bound<'py, PyTuple>,
@@ -604,7 +658,7 @@ impl CachedFunction {
         };
         if let Some(ttl) = ttl {
             if let Err(e) = backend.set_stored(py, &stored, key, ttl) {
-                warn::backend_failed(py, &e);
+                Self::backend_failed(py, r, e)?;
             }
         }
         Ok((result, Some(stored)))
@@ -625,13 +679,13 @@ impl CachedFunction {
             Join::Leader(leader) => {
                 // Another caller may have stored the value between our miss and now.
                 if !overwrite {
-                    if let Some(v) = self.lookup(py, backend, key)? {
+                    if let Some(v) = self.lookup(py, r, backend, key)? {
                         self.stats.hits.fetch_add(1, Ordering::Relaxed);
                         drop(leader);
                         return Ok(v);
                     }
                 }
-                match self.compute_and_store(py, backend, key, args, kwargs) {
+                match self.compute_and_store(py, r, backend, key, args, kwargs) {
                     Ok((result, stored)) => {
                         leader.finish(Ok(
                             stored.unwrap_or_else(|| Stored::Shared(result.clone().unbind()))
@@ -660,13 +714,150 @@ impl CachedFunction {
                         }
                         Err(e) => Err(e.clone_ref(py)),
                     },
+                    Waited::TimedOut if r.raise_lock_timeout => Err(Self::lock_timed_out(key, r)),
                     Waited::Abandoned | Waited::TimedOut => {
-                        Ok(self.compute_and_store(py, backend, key, args, kwargs)?.0)
+                        Ok(self.compute_and_store(py, r, backend, key, args, kwargs)?.0)
                     }
                 }
             }
-            Join::Reentrant => Ok(self.compute_and_store(py, backend, key, args, kwargs)?.0),
+            Join::Reentrant => Ok(self.compute_and_store(py, r, backend, key, args, kwargs)?.0),
         }
+    }
+
+    fn lock_timed_out(key: &str, r: &Resolved) -> PyErr {
+        CacheError::LockTimeout(format!(
+            "waited {:?} (lock_timeout) for another caller to compute key {key:?}",
+            r.lock_timeout
+        ))
+        .into()
+    }
+
+    /// A call on a backend with cross-process leases (Redis): one round trip answers
+    /// "here is the value" or "the lease is yours"; a miss costs one more to store the
+    /// value and release the lease. Callers that find the lease held wait for the
+    /// holder: on its in-process flight if it is a thread of this process, else by
+    /// polling the server, for at most `lock_timeout`.
+    fn call_leased<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        backend: &Backend,
+        key: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        overwrite: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let token = lease_token();
+        let deadline = Instant::now() + r.lock_timeout;
+        let mut read = !overwrite;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let reply = match backend.lease(py, key, &token, r.lock_timeout, read) {
+                Ok(reply) => reply,
+                Err(e) => {
+                    Self::backend_failed(py, r, e)?;
+                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    return self.call_func(py, args, kwargs);
+                }
+            };
+            match reply {
+                Lease::Found(value, created_at) => {
+                    if let Some(v) = self.validated(py, value, created_at)? {
+                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    read = false;
+                }
+                Lease::Acquired => {
+                    return self.compute_leased(py, r, backend, key, &token, args, kwargs)
+                }
+                Lease::Held => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        if r.raise_lock_timeout {
+                            return Err(Self::lock_timed_out(key, r));
+                        }
+                        return Ok(self.compute_and_store(py, r, backend, key, args, kwargs)?.0);
+                    }
+                    match self.flights.find(key) {
+                        Some(Join::Follower(flight)) => {
+                            if let Waited::Done(outcome) = py.detach(|| flight.wait(deadline - now))
+                            {
+                                return match &*outcome {
+                                    Ok(stored) => {
+                                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                                        stored.materialize(py)
+                                    }
+                                    Err(e) => Err(e.clone_ref(py)),
+                                };
+                            }
+                        }
+                        // This thread holds the lease further up the stack (recursion).
+                        Some(Join::Reentrant) => {
+                            return Ok(self.compute_and_store(py, r, backend, key, args, kwargs)?.0)
+                        }
+                        _ => {
+                            let nap = pause.min(deadline - now);
+                            py.detach(|| std::thread::sleep(nap));
+                            pause = (pause * 2).min(MAX_POLL);
+                        }
+                    }
+                    read = true;
+                }
+            }
+        }
+    }
+
+    /// Computes under a lease, publishes to the threads of this process that wait,
+    /// stores and releases. The lease is released whatever happens.
+    fn compute_leased<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        backend: &Backend,
+        key: &str,
+        token: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let leader = match self.flights.join(key) {
+            Join::Leader(l) => Some(l),
+            _ => None,
+        };
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.call_func(py, args, kwargs).and_then(|result| {
+            let ttl = self.ttl_if_wanted(&result)?;
+            Ok((result, ttl))
+        });
+        let (result, ttl) = match outcome {
+            Ok(pair) => pair,
+            Err(e) => {
+                if let Err(release) = backend.store_and_release(py, None, key, token) {
+                    Self::backend_failed(py, r, release)?;
+                }
+                if let Some(l) = leader {
+                    if e.is_instance_of::<PyException>(py) {
+                        l.finish(Err(e.clone_ref(py)));
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let stored = Stored::capture(&result).ok();
+        if let Some(l) = leader {
+            l.finish(Ok(stored.as_ref().map_or_else(
+                || Stored::Shared(result.clone().unbind()),
+                |s| s.clone_ref(py),
+            )));
+        }
+        let value = match (&stored, ttl) {
+            (Some(s), Some(ttl)) => Some((s, ttl)),
+            _ => None,
+        };
+        if let Err(e) = backend.store_and_release(py, value, key, token) {
+            Self::backend_failed(py, r, e)?;
+        }
+        Ok(result)
     }
 
     fn missing(key: &str) -> PyErr {
@@ -693,13 +884,16 @@ impl CachedFunction {
         let backend = match &r.backend {
             Ok(b) => b.clone(),
             Err((e, _)) => {
-                warn::backend_failed(py, e);
+                Self::backend_failed(py, &r, e.clone_ref(py))?;
                 return this.call_func(py, args, kwargs);
             }
         };
         let key = this.key(&r, args, kwargs)?;
+        if backend.has_leases() {
+            return this.call_leased(py, &r, &backend, &key, args, kwargs, flags.overwrite);
+        }
         if !flags.overwrite {
-            if let Some(v) = this.lookup(py, &backend, &key)? {
+            if let Some(v) = this.lookup(py, &r, &backend, &key)? {
                 this.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(v);
             }
@@ -817,8 +1011,9 @@ impl CachedFunction {
     /// For the async front: the value for a key, validated, or `None`... as a pair
     /// `(found, value)` since `None` may be cached.
     fn _lookup<'py>(&self, py: Python<'py>, key: &str) -> PyResult<(bool, Bound<'py, PyAny>)> {
-        let backend = self.backend_now(py)?;
-        Ok(match self.lookup(py, &backend, key)? {
+        let r = self.resolve();
+        let backend = self.backend_or_err(py, &r)?;
+        Ok(match self.lookup(py, &r, &backend, key)? {
             Some(v) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 (true, v)

@@ -116,6 +116,18 @@ impl<T> Flights<T> {
         })
     }
 
+    /// The computation of `key` in progress, if any, without joining it.
+    pub fn find(&self, key: &str) -> Option<Join<'_, T>> {
+        let me = std::thread::current().id();
+        self.map.lock().get(key).map(|f| {
+            if f.leader == me {
+                Join::Reentrant
+            } else {
+                Join::Follower(f.clone())
+            }
+        })
+    }
+
     /// How many computations are in progress.
     pub fn in_progress(&self) -> usize {
         self.map.lock().len()

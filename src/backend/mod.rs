@@ -3,17 +3,19 @@
 
 pub mod memory;
 pub mod python;
+pub mod redis;
 pub mod sqlite;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 use crate::codec::{self, Stored};
 use crate::config::{config_of, BackendKind};
-use crate::errors::{CacheError, CacheResult};
+use crate::errors::CacheResult;
 use crate::pattern::glob_match;
 use memory::{unix_now, MemoryStore};
 
@@ -30,12 +32,66 @@ pub trait ByteStore: Send + Sync {
     fn clear(&self, pattern: Option<&str>) -> CacheResult<usize>;
     /// The live keys matching a glob.
     fn keys(&self, pattern: Option<&str>) -> CacheResult<Vec<String>>;
-    /// Removes a key whose value could not be decoded.
-    fn discard_corrupt(&self, key: &str) -> CacheResult<()> {
+    /// Removes a key whose value (as `get` returned it) could not be decoded.
+    fn discard_corrupt(&self, key: &str, _value: &[u8], _created_at: f64) -> CacheResult<()> {
         self.delete(key)
+    }
+    /// Whether misses take a lease that other processes see ([`ByteStore::lease`]).
+    fn has_leases(&self) -> bool {
+        false
+    }
+    /// The value of `key` (when `read`), else a lease on computing it, held as `token`
+    /// for at most `lease`.
+    fn lease(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        read: bool,
+    ) -> CacheResult<LeaseReply> {
+        let _ = (token, lease);
+        if read {
+            if let Some((value, created)) = self.get(key)? {
+                return Ok(LeaseReply::Found(value, created));
+            }
+        }
+        Ok(LeaseReply::Acquired)
+    }
+    /// Stores `(value, created_at, ttl)` if given, and releases the lease of `token`.
+    fn store_and_release(
+        &self,
+        key: &str,
+        value: Option<(&[u8], f64, f64)>,
+        token: &str,
+    ) -> CacheResult<()> {
+        let _ = token;
+        match value {
+            Some((data, created, ttl)) => self.set(key, data, created, ttl),
+            None => Ok(()),
+        }
     }
     /// Where the data lives, for messages.
     fn location(&self) -> String;
+}
+
+/// What [`ByteStore::lease`] found.
+pub enum LeaseReply {
+    /// The stored value and its creation time.
+    Found(Vec<u8>, f64),
+    /// The lease is ours: compute, then [`ByteStore::store_and_release`].
+    Acquired,
+    /// Another caller (maybe in another process) holds the lease.
+    Held,
+}
+
+/// What [`Backend::lease`] found.
+pub enum Lease<'py> {
+    /// A cached value and its creation time.
+    Found(Bound<'py, PyAny>, f64),
+    /// The lease is ours: compute, then [`Backend::store_and_release`].
+    Acquired,
+    /// Another caller holds the lease.
+    Held,
 }
 
 enum Store {
@@ -68,10 +124,12 @@ impl Backend {
                 Store::Bytes(Box::new(sqlite::SqliteStore::open(path)?))
             }
             BackendKind::Redis => {
-                return Err(CacheError::Backend(
-                    "backend='redis' is not available in this build yet; use 'memory', 'file' or 'null'"
-                        .to_owned(),
-                ))
+                let cfg = config_of(package.as_deref());
+                Store::Bytes(Box::new(redis::RedisStore::open(
+                    &cfg.redis_url,
+                    package.clone(),
+                    &crate::key::region_name(ttl),
+                )?))
             }
         };
         Ok(Backend {
@@ -104,17 +162,65 @@ impl Backend {
                 let Some((data, created)) = py.detach(|| b.get(key))? else {
                     return Ok(None);
                 };
-                match codec::loads(py, &data) {
-                    Ok(v) => Ok(Some((v, created))),
-                    Err(err) => {
-                        crate::warn::undecodable(py, &b.location(), key, &err);
-                        let _ = py.detach(|| b.discard_corrupt(key));
-                        Ok(None)
-                    }
-                }
+                Ok(decode(py, b.as_ref(), key, &data, created).map(|v| (v, created)))
             }
             Store::Null => Ok(None),
         }
+    }
+
+    /// Whether misses take a lease that other processes honour (Redis).
+    pub fn has_leases(&self) -> bool {
+        matches!(&self.store, Store::Bytes(b) if b.has_leases())
+    }
+
+    /// The value of `key` (when `read`), else a lease on computing it: one round trip.
+    /// An undecodable value counts as absent.
+    pub fn lease<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        read: bool,
+    ) -> PyResult<Lease<'py>> {
+        let Store::Bytes(b) = &self.store else {
+            return Ok(Lease::Acquired);
+        };
+        Ok(match py.detach(|| b.lease(key, token, lease, read))? {
+            LeaseReply::Found(data, created) => match decode(py, b.as_ref(), key, &data, created) {
+                Some(v) => Lease::Found(v, created),
+                None => return self.lease(py, key, token, lease, false),
+            },
+            LeaseReply::Acquired => Lease::Acquired,
+            LeaseReply::Held => Lease::Held,
+        })
+    }
+
+    /// Stores the value (if given, for `ttl` seconds) and releases the lease of `token`.
+    pub fn store_and_release(
+        &self,
+        py: Python<'_>,
+        value: Option<(&Stored, f64)>,
+        key: &str,
+        token: &str,
+    ) -> PyResult<()> {
+        let Store::Bytes(b) = &self.store else {
+            return match value {
+                Some((stored, ttl)) => self.set_stored(py, stored, key, ttl),
+                None => Ok(()),
+            };
+        };
+        let pickled = match value {
+            Some((Stored::Pickled(data), ttl)) => Some((data.bind(py).clone(), ttl)),
+            Some((stored, ttl)) => Some((codec::dumps(&stored.materialize(py)?)?, ttl)),
+            None => None,
+        };
+        let created = unix_now();
+        let value = pickled
+            .as_ref()
+            .map(|(d, ttl)| (d.as_bytes(), created, *ttl));
+        py.detach(|| b.store_and_release(key, value, token))?;
+        Ok(())
     }
 
     /// Stores `value` for `ttl` seconds. Fails if the value cannot be kept (e.g. it
@@ -205,6 +311,25 @@ impl Backend {
             Store::Memory(m) => m.count_matching(|k| matches(pattern, k)),
             _ => self.keys(py, pattern)?.len(),
         })
+    }
+}
+
+/// Unpickles a stored value; one that cannot be decoded is reported and discarded.
+fn decode<'py>(
+    py: Python<'py>,
+    store: &dyn ByteStore,
+    key: &str,
+    data: &[u8],
+    created: f64,
+) -> Option<Bound<'py, PyAny>> {
+    match codec::loads(py, data) {
+        Ok(v) if created.is_finite() => Some(v),
+        Ok(_) => None,
+        Err(err) => {
+            crate::warn::undecodable(py, &store.location(), key, &err);
+            let _ = py.detach(|| store.discard_corrupt(key, data, created));
+            None
+        }
     }
 }
 

@@ -1,0 +1,637 @@
+//! The Redis backend, in the formats of cachu 0.2.x (FORMATS.md), so that processes
+//! running either implementation share one server.
+//!
+//! - Values: 8 bytes of `created_at` (native-endian double) then the pickle, written
+//!   with `SETEX`.
+//! - A hit is one round trip; a miss is two, stampede lock included: one script "GET,
+//!   or take the lease `lock:{key}`", then one script "SETEX and release the lease if
+//!   it is still ours". The lease holds a random token and expires by itself, so a
+//!   holder that dies delays the others by the lease at most.
+//! - Connections are pooled per URL instance, made with a connect timeout and used with
+//!   a command timeout, and never cross `fork()`. After a transport failure a breaker
+//!   answers at once for a while instead of paying the connect timeout on every call;
+//!   one error message per outage, so the caller warns once.
+//! - Clears and listings `SCAN` their own scope (region, and the package's key prefix or
+//!   the names of its cached functions) and `UNLINK` in batches: keys that this library
+//!   did not write are never touched.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::{Connection, ErrorKind, RedisError, Script, Value};
+
+use super::{ByteStore, LeaseReply};
+use crate::config::{config_of, functions_of};
+use crate::errors::{CacheError, CacheResult};
+use crate::pattern::glob_match;
+
+/// Connections kept open per instance; more may be open while threads overlap.
+const POOL_SIZE: usize = 16;
+/// How long the breaker answers "down" before one caller tries the server again.
+const BREAKER: Duration = Duration::from_secs(1);
+/// Keys asked per `SCAN` step and removed per `UNLINK`.
+const SCAN_COUNT: usize = 1000;
+const UNLINK_BATCH: usize = 500;
+const HEADER: usize = 8;
+
+/// `GET key`, or take the lease on a miss. Returns the value (bulk), or 1 when the
+/// lease is ours, 0 when another holds it.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[3] == '1' then
+  local v = redis.call('GET', KEYS[1])
+  if v then return v end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+return 0",
+    )
+});
+
+/// Store the value (when ARGV[2] is not empty) and release the lease if it is ours.
+static STORE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[2] ~= '' then
+  redis.call('SETEX', KEYS[1], ARGV[1], ARGV[2])
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1",
+    )
+});
+
+/// Delete a value only if it is still the one that failed to decode.
+static DELETE_IF_SAME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+    )
+});
+
+/// How to reach the server: what the URL says, with the query parameters that
+/// redis-py also understands (`ssl_ca_certs`, `ssl_cert_reqs`, `socket_timeout`,
+/// `socket_connect_timeout`) taken out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// The URL given to redis-rs.
+    url: String,
+    /// The URL with any password masked, for messages.
+    pub shown: String,
+    ca_file: Option<String>,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+fn seconds_param(name: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{name}={value:?} in the URL must be a positive number of seconds"))
+}
+
+impl Endpoint {
+    /// Parses a `redis://`, `rediss://` or `unix://` URL.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|s| url.starts_with(s))
+        {
+            return Err("expected a URL starting with redis://, rediss:// or unix://".into());
+        }
+        let (head, fragment) = match url.split_once('#') {
+            Some((h, f)) => (h, Some(f)),
+            None => (url, None),
+        };
+        let (base, query) = head.split_once('?').unwrap_or((head, ""));
+        let mut kept = Vec::new();
+        let mut ep = Endpoint {
+            url: String::new(),
+            shown: mask_password(url),
+            ca_file: None,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+        };
+        let mut insecure = fragment == Some("insecure");
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "ssl_ca_certs" => ep.ca_file = Some(v.to_owned()),
+                "ssl_cert_reqs" => match v.to_ascii_lowercase().as_str() {
+                    "none" => insecure = true,
+                    "required" | "optional" => {}
+                    _ => {
+                        return Err(format!(
+                            "ssl_cert_reqs={v:?} in the URL must be none, optional or required"
+                        ))
+                    }
+                },
+                "socket_timeout" => ep.command_timeout = seconds_param(k, v)?,
+                "socket_connect_timeout" => ep.connect_timeout = seconds_param(k, v)?,
+                _ => kept.push(pair),
+            }
+        }
+        let mut rebuilt = base.to_owned();
+        if !kept.is_empty() {
+            rebuilt.push('?');
+            rebuilt.push_str(&kept.join("&"));
+        }
+        if insecure {
+            rebuilt.push_str("#insecure");
+        }
+        ep.url = rebuilt;
+        // redis-rs checks the rest (host, port, database number).
+        redis::IntoConnectionInfo::into_connection_info(ep.url.as_str())
+            .map_err(|e| format!("it is not a valid Redis URL ({e})"))?;
+        Ok(ep)
+    }
+
+    fn client(&self) -> CacheResult<redis::Client> {
+        let fail = |e: RedisError| CacheError::Backend(format!("Redis at {}: {e}", self.shown));
+        if self.url.starts_with("rediss://") {
+            // rustls needs one process-wide crypto provider; another library may have
+            // installed one already, which is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        match &self.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    CacheError::Backend(format!(
+                        "Redis at {}: cannot read ssl_ca_certs file {path:?}: {e}",
+                        self.shown
+                    ))
+                })?;
+                redis::Client::build_with_tls(
+                    self.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(fail)
+            }
+            None => redis::Client::open(self.url.as_str()).map_err(fail),
+        }
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let auth_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..auth_end].rfind('@') {
+        Some(at) => {
+            let auth = &rest[..at];
+            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+            let masked = if auth.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Whether the server is reachable, and since when it is not.
+struct Health {
+    down: AtomicBool,
+    /// Milliseconds since `epoch` before which calls fail without trying.
+    retry_at: AtomicU64,
+    epoch: Instant,
+    outages: AtomicU64,
+    /// The message of the current outage: the same text for every call of it.
+    message: Mutex<String>,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            down: AtomicBool::new(false),
+            retry_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+            outages: AtomicU64::new(0),
+            message: Mutex::new(String::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// While the breaker is open, every caller but one per period fails at once.
+    fn admit(&self) -> CacheResult<()> {
+        if !self.down.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let at = self.retry_at.load(Ordering::Acquire);
+        let next = now + BREAKER.as_millis() as u64;
+        if now >= at
+            && self
+                .retry_at
+                .compare_exchange(at, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Ok(()); // this caller probes the server
+        }
+        Err(CacheError::Backend(self.message.lock().clone()))
+    }
+
+    fn failed(&self, shown: &str, err: &RedisError) -> CacheError {
+        self.retry_at.store(
+            self.now_ms() + BREAKER.as_millis() as u64,
+            Ordering::Release,
+        );
+        let mut message = self.message.lock();
+        if !self.down.swap(true, Ordering::AcqRel) {
+            let n = self.outages.fetch_add(1, Ordering::Relaxed) + 1;
+            *message = format!("Redis at {shown} is unreachable (outage {n}: {err})");
+        }
+        CacheError::Backend(message.clone())
+    }
+
+    fn ok(&self) {
+        if self.down.load(Ordering::Relaxed) {
+            self.down.store(false, Ordering::Release);
+        }
+    }
+}
+
+struct Pool {
+    pid: u32,
+    idle: Vec<Connection>,
+}
+
+/// The keys of one (package, TTL region) on a shared server.
+pub struct RedisStore {
+    endpoint: Endpoint,
+    client: redis::Client,
+    pool: Mutex<Pool>,
+    health: Health,
+    package: Option<String>,
+    /// `{region}:`
+    region: String,
+}
+
+/// Whether the error came from the server (the connection is still in step) rather
+/// than from the transport.
+fn is_reply_error(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(_) | ErrorKind::UnexpectedReturnType
+    )
+}
+
+impl RedisStore {
+    /// An instance for `package` and `region`; connects lazily.
+    pub fn open(url: &str, package: Option<String>, region: &str) -> CacheResult<Self> {
+        let endpoint = Endpoint::parse(url)
+            .map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
+        let client = endpoint.client()?;
+        Ok(RedisStore {
+            endpoint,
+            client,
+            pool: Mutex::new(Pool {
+                pid: std::process::id(),
+                idle: Vec::new(),
+            }),
+            health: Health::new(),
+            package,
+            region: format!("{region}:"),
+        })
+    }
+
+    fn connect(&self) -> Result<Connection, RedisError> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.endpoint.connect_timeout)?;
+        con.set_read_timeout(Some(self.endpoint.command_timeout))?;
+        con.set_write_timeout(Some(self.endpoint.command_timeout))?;
+        Ok(con)
+    }
+
+    fn pooled(&self) -> Option<Connection> {
+        let mut pool = self.pool.lock();
+        let pid = std::process::id();
+        if pool.pid != pid {
+            // A connection must not cross fork(): the child leaves the parent's socket
+            // alone and opens its own.
+            for con in pool.idle.drain(..) {
+                std::mem::forget(con);
+            }
+            pool.pid = pid;
+        }
+        pool.idle.pop()
+    }
+
+    fn release(&self, con: Connection) {
+        let mut pool = self.pool.lock();
+        if pool.pid == std::process::id() && pool.idle.len() < POOL_SIZE {
+            pool.idle.push(con);
+        }
+    }
+
+    /// Runs `f` on a connection. A pooled connection that turns out dead (the server
+    /// restarted) is replaced once; a transport failure opens the breaker.
+    fn run<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
+    ) -> CacheResult<T> {
+        self.health.admit()?;
+        let mut pooled = self.pooled();
+        loop {
+            let was_pooled = pooled.is_some();
+            let mut con = match pooled.take() {
+                Some(c) => c,
+                None => self
+                    .connect()
+                    .map_err(|e| self.health.failed(&self.endpoint.shown, &e))?,
+            };
+            match f(&mut con) {
+                Ok(v) => {
+                    self.release(con);
+                    self.health.ok();
+                    return Ok(v);
+                }
+                Err(e) if is_reply_error(&e) => {
+                    self.release(con);
+                    return Err(CacheError::Backend(format!(
+                        "Redis at {}: {e}",
+                        self.endpoint.shown
+                    )));
+                }
+                // The connection may be out of step: it is dropped, never reused.
+                Err(_) if was_pooled => {}
+                Err(e) => return Err(self.health.failed(&self.endpoint.shown, &e)),
+            }
+        }
+    }
+
+    /// Whether `key` belongs to this instance: its region, and the package's key prefix
+    /// (or, without one, the name of one of the package's cached functions).
+    fn in_scope(&self, key: &str, prefix: &str, names: &HashSet<String>) -> bool {
+        let Some(rest) = key.strip_prefix(&self.region) else {
+            return false;
+        };
+        let Some(bar) = rest.find('|') else {
+            return false;
+        };
+        if prefix.is_empty() {
+            names.contains(&rest[..bar])
+        } else {
+            rest.starts_with(prefix) && rest.len() > prefix.len() && bar >= prefix.len()
+        }
+    }
+
+    /// The keys of this instance matching `pattern`, as `SCAN` finds them.
+    fn scan(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
+        let prefix = config_of(self.package.as_deref()).key_prefix.clone();
+        let names = functions_of(self.package.as_deref());
+        let matcher = if prefix.is_empty() {
+            format!("{}*|*", super::escape_glob(&self.region))
+        } else {
+            format!(
+                "{}{}*|*",
+                super::escape_glob(&self.region),
+                super::escape_glob(&prefix)
+            )
+        };
+        let mut seen = HashSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(|c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&matcher)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query(c)
+            })?;
+            for raw in batch {
+                let Ok(key) = String::from_utf8(raw) else {
+                    continue;
+                };
+                if self.in_scope(&key, &prefix, &names)
+                    && pattern.is_none_or(|p| glob_match(p, &key))
+                {
+                    seen.insert(key);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(seen.into_iter().collect())
+    }
+
+    fn location_for(&self) -> String {
+        self.endpoint.shown.clone()
+    }
+}
+
+/// Splits a stored value into the pickle and its creation time. A value too short to
+/// carry the header comes back whole with a NaN time: it cannot be decoded.
+fn split_value(mut data: Vec<u8>) -> (Vec<u8>, f64) {
+    if data.len() < HEADER {
+        return (data, f64::NAN);
+    }
+    let mut head = [0u8; HEADER];
+    head.copy_from_slice(&data[..HEADER]);
+    data.drain(..HEADER);
+    (data, f64::from_ne_bytes(head))
+}
+
+fn pack_value(value: &[u8], created_at: f64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + value.len());
+    out.extend_from_slice(&created_at.to_ne_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Whole seconds for `SETEX` (at least one: Redis refuses zero).
+fn setex_seconds(ttl: f64) -> u64 {
+    (ttl.ceil() as u64).max(1)
+}
+
+fn lock_key(key: &str) -> String {
+    format!("lock:{key}")
+}
+
+impl ByteStore for RedisStore {
+    fn get(&self, key: &str) -> CacheResult<Option<(Vec<u8>, f64)>> {
+        let data: Option<Vec<u8>> = self.run(|c| redis::cmd("GET").arg(key).query(c))?;
+        Ok(data.map(split_value))
+    }
+
+    fn set(&self, key: &str, value: &[u8], created_at: f64, ttl: f64) -> CacheResult<()> {
+        if ttl <= 0.0 {
+            return self.delete(key);
+        }
+        let packed = pack_value(value, created_at);
+        self.run(|c| {
+            redis::cmd("SETEX")
+                .arg(key)
+                .arg(setex_seconds(ttl))
+                .arg(&packed)
+                .query::<()>(c)
+        })
+    }
+
+    fn delete(&self, key: &str) -> CacheResult<()> {
+        self.run(|c| redis::cmd("DEL").arg(key).query::<()>(c))
+    }
+
+    fn clear(&self, pattern: Option<&str>) -> CacheResult<usize> {
+        let keys = self.scan(pattern)?;
+        let mut removed = 0;
+        for batch in keys.chunks(UNLINK_BATCH) {
+            removed += self.run(|c| redis::cmd("UNLINK").arg(batch).query::<usize>(c))?;
+        }
+        Ok(removed)
+    }
+
+    fn keys(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
+        self.scan(pattern)
+    }
+
+    /// Deletes an undecodable value only if it looks like this library's format (a
+    /// pickle after the header) and is still the same value: data of other programs
+    /// stored under a colliding key is left alone.
+    fn discard_corrupt(&self, key: &str, value: &[u8], created_at: f64) -> CacheResult<()> {
+        let ours = created_at.is_finite()
+            && value.len() >= 2
+            && value[0] == 0x80
+            && (2..=5).contains(&value[1]);
+        if !ours {
+            return Ok(());
+        }
+        let packed = pack_value(value, created_at);
+        self.run(|c| {
+            DELETE_IF_SAME
+                .key(key)
+                .arg(&packed)
+                .invoke::<i64>(c)
+                .map(drop)
+        })
+    }
+
+    fn has_leases(&self) -> bool {
+        true
+    }
+
+    fn lease(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        read: bool,
+    ) -> CacheResult<LeaseReply> {
+        let lock = lock_key(key);
+        let reply: Value = self.run(|c| {
+            LEASE
+                .key(key)
+                .key(&lock)
+                .arg(token)
+                .arg(lease.as_millis().max(1) as u64)
+                .arg(if read { "1" } else { "0" })
+                .invoke(c)
+        })?;
+        Ok(match reply {
+            Value::BulkString(data) => {
+                let (value, created) = split_value(data);
+                LeaseReply::Found(value, created)
+            }
+            Value::Int(1) => LeaseReply::Acquired,
+            _ => LeaseReply::Held,
+        })
+    }
+
+    fn store_and_release(
+        &self,
+        key: &str,
+        value: Option<(&[u8], f64, f64)>,
+        token: &str,
+    ) -> CacheResult<()> {
+        let lock = lock_key(key);
+        let (seconds, packed) = match value {
+            Some((data, created, ttl)) if ttl > 0.0 => {
+                (setex_seconds(ttl), pack_value(data, created))
+            }
+            _ => (0, Vec::new()),
+        };
+        self.run(|c| {
+            STORE_RELEASE
+                .key(key)
+                .key(&lock)
+                .arg(seconds)
+                .arg(&packed)
+                .arg(token)
+                .invoke::<i64>(c)
+                .map(drop)
+        })
+    }
+
+    fn location(&self) -> String {
+        self.location_for()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parameters_of_redis_py_are_understood() {
+        let ep = Endpoint::parse(
+            "rediss://u:pw@h:6380/2?ssl_ca_certs=/tmp/ca.pem&socket_timeout=0.25&protocol=2",
+        )
+        .unwrap();
+        assert_eq!(ep.url, "rediss://u:pw@h:6380/2?protocol=2");
+        assert_eq!(
+            ep.shown,
+            "rediss://u:***@h:6380/2?ssl_ca_certs=/tmp/ca.pem&socket_timeout=0.25&protocol=2"
+        );
+        assert_eq!(ep.ca_file.as_deref(), Some("/tmp/ca.pem"));
+        assert_eq!(ep.command_timeout, Duration::from_millis(250));
+        let ep = Endpoint::parse("rediss://h?ssl_cert_reqs=none").unwrap();
+        assert_eq!(ep.url, "rediss://h#insecure");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_a_reason() {
+        assert!(Endpoint::parse("http://h")
+            .unwrap_err()
+            .contains("redis://"));
+        assert!(Endpoint::parse("redis://h?socket_timeout=-1")
+            .unwrap_err()
+            .contains("socket_timeout"));
+        assert!(Endpoint::parse("redis://h:notaport/0").is_err());
+    }
+
+    #[test]
+    fn values_round_trip_the_header() {
+        let packed = pack_value(b"\x80\x04data", 1_700_000_000.5);
+        assert_eq!(&packed[..8], &1_700_000_000.5f64.to_ne_bytes());
+        let (v, t) = split_value(packed);
+        assert_eq!((v.as_slice(), t), (&b"\x80\x04data"[..], 1_700_000_000.5));
+        assert!(split_value(b"short".to_vec()).1.is_nan());
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(mask_password("redis://h:1/0"), "redis://h:1/0");
+    }
+}
