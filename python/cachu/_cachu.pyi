@@ -1,7 +1,7 @@
 """Type stubs of the native module ``cachu._cachu``."""
 
 import os
-from typing import Any, Callable, Final, Optional, TypeVar, Union, final
+from typing import Any, Callable, Final, Literal, Optional, TypeVar, Union, final
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -39,6 +39,10 @@ class CacheConfig:
     def redis_url(self) -> str: ...
     @property
     def lock_timeout(self) -> float: ...
+    @property
+    def on_backend_error(self) -> Literal["miss", "raise"]: ...
+    @property
+    def on_lock_timeout(self) -> Literal["run", "raise"]: ...
     def as_dict(self) -> dict[str, Any]: ...
 
 @final
@@ -129,6 +133,8 @@ def configure(
     file_dir: Optional[Union[str, os.PathLike[str]]] = None,
     redis_url: Optional[str] = None,
     lock_timeout: Optional[float] = None,
+    on_backend_error: Optional[Literal["miss", "raise"]] = None,
+    on_lock_timeout: Optional[Literal["run", "raise"]] = None,
     *,
     package: Optional[str] = None,
 ) -> CacheConfig: ...
