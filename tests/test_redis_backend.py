@@ -297,7 +297,7 @@ def test_waiters_get_the_holders_value_when_it_is_stored(app, redis_server):
 
     def other_process_finishes() -> None:
         time.sleep(0.3)
-        r.setex("5m:value|x=7", 300, struct.pack("d", time.time()) + pickle.dumps("theirs"))
+        r.set("5m:value|x=7", struct.pack("d", time.time()) + pickle.dumps("theirs"), ex=300)
         r.delete("lock:5m:value|x=7")
 
     t = threading.Thread(target=other_process_finishes)
@@ -415,8 +415,8 @@ def test_undecodable_values_miss_and_only_ours_are_deleted(app, redis_server):
     header = struct.pack("d", time.time())
     # Our format, but the pickle names a module that does not exist.
     broken = header + b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x07nomodul\x94."
-    r.setex("5m:value|x=1", 300, broken)
-    r.setex("5m:value|x=2", 300, b"plain text of another program")
+    r.set("5m:value|x=1", broken, ex=300)
+    r.set("5m:value|x=2", b"plain text of another program", ex=300)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         assert value(1) == "fresh1"
@@ -424,7 +424,7 @@ def test_undecodable_values_miss_and_only_ours_are_deleted(app, redis_server):
     # The broken one of ours was replaced; the foreign one too, by the store of the
     # miss, but a read alone never deletes it:
     assert pickle.loads(r.get("5m:value|x=1")[8:]) == "fresh1"
-    r.setex("5m:value|x=3", 300, b"plain text of another program")
+    r.set("5m:value|x=3", b"plain text of another program", ex=300)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         assert value.get(x=3, default="miss") == "miss"

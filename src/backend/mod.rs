@@ -406,6 +406,9 @@ pub fn forget(package: Option<Option<&str>>) -> usize {
             .collect();
         doomed.iter().filter_map(|k| map.remove(k)).collect()
     };
+    if package.is_none() {
+        redis::forget_connections();
+    }
     // Decorated functions re-resolve their backend on the next call.
     crate::config::bump_generation();
     removed.len()

@@ -15,9 +15,9 @@
 //!   the names of its cached functions) and `UNLINK` in batches: keys that this library
 //!   did not write are never touched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -274,10 +274,7 @@ struct Pool {
 
 /// The keys of one (package, TTL region) on a shared server.
 pub struct RedisStore {
-    endpoint: Endpoint,
-    client: redis::Client,
-    pool: Mutex<Pool>,
-    health: Health,
+    conn: Arc<Connector>,
     package: Option<String>,
     /// `{region}:`
     region: String,
@@ -292,25 +289,49 @@ fn is_reply_error(e: &RedisError) -> bool {
     )
 }
 
-impl RedisStore {
-    /// An instance for `package` and `region`; connects lazily.
-    pub fn open(url: &str, package: Option<String>, region: &str) -> CacheResult<Self> {
-        let endpoint = Endpoint::parse(url)
-            .map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
-        let client = endpoint.client()?;
-        Ok(RedisStore {
-            endpoint,
-            client,
-            pool: Mutex::new(Pool {
-                pid: std::process::id(),
-                idle: Vec::new(),
-            }),
-            health: Health::new(),
-            package,
-            region: format!("{region}:"),
-        })
-    }
+/// The connections to one server URL, shared by every region and package that uses
+/// it, with the server's health.
+pub struct Connector {
+    endpoint: Endpoint,
+    client: redis::Client,
+    pool: Mutex<Pool>,
+    health: Health,
+}
 
+static CONNECTORS: LazyLock<Mutex<HashMap<String, Arc<Connector>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The connector of `url`, made on first use (no connection is opened yet).
+pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
+    if let Some(c) = CONNECTORS.lock().get(url) {
+        return Ok(c.clone());
+    }
+    let endpoint =
+        Endpoint::parse(url).map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
+    let client = endpoint.client()?;
+    let fresh = Arc::new(Connector {
+        endpoint,
+        client,
+        pool: Mutex::new(Pool {
+            pid: std::process::id(),
+            idle: Vec::new(),
+        }),
+        health: Health::new(),
+    });
+    Ok(CONNECTORS
+        .lock()
+        .entry(url.to_owned())
+        .or_insert(fresh)
+        .clone())
+}
+
+/// Drops the idle connections of every URL; the next call connects again.
+pub fn forget_connections() {
+    let all: Vec<Arc<Connector>> = CONNECTORS.lock().drain().map(|(_, c)| c).collect();
+    drop(all);
+}
+
+impl Connector {
     fn connect(&self) -> Result<Connection, RedisError> {
         let con = self
             .client
@@ -376,6 +397,21 @@ impl RedisStore {
             }
         }
     }
+}
+
+impl RedisStore {
+    /// An instance for `package` and `region`; connects lazily.
+    pub fn open(url: &str, package: Option<String>, region: &str) -> CacheResult<Self> {
+        Ok(RedisStore {
+            conn: connector(url)?,
+            package,
+            region: format!("{region}:"),
+        })
+    }
+
+    fn run<T>(&self, f: impl FnMut(&mut Connection) -> Result<T, RedisError>) -> CacheResult<T> {
+        self.conn.run(f)
+    }
 
     /// Whether `key` belongs to this instance: its region, and the package's key prefix
     /// (or, without one, the name of one of the package's cached functions).
@@ -434,10 +470,6 @@ impl RedisStore {
             cursor = next;
         }
         Ok(seen.into_iter().collect())
-    }
-
-    fn location_for(&self) -> String {
-        self.endpoint.shown.clone()
     }
 }
 
@@ -584,7 +616,7 @@ impl ByteStore for RedisStore {
     }
 
     fn location(&self) -> String {
-        self.location_for()
+        self.conn.endpoint.shown.clone()
     }
 }
 
