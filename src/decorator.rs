@@ -30,7 +30,7 @@ use crate::warn;
 const MAX_POLL: Duration = Duration::from_millis(50);
 
 /// A token that names one lease holder: unique across processes and calls.
-fn lease_token() -> String {
+pub(crate) fn lease_token() -> String {
     use std::fmt::Write;
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -143,16 +143,16 @@ pub fn reset_stats(package: Option<&str>) {
 }
 
 /// What the settings of the moment make of a decorated function.
-struct Resolved {
+pub(crate) struct Resolved {
     generation: u64,
     /// `{region}:{key_prefix}{name}|` (or with the tag): every key starts with it.
     head: String,
-    backend: Result<Arc<Backend>, (PyErr, Instant)>,
-    lock_timeout: Duration,
+    pub(crate) backend: Result<Arc<Backend>, (PyErr, Instant)>,
+    pub(crate) lock_timeout: Duration,
     /// `on_backend_error='raise'`.
     raise_backend_errors: bool,
     /// `on_lock_timeout='raise'`.
-    raise_lock_timeout: bool,
+    pub(crate) raise_lock_timeout: bool,
 }
 
 /// The options of `@cache(...)`, validated.
@@ -375,12 +375,12 @@ impl CacheInfo {
 
 /// The per-call switches, taken out of `**kwargs` before the function sees them.
 #[derive(Default, Clone, Copy)]
-struct Flags {
-    skip: bool,
-    overwrite: bool,
+pub(crate) struct Flags {
+    pub(crate) skip: bool,
+    pub(crate) overwrite: bool,
 }
 
-fn take_flags<'py>(
+pub(crate) fn take_flags<'py>(
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<(Option<Bound<'py, PyDict>>, Flags)> {
     let Some(kw) = kwargs else {
@@ -422,7 +422,7 @@ pub struct CachedFunction {
     cache_if: Option<Py<PyAny>>,
     validate: Option<Py<PyAny>>,
     is_async: bool,
-    stats: Arc<Stats>,
+    pub(crate) stats: Arc<Stats>,
     flights: Flights<Outcome>,
     resolved: RwLock<Option<Arc<Resolved>>>,
 }
@@ -463,7 +463,7 @@ impl CachedFunction {
 
     /// The settings in force, re-read only after a `configure()`.
     #[inline]
-    fn resolve(&self) -> Arc<Resolved> {
+    pub(crate) fn resolve(&self) -> Arc<Resolved> {
         let generation = config::generation();
         if let Some(r) = &*self.resolved.read() {
             let stale_failure =
@@ -500,14 +500,14 @@ impl CachedFunction {
         r
     }
 
-    fn backend_or_err(&self, py: Python<'_>, r: &Resolved) -> PyResult<Arc<Backend>> {
+    pub(crate) fn backend_or_err(&self, py: Python<'_>, r: &Resolved) -> PyResult<Arc<Backend>> {
         match &r.backend {
             Ok(b) => Ok(b.clone()),
             Err((e, _)) => Err(e.clone_ref(py)),
         }
     }
 
-    fn key(
+    pub(crate) fn key(
         &self,
         r: &Resolved,
         args: &Bound<'_, PyTuple>,
@@ -541,7 +541,7 @@ impl CachedFunction {
     }
 
     /// A cached value valid for `validate=`, or `None`.
-    fn lookup<'py>(
+    pub(crate) fn lookup<'py>(
         &self,
         py: Python<'py>,
         r: &Resolved,
@@ -562,7 +562,7 @@ impl CachedFunction {
     }
 
     /// `value` if `validate=` accepts it (or there is none).
-    fn validated<'py>(
+    pub(crate) fn validated<'py>(
         &self,
         py: Python<'py>,
         value: Bound<'py, PyAny>,
@@ -583,7 +583,7 @@ impl CachedFunction {
 
     /// A backend failure: raised with `on_backend_error='raise'`, else said once and
     /// the call goes on without the cache.
-    fn backend_failed(py: Python<'_>, r: &Resolved, e: PyErr) -> PyResult<()> {
+    pub(crate) fn backend_failed(py: Python<'_>, r: &Resolved, e: PyErr) -> PyResult<()> {
         if r.raise_backend_errors {
             return Err(e);
         }
@@ -619,7 +619,7 @@ impl CachedFunction {
     }
 
     /// The seconds to keep `result`, or `None` if `cache_if` refuses it.
-    fn ttl_if_wanted(&self, result: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    pub(crate) fn ttl_if_wanted(&self, result: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
         if let Some(f) = &self.cache_if {
             if !f.bind(result.py()).call1((result,))?.is_truthy()? {
                 return Ok(None);
@@ -724,7 +724,7 @@ impl CachedFunction {
         }
     }
 
-    fn lock_timed_out(key: &str, r: &Resolved) -> PyErr {
+    pub(crate) fn lock_timed_out(key: &str, r: &Resolved) -> PyErr {
         CacheError::LockTimeout(format!(
             "waited {:?} (lock_timeout) for another caller to compute key {key:?}",
             r.lock_timeout
@@ -858,6 +858,11 @@ impl CachedFunction {
             Self::backend_failed(py, r, e)?;
         }
         Ok(result)
+    }
+
+    /// The decorated function's `__name__`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     fn missing(key: &str) -> PyErr {

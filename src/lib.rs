@@ -2,6 +2,7 @@
 //!
 //! This file only wires the modules into the Python extension `cachu._cachu`.
 
+pub mod aio;
 pub mod backend;
 pub mod codec;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod errors;
 pub mod flight;
 pub mod key;
 pub mod pattern;
+pub mod runtime;
 pub mod warn;
 
 use pyo3::prelude::*;
@@ -43,5 +45,6 @@ fn _cachu(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crud::clear_backends, m)?)?;
     m.add_function(wrap_pyfunction!(crud::clear_all_backends, m)?)?;
     m.add_function(wrap_pyfunction!(backend::python::get_backend, m)?)?;
+    aio::register(m)?;
     Ok(())
 }

@@ -2,9 +2,12 @@
 ``async_cache_*`` operations.
 
 Keys, validation, copies and storage are the Rust core's (the same as for sync
-functions); this module only awaits. Memory lookups answer inline; lookups and
-writes of the file backend run in a worker thread so the event loop never blocks.
-Concurrent misses of one key within an event loop run the coroutine once.
+functions); this module only awaits. A memory hit is one native call inside the
+``async def`` wrapper (no task switch, no thread hop). The file and Redis backends are
+awaited on the core's tokio runtime (SQLite on its blocking pool, Redis on a
+multiplexed connection), with the lease protocol of the sync path: one round trip for
+a hit, two for a miss. Concurrent misses of one key within an event loop run the
+coroutine once; across processes, the Redis lease does the same.
 """
 
 from __future__ import annotations
@@ -14,8 +17,18 @@ import functools
 from typing import Any, Callable, Optional
 
 from cachu._cachu import (
+    BackendError,
     CachedFunction,
+    Probe,
+    _accept,
+    _afetch,
+    _astore,
+    _backend_failed,
     _caller_package,
+    _lease_params,
+    _lock_timeout_error,
+    _probe,
+    _release_soon,
     cache,
     cache_clear,
     cache_delete,
@@ -24,7 +37,6 @@ from cachu._cachu import (
     cache_set,
     clear_backends,
     get_backend,
-    is_disabled,
 )
 
 async_cache = cache
@@ -44,51 +56,154 @@ def _offload(cached: CachedFunction, fn: Callable[..., Any], *args: Any) -> Any:
     return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
 
 
+# What _afetch answers.
+_FOUND, _LEASED, _HELD = 0, 1, 2
+# The longest pause between two looks at a lease held by another process.
+_MAX_POLL = 0.05
+
+# (loop, key) -> the future of a computation in progress on that loop.
+_Flights = dict[tuple[int, str], "asyncio.Future[Any]"]
+
+
+async def _follow(cached: CachedFunction, fut: asyncio.Future[Any], timeout: float) -> Any:
+    """The result of another task's computation (a copy), or ``_MISSING`` if that task
+    was cancelled or did not finish in time."""
+    try:
+        return cached._copy(await asyncio.wait_for(asyncio.shield(fut), timeout))
+    except asyncio.CancelledError:
+        if not fut.cancelled():
+            raise
+        return _MISSING
+    except asyncio.TimeoutError:
+        return _MISSING
+
+
+async def _lead(
+    flights: _Flights,
+    slot: tuple[int, str],
+    compute: Callable[[], Any],
+    on_error: Optional[Callable[[], None]] = None,
+) -> Any:
+    """Runs ``compute`` as the task that others of its loop wait for."""
+    fut = asyncio.get_running_loop().create_future()
+    flights[slot] = fut
+    try:
+        result = await compute()
+    except asyncio.CancelledError:
+        fut.cancel()
+        if on_error is not None:
+            on_error()
+        raise
+    except BaseException as e:
+        fut.set_exception(e)
+        fut.exception()  # retrieved: no "never retrieved" warning without waiters
+        if on_error is not None:
+            on_error()
+        raise
+    else:
+        fut.set_result(result)
+        return result
+    finally:
+        if flights.get(slot) is fut:
+            del flights[slot]
+
+
+async def _local_miss(
+    cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
+) -> Any:
+    """A miss of the memory (or null) backend: the coroutine runs once per key and loop."""
+    func = cached.__wrapped__
+    kwargs = probe.kwargs or {}
+    slot = (id(asyncio.get_running_loop()), probe.key)
+    while not probe.overwrite and slot in flights:
+        got = await _follow(cached, flights[slot], float("inf"))
+        if got is not _MISSING:
+            return got
+
+    async def compute() -> Any:
+        result = await func(*args, **kwargs)
+        cached._store(probe.key, result)
+        return result
+
+    return await _lead(flights, slot, compute)
+
+
+async def _io_call(
+    cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
+) -> Any:
+    """A call on the file or Redis backend: one round trip answers with the value or
+    the lease; a miss computes, then stores and releases in a second one. Tasks of one
+    loop wait for each other; other processes' leases are polled until lock_timeout."""
+    func = cached.__wrapped__
+    kwargs = probe.kwargs or {}
+    key = probe.key
+    loop = asyncio.get_running_loop()
+    slot = (id(loop), key)
+    token, lock_timeout, raise_on_timeout = _lease_params(cached)
+    deadline = loop.time() + lock_timeout
+    read = not probe.overwrite
+    pause = 0.002
+    while True:
+        try:
+            kind, data, created = await _afetch(cached, key, token, read)
+        except BackendError as e:
+            _backend_failed(cached, e)  # raises with on_backend_error='raise'
+            return await func(*args, **kwargs)
+        if kind == _FOUND:
+            found, value = _accept(cached, key, data, created)
+            if found:
+                return value
+            read = False
+            continue
+        flight = flights.get(slot)
+        if flight is not None:
+            # Another task of this loop computes this key: wait for it.
+            if kind == _LEASED:
+                _release_soon(cached, key, token)
+            got = await _follow(cached, flight, max(0.0, deadline - loop.time()))
+            if got is not _MISSING:
+                return got
+        elif kind == _LEASED:
+
+            async def compute() -> Any:
+                result = await func(*args, **kwargs)
+                try:
+                    await _astore(cached, key, token, result)
+                except BackendError as e:
+                    _backend_failed(cached, e)
+                return result
+
+            return await _lead(flights, slot, compute, lambda: _release_soon(cached, key, token))
+        if loop.time() >= deadline:
+            if raise_on_timeout:
+                raise _lock_timeout_error(cached, key)
+            result = await func(*args, **kwargs)
+            try:
+                await _astore(cached, key, token, result)
+            except BackendError as e:
+                _backend_failed(cached, e)
+            return result
+        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+        pause = min(pause * 2, _MAX_POLL)
+        read = True
+
+
 def wrap(cached: CachedFunction) -> Callable[..., Any]:
     """The coroutine function that stands for ``cached`` (a coroutine function)."""
     func = cached.__wrapped__
-    # (loop, key) -> the future of the computation in progress.
-    flights: dict[tuple[int, str], asyncio.Future[Any]] = {}
+    flights: _Flights = {}
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        skip = kwargs.pop("_skip_cache", False)
-        overwrite = kwargs.pop("_overwrite_cache", False)
-        if skip or is_disabled():
-            return await func(*args, **kwargs)
-        key = cached.cache_key(*args, **kwargs)
-        if not overwrite:
-            found, value = await _offload(cached, cached._lookup, key)
-            if found:
-                return value
-        loop = asyncio.get_running_loop()
-        slot = (id(loop), key)
-        while not overwrite and slot in flights:
-            fut = flights[slot]
-            try:
-                return cached._copy(await asyncio.shield(fut))
-            except asyncio.CancelledError:
-                if not fut.cancelled():
-                    raise
-                # The computing task was cancelled: take over.
-        fut = loop.create_future()
-        flights[slot] = fut
-        try:
-            result = await func(*args, **kwargs)
-            await _offload(cached, cached._store, key, result)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        else:
-            fut.set_result(result)
-            return result
-        finally:
-            if flights.get(slot) is fut:
-                del flights[slot]
+        # A memory hit is answered by this one native call.
+        got = _probe(cached, args, kwargs)
+        if type(got) is not Probe:
+            return got
+        if got.skip:
+            return await func(*args, **(got.kwargs or {}))
+        if got.local:
+            return await _local_miss(cached, flights, got, args)
+        return await _io_call(cached, flights, got, args)
 
     async def get(*args: Any, **kwargs: Any) -> Any:
         return await _offload(cached, functools.partial(cached.get, *args, **kwargs))

@@ -21,7 +21,7 @@ use memory::{unix_now, MemoryStore};
 
 /// A store of pickled values: the file and Redis backends. Its methods do I/O and are
 /// called with the GIL released.
-pub trait ByteStore: Send + Sync {
+pub trait ByteStore: Send + Sync + 'static {
     /// The pickled value and its creation time, if present and not expired.
     fn get(&self, key: &str) -> CacheResult<Option<(Vec<u8>, f64)>>;
     /// Stores a pickled value created at `created_at` for `ttl` seconds.
@@ -72,7 +72,36 @@ pub trait ByteStore: Send + Sync {
     }
     /// Where the data lives, for messages.
     fn location(&self) -> String;
+
+    /// [`ByteStore::lease`] for the async API: by default on the runtime's blocking pool.
+    fn lease_async(
+        self: Arc<Self>,
+        key: String,
+        token: String,
+        lease: Duration,
+        read: bool,
+    ) -> BoxFuture<CacheResult<LeaseReply>> {
+        Box::pin(crate::runtime::blocking(move || {
+            self.lease(&key, &token, lease, read)
+        }))
+    }
+
+    /// [`ByteStore::store_and_release`] for the async API.
+    fn store_and_release_async(
+        self: Arc<Self>,
+        key: String,
+        value: Option<(Vec<u8>, f64, f64)>,
+        token: String,
+    ) -> BoxFuture<CacheResult<()>> {
+        Box::pin(crate::runtime::blocking(move || {
+            let value = value.as_ref().map(|(d, c, t)| (d.as_slice(), *c, *t));
+            self.store_and_release(&key, value, &token)
+        }))
+    }
 }
+
+/// A future of the async API, run on the runtime.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
 /// What [`ByteStore::lease`] found.
 pub enum LeaseReply {
@@ -96,7 +125,7 @@ pub enum Lease<'py> {
 
 enum Store {
     Memory(MemoryStore<Stored>),
-    Bytes(Box<dyn ByteStore>),
+    Bytes(Arc<dyn ByteStore>),
     Null,
 }
 
@@ -121,11 +150,11 @@ impl Backend {
                 let cfg = config_of(package.as_deref());
                 let path = std::path::Path::new(&cfg.file_dir)
                     .join(crate::key::sqlite_file_name(package.as_deref(), ttl));
-                Store::Bytes(Box::new(sqlite::SqliteStore::open(path)?))
+                Store::Bytes(Arc::new(sqlite::SqliteStore::open(path)?))
             }
             BackendKind::Redis => {
                 let cfg = config_of(package.as_deref());
-                Store::Bytes(Box::new(redis::RedisStore::open(
+                Store::Bytes(Arc::new(redis::RedisStore::open(
                     &cfg.redis_url,
                     package.clone(),
                     &crate::key::region_name(ttl),
@@ -138,6 +167,19 @@ impl Backend {
             ttl,
             store,
         })
+    }
+
+    /// The store of pickled values, for the async API (`None` for memory and null).
+    pub fn byte_store(&self) -> Option<Arc<dyn ByteStore>> {
+        match &self.store {
+            Store::Bytes(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a call never waits for I/O (memory and null).
+    pub fn is_local(&self) -> bool {
+        !matches!(self.store, Store::Bytes(_))
     }
 
     /// Whether values are kept in this process (no I/O on reads).

@@ -21,9 +21,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::{Connection, ErrorKind, RedisError, Script, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Connection, ErrorKind, RedisError, Script, Value};
 
-use super::{ByteStore, LeaseReply};
+use super::{BoxFuture, ByteStore, LeaseReply};
 use crate::config::{config_of, functions_of};
 use crate::errors::{CacheError, CacheResult};
 use crate::pattern::glob_match;
@@ -290,11 +291,14 @@ fn is_reply_error(e: &RedisError) -> bool {
 }
 
 /// The connections to one server URL, shared by every region and package that uses
-/// it, with the server's health.
+/// it, with the server's health: a pool of blocking connections for the sync API, one
+/// multiplexed connection on the runtime for the async API.
 pub struct Connector {
     endpoint: Endpoint,
     client: redis::Client,
     pool: Mutex<Pool>,
+    /// The multiplexed connection and the process that made it.
+    multiplexed: Mutex<Option<(u32, MultiplexedConnection)>>,
     health: Health,
 }
 
@@ -316,6 +320,7 @@ pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
             pid: std::process::id(),
             idle: Vec::new(),
         }),
+        multiplexed: Mutex::new(None),
         health: Health::new(),
     });
     Ok(CONNECTORS
@@ -394,6 +399,61 @@ impl Connector {
                 // The connection may be out of step: it is dropped, never reused.
                 Err(_) if was_pooled => {}
                 Err(e) => return Err(self.health.failed(&self.endpoint.shown, &e)),
+            }
+        }
+    }
+}
+
+impl Connector {
+    async fn multiplexed(&self) -> Result<(MultiplexedConnection, bool), RedisError> {
+        let pid = std::process::id();
+        if let Some((owner, con)) = &*self.multiplexed.lock() {
+            if *owner == pid {
+                return Ok((con.clone(), true));
+            }
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.endpoint.connect_timeout))
+            .set_response_timeout(Some(self.endpoint.command_timeout));
+        let con = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *self.multiplexed.lock() = Some((pid, con.clone()));
+        Ok((con, false))
+    }
+
+    /// [`Connector::run`] for the async API, on the multiplexed connection.
+    async fn run_async<T, F, Fut>(&self, f: F) -> CacheResult<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        self.health.admit()?;
+        loop {
+            let (con, reused) = self
+                .multiplexed()
+                .await
+                .map_err(|e| self.health.failed(&self.endpoint.shown, &e))?;
+            match f(con).await {
+                Ok(v) => {
+                    self.health.ok();
+                    return Ok(v);
+                }
+                Err(e) if is_reply_error(&e) => {
+                    return Err(CacheError::Backend(format!(
+                        "Redis at {}: {e}",
+                        self.endpoint.shown
+                    )));
+                }
+                Err(e) => {
+                    // A broken connection is replaced, once, before the server is
+                    // declared down.
+                    *self.multiplexed.lock() = None;
+                    if !reused {
+                        return Err(self.health.failed(&self.endpoint.shown, &e));
+                    }
+                }
             }
         }
     }
@@ -497,6 +557,18 @@ fn setex_seconds(ttl: f64) -> u64 {
     (ttl.ceil() as u64).max(1)
 }
 
+/// The answer of the lease script.
+fn lease_reply(reply: Value) -> LeaseReply {
+    match reply {
+        Value::BulkString(data) => {
+            let (value, created) = split_value(data);
+            LeaseReply::Found(value, created)
+        }
+        Value::Int(1) => LeaseReply::Acquired,
+        _ => LeaseReply::Held,
+    }
+}
+
 fn lock_key(key: &str) -> String {
     format!("lock:{key}")
 }
@@ -580,14 +652,7 @@ impl ByteStore for RedisStore {
                 .arg(if read { "1" } else { "0" })
                 .invoke(c)
         })?;
-        Ok(match reply {
-            Value::BulkString(data) => {
-                let (value, created) = split_value(data);
-                LeaseReply::Found(value, created)
-            }
-            Value::Int(1) => LeaseReply::Acquired,
-            _ => LeaseReply::Held,
-        })
+        Ok(lease_reply(reply))
     }
 
     fn store_and_release(
@@ -617,6 +682,55 @@ impl ByteStore for RedisStore {
 
     fn location(&self) -> String {
         self.conn.endpoint.shown.clone()
+    }
+
+    fn lease_async(
+        self: Arc<Self>,
+        key: String,
+        token: String,
+        lease: Duration,
+        read: bool,
+    ) -> BoxFuture<CacheResult<LeaseReply>> {
+        Box::pin(async move {
+            let lock = lock_key(&key);
+            let millis = lease.as_millis().max(1) as u64;
+            let reply: Value = self
+                .conn
+                .run_async(|mut c| {
+                    let mut call = LEASE.key(&key);
+                    call.key(&lock)
+                        .arg(&token)
+                        .arg(millis)
+                        .arg(if read { "1" } else { "0" });
+                    async move { call.invoke_async(&mut c).await }
+                })
+                .await?;
+            Ok(lease_reply(reply))
+        })
+    }
+
+    fn store_and_release_async(
+        self: Arc<Self>,
+        key: String,
+        value: Option<(Vec<u8>, f64, f64)>,
+        token: String,
+    ) -> BoxFuture<CacheResult<()>> {
+        Box::pin(async move {
+            let lock = lock_key(&key);
+            let (seconds, packed) = match &value {
+                Some((data, created, ttl)) if *ttl > 0.0 => {
+                    (setex_seconds(*ttl), pack_value(data, *created))
+                }
+                _ => (0, Vec::new()),
+            };
+            self.conn
+                .run_async(|mut c| {
+                    let mut call = STORE_RELEASE.key(&key);
+                    call.key(&lock).arg(seconds).arg(&packed).arg(&token);
+                    async move { call.invoke_async::<i64>(&mut c).await.map(drop) }
+                })
+                .await
+        })
     }
 }
 

@@ -1,0 +1,258 @@
+//! The native half of the async API; `python/cachu/_async.py` drives it.
+//!
+//! `_probe` is the whole hit path of a coroutine function on the memory backend: one
+//! call that takes the per-call switches out, builds the key and answers from memory,
+//! so the `async def` wrapper returns without a task switch or a thread hop. Anything
+//! else comes back as a [`Probe`] that says what the slow path must do. For the file and
+//! Redis backends, the slow path awaits `_afetch` / `_astore`: futures on the runtime
+//! (`runtime.rs`), SQLite on its blocking pool, Redis on a multiplexed connection, with
+//! the same lease protocol and round trips as the sync path.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::backend::memory::unix_now;
+use crate::backend::{ByteStore, LeaseReply};
+use crate::codec;
+use crate::config;
+use crate::decorator::{lease_token, take_flags, CachedFunction};
+use crate::runtime;
+use crate::warn;
+
+/// What the slow path of an async call has to do.
+#[pyclass(frozen, module = "cachu._cachu")]
+pub struct Probe {
+    /// Run the function without the cache (`_skip_cache`, `disable()`, or a backend
+    /// that cannot be opened).
+    #[pyo3(get)]
+    skip: bool,
+    /// The backend answers without I/O (memory, null).
+    #[pyo3(get)]
+    local: bool,
+    #[pyo3(get)]
+    overwrite: bool,
+    #[pyo3(get)]
+    key: String,
+    /// The keyword arguments without the switches.
+    #[pyo3(get)]
+    kwargs: Option<Py<PyDict>>,
+}
+
+/// The value of a memory hit, or a [`Probe`].
+#[pyfunction]
+#[pyo3(signature = (cached, args, kwargs=None))]
+pub fn _probe<'py>(
+    cached: &Bound<'py, CachedFunction>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cached.py();
+    let this = cached.get();
+    let (kwargs, flags) = take_flags(kwargs)?;
+    let probe = |skip: bool, local: bool, key: String| Probe {
+        skip,
+        local,
+        overwrite: flags.overwrite,
+        key,
+        kwargs: kwargs.as_ref().map(|k| k.clone().unbind()),
+    };
+    if flags.skip || config::is_disabled_now() {
+        return Ok(Bound::new(py, probe(true, true, String::new()))?.into_any());
+    }
+    let r = this.resolve();
+    let backend = match &r.backend {
+        Ok(b) => b.clone(),
+        Err((e, _)) => {
+            CachedFunction::backend_failed(py, &r, e.clone_ref(py))?;
+            return Ok(Bound::new(py, probe(true, true, String::new()))?.into_any());
+        }
+    };
+    let key = this.key(&r, args, kwargs.as_ref())?;
+    let local = backend.is_local();
+    if local && !flags.overwrite {
+        if let Some(v) = this.lookup(py, &r, &backend, &key)? {
+            this.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(v);
+        }
+    }
+    Ok(Bound::new(py, probe(false, local, key))?.into_any())
+}
+
+fn byte_store(cached: &Bound<'_, CachedFunction>) -> PyResult<std::sync::Arc<dyn ByteStore>> {
+    let py = cached.py();
+    let this = cached.get();
+    let backend = this.backend_or_err(py, &this.resolve())?;
+    backend.byte_store().ok_or_else(|| {
+        crate::errors::CacheError::Backend(format!(
+            "the {} backend does no I/O: it has no async fetch",
+            backend.kind.name()
+        ))
+        .into()
+    })
+}
+
+/// Bytes handed from the runtime to Python.
+pub struct Raw(Vec<u8>);
+
+impl<'py> IntoPyObject<'py> for Raw {
+    type Target = PyBytes;
+    type Output = Bound<'py, PyBytes>;
+    type Error = Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+        Ok(PyBytes::new(py, &self.0))
+    }
+}
+
+/// `(0, value bytes, created_at)` found; `(1, None, 0.0)` the lease is ours;
+/// `(2, None, 0.0)` another caller holds it.
+type Fetched = (u8, Option<Raw>, f64);
+
+/// Awaitable: the stored value of `key` (when `read`), else the lease on computing it.
+#[pyfunction]
+pub fn _afetch<'py>(
+    cached: &Bound<'py, CachedFunction>,
+    key: String,
+    token: String,
+    read: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let store = byte_store(cached)?;
+    let lease = cached.get().resolve().lock_timeout;
+    runtime::awaitable(cached.py(), async move {
+        let reply = store.lease_async(key, token, lease, read).await?;
+        Ok::<Fetched, PyErr>(match reply {
+            LeaseReply::Found(data, created) => (0, Some(Raw(data)), created),
+            LeaseReply::Acquired => (1, None, 0.0),
+            LeaseReply::Held => (2, None, 0.0),
+        })
+    })
+}
+
+/// `(True, value)` if fetched bytes decode and pass `validate=`, else `(False, None)`.
+/// An undecodable value is reported and discarded off the event loop.
+#[pyfunction]
+pub fn _accept<'py>(
+    cached: &Bound<'py, CachedFunction>,
+    key: String,
+    data: &[u8],
+    created_at: f64,
+) -> PyResult<(bool, Bound<'py, PyAny>)> {
+    let py = cached.py();
+    let this = cached.get();
+    let miss = || (false, py.None().into_bound(py));
+    let value = match codec::loads(py, data) {
+        Ok(v) if created_at.is_finite() => v,
+        Ok(_) => return Ok(miss()),
+        Err(err) => {
+            let store = byte_store(cached)?;
+            warn::undecodable(py, &store.location(), &key, &err);
+            let data = data.to_vec();
+            runtime::handle()
+                .spawn_blocking(move || store.discard_corrupt(&key, &data, created_at));
+            return Ok(miss());
+        }
+    };
+    match this.validated(py, value, created_at)? {
+        Some(v) => {
+            this.stats.hits.fetch_add(1, Ordering::Relaxed);
+            Ok((true, v))
+        }
+        None => Ok(miss()),
+    }
+}
+
+/// Awaitable: stores a computed `result` (as `cache_if` and the TTL say) and releases
+/// the lease of `token`. Counts the miss.
+#[pyfunction]
+pub fn _astore<'py>(
+    cached: &Bound<'py, CachedFunction>,
+    key: String,
+    token: String,
+    result: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cached.py();
+    let this = cached.get();
+    this.stats.misses.fetch_add(1, Ordering::Relaxed);
+    let store = byte_store(cached)?;
+    let value = match this.ttl_if_wanted(result)? {
+        Some(ttl) => match codec::dumps(result) {
+            Ok(data) => Some((data.as_bytes().to_vec(), unix_now(), ttl)),
+            Err(e) => {
+                warn::once(
+                    py,
+                    &format!("unpicklable:{}", this.name()),
+                    &format!(
+                        "cachu: the result of {}() was not cached: it cannot be pickled ({e})",
+                        this.name()
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    runtime::awaitable(py, async move {
+        store.store_and_release_async(key, value, token).await?;
+        Ok(())
+    })
+}
+
+/// Releases the lease of `token` in the background (a cancelled or failed computation).
+#[pyfunction]
+pub fn _release_soon(
+    cached: &Bound<'_, CachedFunction>,
+    key: String,
+    token: String,
+) -> PyResult<()> {
+    let store = byte_store(cached)?;
+    runtime::handle().spawn(async move {
+        let _ = store.store_and_release_async(key, None, token).await;
+    });
+    Ok(())
+}
+
+/// `(token, lock_timeout seconds, raise on lock timeout)` for one slow call.
+#[pyfunction]
+pub fn _lease_params(cached: &Bound<'_, CachedFunction>) -> (String, f64, bool) {
+    let r = cached.get().resolve();
+    (
+        lease_token(),
+        r.lock_timeout.as_secs_f64(),
+        r.raise_lock_timeout,
+    )
+}
+
+/// A backend error met by the async path: raised with `on_backend_error='raise'`,
+/// else said once; then the caller runs the function (a miss).
+#[pyfunction]
+pub fn _backend_failed(
+    cached: &Bound<'_, CachedFunction>,
+    error: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = cached.py();
+    let this = cached.get();
+    this.stats.misses.fetch_add(1, Ordering::Relaxed);
+    CachedFunction::backend_failed(py, &this.resolve(), PyErr::from_value(error))
+}
+
+/// The error a waiter past `lock_timeout` raises.
+#[pyfunction]
+pub fn _lock_timeout_error(cached: &Bound<'_, CachedFunction>, key: &str) -> PyErr {
+    CachedFunction::lock_timed_out(key, &cached.get().resolve())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Probe>()?;
+    m.add_function(wrap_pyfunction!(_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(_afetch, m)?)?;
+    m.add_function(wrap_pyfunction!(_accept, m)?)?;
+    m.add_function(wrap_pyfunction!(_astore, m)?)?;
+    m.add_function(wrap_pyfunction!(_release_soon, m)?)?;
+    m.add_function(wrap_pyfunction!(_lease_params, m)?)?;
+    m.add_function(wrap_pyfunction!(_backend_failed, m)?)?;
+    m.add_function(wrap_pyfunction!(_lock_timeout_error, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The tokio runtime behind the async API, and its bridge to asyncio.
+//!
+//! One multi-threaded runtime per process, made on first use. A child of `fork()`
+//! inherits the parent's runtime without its threads: it makes its own, and leaves the
+//! inherited one alone (dropping it would wait for threads that do not exist).
+//! Awaitables are made with pyo3-async-runtimes' generic bridge over this runtime.
+
+use std::cell::OnceCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3_async_runtimes::generic::{self, ContextExt, Runtime as GenericRuntime};
+use pyo3_async_runtimes::TaskLocals;
+use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::task::{JoinError, JoinHandle};
+
+/// Worker threads of the runtime: I/O waits, it does not compute.
+const WORKERS: usize = 2;
+
+static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+
+/// The handle of this process's runtime.
+pub fn handle() -> Handle {
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock();
+    match &*slot {
+        Some((owner, rt)) if *owner == pid => rt.handle().clone(),
+        _ => {
+            if let Some(inherited) = slot.take() {
+                std::mem::forget(inherited);
+            }
+            let rt = Builder::new_multi_thread()
+                .worker_threads(WORKERS)
+                .thread_name("cachu-io")
+                .enable_all()
+                .build()
+                .expect("cachu: cannot start the tokio runtime of the async API");
+            let handle = rt.handle().clone();
+            *slot = Some((pid, Arc::new(rt)));
+            handle
+        }
+    }
+}
+
+/// Runs blocking work (SQLite) on the runtime's blocking pool.
+pub async fn blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match handle().spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The runtime as pyo3-async-runtimes sees it.
+pub struct CachuRuntime;
+
+tokio::task_local! {
+    static TASK_LOCALS: OnceCell<TaskLocals>;
+}
+
+impl GenericRuntime for CachuRuntime {
+    type JoinError = JoinError;
+    type JoinHandle = JoinHandle<()>;
+
+    fn spawn<F>(fut: F) -> Self::JoinHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        handle().spawn(fut)
+    }
+
+    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        handle().spawn_blocking(f)
+    }
+}
+
+impl ContextExt for CachuRuntime {
+    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
+    where
+        F: Future<Output = R> + Send + 'static,
+    {
+        let cell = OnceCell::new();
+        let _ = cell.set(locals);
+        Box::pin(TASK_LOCALS.scope(cell, fut))
+    }
+
+    fn get_task_locals() -> Option<TaskLocals> {
+        TASK_LOCALS
+            .try_with(|c| c.get().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// An asyncio awaitable, on the running loop, of a Rust future run on the runtime.
+pub fn awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    generic::future_into_py::<CachuRuntime, F, T>(py, fut)
+}
