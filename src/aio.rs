@@ -15,9 +15,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::backend::memory::unix_now;
+use crate::backend::redis::{pack_value, setex_seconds};
 use crate::backend::{ByteStore, LeaseReply};
 use crate::codec;
-use crate::config;
+use crate::config::{self, BackendKind};
 use crate::decorator::{lease_token, take_flags, CachedFunction};
 use crate::runtime;
 use crate::warn;
@@ -39,6 +40,9 @@ pub struct Probe {
     /// The keyword arguments without the switches.
     #[pyo3(get)]
     kwargs: Option<Py<PyDict>>,
+    /// The server of the Redis backend (the asyncio client talks to it).
+    #[pyo3(get)]
+    redis_url: Option<String>,
 }
 
 /// The value of a memory hit, or a [`Probe`].
@@ -58,6 +62,7 @@ pub fn _probe<'py>(
         overwrite: flags.overwrite,
         key,
         kwargs: kwargs.as_ref().map(|k| k.clone().unbind()),
+        redis_url: None,
     };
     if flags.skip || config::is_disabled_now() {
         return Ok(Bound::new(py, probe(true, true, String::new()))?.into_any());
@@ -78,7 +83,15 @@ pub fn _probe<'py>(
             return Ok(v);
         }
     }
-    Ok(Bound::new(py, probe(false, local, key))?.into_any())
+    let mut slow = probe(false, local, key);
+    if backend.kind == BackendKind::Redis {
+        slow.redis_url = Some(
+            config::config_of(backend.package.as_deref())
+                .redis_url
+                .clone(),
+        );
+    }
+    Ok(Bound::new(py, slow)?.into_any())
 }
 
 fn byte_store(cached: &Bound<'_, CachedFunction>) -> PyResult<std::sync::Arc<dyn ByteStore>> {
@@ -173,31 +186,58 @@ pub fn _astore<'py>(
     token: String,
     result: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let py = cached.py();
-    let this = cached.get();
-    this.stats.misses.fetch_add(1, Ordering::Relaxed);
     let store = byte_store(cached)?;
-    let value = match this.ttl_if_wanted(result)? {
-        Some(ttl) => match codec::dumps(result) {
-            Ok(data) => Some((data.as_bytes().to_vec(), unix_now(), ttl)),
-            Err(e) => {
-                warn::once(
-                    py,
-                    &format!("unpicklable:{}", this.name()),
-                    &format!(
-                        "cachu: the result of {}() was not cached: it cannot be pickled ({e})",
-                        this.name()
-                    ),
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    runtime::awaitable(py, async move {
+    let value = value_to_store(cached, result)?;
+    runtime::awaitable(cached.py(), async move {
         store.store_and_release_async(key, value, token).await?;
         Ok(())
     })
+}
+
+/// What a computed `result` is stored as: `(pickle, created_at, ttl)`, or `None` when
+/// `cache_if` refuses it or it cannot be pickled (said once). Counts the miss.
+fn value_to_store(
+    cached: &Bound<'_, CachedFunction>,
+    result: &Bound<'_, PyAny>,
+) -> PyResult<Option<(Vec<u8>, f64, f64)>> {
+    let this = cached.get();
+    this.stats.misses.fetch_add(1, Ordering::Relaxed);
+    let Some(ttl) = this.ttl_if_wanted(result)? else {
+        return Ok(None);
+    };
+    match codec::dumps(result) {
+        Ok(data) => Ok(Some((data.as_bytes().to_vec(), unix_now(), ttl))),
+        Err(e) => {
+            warn::once(
+                cached.py(),
+                &format!("unpicklable:{}", this.name()),
+                &format!(
+                    "cachu: the result of {}() was not cached: it cannot be pickled ({e})",
+                    this.name()
+                ),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// For the asyncio Redis client: `(SETEX seconds, header + pickle)` to store for
+/// `result`, or `None`. Counts the miss.
+#[pyfunction]
+pub fn _pack<'py>(
+    cached: &Bound<'py, CachedFunction>,
+    result: &Bound<'py, PyAny>,
+) -> PyResult<Option<(u64, Bound<'py, PyBytes>)>> {
+    Ok(
+        value_to_store(cached, result)?.and_then(|(data, created, ttl)| {
+            (ttl > 0.0).then(|| {
+                (
+                    setex_seconds(ttl),
+                    PyBytes::new(cached.py(), &pack_value(&data, created)),
+                )
+            })
+        }),
+    )
 }
 
 /// Releases the lease of `token` in the background (a cancelled or failed computation).
@@ -226,15 +266,19 @@ pub fn _lease_params(cached: &Bound<'_, CachedFunction>) -> (String, f64, bool) 
 }
 
 /// A backend error met by the async path: raised with `on_backend_error='raise'`,
-/// else said once; then the caller runs the function (a miss).
+/// else said once. With `miss`, the caller runs the function next: counted as a miss.
 #[pyfunction]
+#[pyo3(signature = (cached, error, miss=false))]
 pub fn _backend_failed(
     cached: &Bound<'_, CachedFunction>,
     error: Bound<'_, PyAny>,
+    miss: bool,
 ) -> PyResult<()> {
     let py = cached.py();
     let this = cached.get();
-    this.stats.misses.fetch_add(1, Ordering::Relaxed);
+    if miss {
+        this.stats.misses.fetch_add(1, Ordering::Relaxed);
+    }
     CachedFunction::backend_failed(py, &this.resolve(), PyErr::from_value(error))
 }
 
@@ -250,6 +294,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_afetch, m)?)?;
     m.add_function(wrap_pyfunction!(_accept, m)?)?;
     m.add_function(wrap_pyfunction!(_astore, m)?)?;
+    m.add_function(wrap_pyfunction!(_pack, m)?)?;
     m.add_function(wrap_pyfunction!(_release_soon, m)?)?;
     m.add_function(wrap_pyfunction!(_lease_params, m)?)?;
     m.add_function(wrap_pyfunction!(_backend_failed, m)?)?;

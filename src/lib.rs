@@ -46,5 +46,6 @@ fn _cachu(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crud::clear_all_backends, m)?)?;
     m.add_function(wrap_pyfunction!(backend::python::get_backend, m)?)?;
     aio::register(m)?;
+    backend::redis::for_asyncio::register(m)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ import asyncio
 import functools
 from typing import Any, Callable, Optional
 
+from cachu import _aioredis
 from cachu._cachu import (
     BackendError,
     CachedFunction,
@@ -27,6 +28,7 @@ from cachu._cachu import (
     _caller_package,
     _lease_params,
     _lock_timeout_error,
+    _pack,
     _probe,
     _release_soon,
     cache,
@@ -128,6 +130,34 @@ async def _local_miss(
     return await _lead(flights, slot, compute)
 
 
+async def _fetch(
+    cached: CachedFunction, probe: Probe, token: str, lease: float, read: bool
+) -> tuple[int, Optional[bytes], float]:
+    """The value, or the lease: Redis from this loop, the file backend on the runtime."""
+    if probe.redis_url is not None:
+        return await _aioredis.fetch(probe.redis_url, probe.key, token, lease, read)
+    return await _afetch(cached, probe.key, token, read)
+
+
+async def _put(cached: CachedFunction, probe: Probe, token: str, result: Any) -> None:
+    """Stores a computed result (as cache_if and the TTL say) and releases the lease."""
+    try:
+        if probe.redis_url is not None:
+            packed = _pack(cached, result)
+            await _aioredis.store_release(probe.redis_url, probe.key, token, packed)
+        else:
+            await _astore(cached, probe.key, token, result)
+    except BackendError as e:
+        _backend_failed(cached, e)
+
+
+def _release(cached: CachedFunction, probe: Probe, token: str) -> None:
+    if probe.redis_url is not None:
+        _aioredis.release_soon(probe.redis_url, probe.key, token)
+    else:
+        _release_soon(cached, probe.key, token)
+
+
 async def _io_call(
     cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
 ) -> Any:
@@ -145,9 +175,9 @@ async def _io_call(
     pause = 0.002
     while True:
         try:
-            kind, data, created = await _afetch(cached, key, token, read)
+            kind, data, created = await _fetch(cached, probe, token, lock_timeout, read)
         except BackendError as e:
-            _backend_failed(cached, e)  # raises with on_backend_error='raise'
+            _backend_failed(cached, e, True)  # raises with on_backend_error='raise'
             return await func(*args, **kwargs)
         if kind == _FOUND:
             found, value = _accept(cached, key, data, created)
@@ -159,7 +189,7 @@ async def _io_call(
         if flight is not None:
             # Another task of this loop computes this key: wait for it.
             if kind == _LEASED:
-                _release_soon(cached, key, token)
+                _release(cached, probe, token)
             got = await _follow(cached, flight, max(0.0, deadline - loop.time()))
             if got is not _MISSING:
                 return got
@@ -167,21 +197,15 @@ async def _io_call(
 
             async def compute() -> Any:
                 result = await func(*args, **kwargs)
-                try:
-                    await _astore(cached, key, token, result)
-                except BackendError as e:
-                    _backend_failed(cached, e)
+                await _put(cached, probe, token, result)
                 return result
 
-            return await _lead(flights, slot, compute, lambda: _release_soon(cached, key, token))
+            return await _lead(flights, slot, compute, lambda: _release(cached, probe, token))
         if loop.time() >= deadline:
             if raise_on_timeout:
                 raise _lock_timeout_error(cached, key)
             result = await func(*args, **kwargs)
-            try:
-                await _astore(cached, key, token, result)
-            except BackendError as e:
-                _backend_failed(cached, e)
+            await _put(cached, probe, token, result)
             return result
         await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
         pause = min(pause * 2, _MAX_POLL)
@@ -328,7 +352,9 @@ async def get_async_backend(
 
 
 async def clear_async_backends(package: Optional[str] = None) -> None:
-    """Forgets the backend instances of ``package`` (the caller's if not given)."""
+    """Forgets the backend instances of ``package`` (the caller's if not given) and
+    closes this event loop's Redis connections (the next call connects again)."""
     if package is None:
         package = _caller_package()
     clear_backends(package)
+    await _aioredis.close_connections()

@@ -21,10 +21,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Connection, ErrorKind, RedisError, Script, Value};
+use redis::{Connection, ErrorKind, RedisError, Script, Value};
 
-use super::{BoxFuture, ByteStore, LeaseReply};
+use super::{ByteStore, LeaseReply};
 use crate::config::{config_of, functions_of};
 use crate::errors::{CacheError, CacheResult};
 use crate::pattern::glob_match;
@@ -40,30 +39,24 @@ const HEADER: usize = 8;
 
 /// `GET key`, or take the lease on a miss. Returns the value (bulk), or 1 when the
 /// lease is ours, 0 when another holds it.
-static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const LEASE_SRC: &str = r"
 if ARGV[3] == '1' then
   local v = redis.call('GET', KEYS[1])
   if v then return v end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
-return 0",
-    )
-});
+return 0";
+static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_SRC));
 
 /// Store the value (when ARGV[2] is not empty) and release the lease if it is ours.
-static STORE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+const STORE_RELEASE_SRC: &str = r"
 if ARGV[2] ~= '' then
   redis.call('SETEX', KEYS[1], ARGV[1], ARGV[2])
 end
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-return 1",
-    )
-});
+return 1";
+static STORE_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_RELEASE_SRC));
 
 /// Delete a value only if it is still the one that failed to decode.
 static DELETE_IF_SAME: LazyLock<Script> = LazyLock::new(|| {
@@ -248,7 +241,7 @@ impl Health {
         Err(CacheError::Backend(self.message.lock().clone()))
     }
 
-    fn failed(&self, shown: &str, err: &RedisError) -> CacheError {
+    fn failed(&self, shown: &str, err: &dyn std::fmt::Display) -> CacheError {
         self.retry_at.store(
             self.now_ms() + BREAKER.as_millis() as u64,
             Ordering::Release,
@@ -291,14 +284,11 @@ fn is_reply_error(e: &RedisError) -> bool {
 }
 
 /// The connections to one server URL, shared by every region and package that uses
-/// it, with the server's health: a pool of blocking connections for the sync API, one
-/// multiplexed connection on the runtime for the async API.
+/// it, with the server's health (which the asyncio client of the async API shares).
 pub struct Connector {
     endpoint: Endpoint,
     client: redis::Client,
     pool: Mutex<Pool>,
-    /// The multiplexed connection and the process that made it.
-    multiplexed: Mutex<Option<(u32, MultiplexedConnection)>>,
     health: Health,
 }
 
@@ -320,7 +310,6 @@ pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
             pid: std::process::id(),
             idle: Vec::new(),
         }),
-        multiplexed: Mutex::new(None),
         health: Health::new(),
     });
     Ok(CONNECTORS
@@ -399,61 +388,6 @@ impl Connector {
                 // The connection may be out of step: it is dropped, never reused.
                 Err(_) if was_pooled => {}
                 Err(e) => return Err(self.health.failed(&self.endpoint.shown, &e)),
-            }
-        }
-    }
-}
-
-impl Connector {
-    async fn multiplexed(&self) -> Result<(MultiplexedConnection, bool), RedisError> {
-        let pid = std::process::id();
-        if let Some((owner, con)) = &*self.multiplexed.lock() {
-            if *owner == pid {
-                return Ok((con.clone(), true));
-            }
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.endpoint.connect_timeout))
-            .set_response_timeout(Some(self.endpoint.command_timeout));
-        let con = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        *self.multiplexed.lock() = Some((pid, con.clone()));
-        Ok((con, false))
-    }
-
-    /// [`Connector::run`] for the async API, on the multiplexed connection.
-    async fn run_async<T, F, Fut>(&self, f: F) -> CacheResult<T>
-    where
-        F: Fn(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = Result<T, RedisError>>,
-    {
-        self.health.admit()?;
-        loop {
-            let (con, reused) = self
-                .multiplexed()
-                .await
-                .map_err(|e| self.health.failed(&self.endpoint.shown, &e))?;
-            match f(con).await {
-                Ok(v) => {
-                    self.health.ok();
-                    return Ok(v);
-                }
-                Err(e) if is_reply_error(&e) => {
-                    return Err(CacheError::Backend(format!(
-                        "Redis at {}: {e}",
-                        self.endpoint.shown
-                    )));
-                }
-                Err(e) => {
-                    // A broken connection is replaced, once, before the server is
-                    // declared down.
-                    *self.multiplexed.lock() = None;
-                    if !reused {
-                        return Err(self.health.failed(&self.endpoint.shown, &e));
-                    }
-                }
             }
         }
     }
@@ -545,7 +479,7 @@ fn split_value(mut data: Vec<u8>) -> (Vec<u8>, f64) {
     (data, f64::from_ne_bytes(head))
 }
 
-fn pack_value(value: &[u8], created_at: f64) -> Vec<u8> {
+pub(crate) fn pack_value(value: &[u8], created_at: f64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + value.len());
     out.extend_from_slice(&created_at.to_ne_bytes());
     out.extend_from_slice(value);
@@ -553,7 +487,7 @@ fn pack_value(value: &[u8], created_at: f64) -> Vec<u8> {
 }
 
 /// Whole seconds for `SETEX` (at least one: Redis refuses zero).
-fn setex_seconds(ttl: f64) -> u64 {
+pub(crate) fn setex_seconds(ttl: f64) -> u64 {
     (ttl.ceil() as u64).max(1)
 }
 
@@ -683,54 +617,71 @@ impl ByteStore for RedisStore {
     fn location(&self) -> String {
         self.conn.endpoint.shown.clone()
     }
+}
 
-    fn lease_async(
-        self: Arc<Self>,
-        key: String,
-        token: String,
-        lease: Duration,
-        read: bool,
-    ) -> BoxFuture<CacheResult<LeaseReply>> {
-        Box::pin(async move {
-            let lock = lock_key(&key);
-            let millis = lease.as_millis().max(1) as u64;
-            let reply: Value = self
-                .conn
-                .run_async(|mut c| {
-                    let mut call = LEASE.key(&key);
-                    call.key(&lock)
-                        .arg(&token)
-                        .arg(millis)
-                        .arg(if read { "1" } else { "0" });
-                    async move { call.invoke_async(&mut c).await }
-                })
-                .await?;
-            Ok(lease_reply(reply))
-        })
+/// What the asyncio client of the async API (`python/cachu/_aioredis.py`) needs
+/// from this module: the same scripts, URL options and server health.
+pub mod for_asyncio {
+    use pyo3::prelude::*;
+    use pyo3::types::PyDict;
+
+    use super::{connector, Endpoint, LEASE, LEASE_SRC, STORE_RELEASE, STORE_RELEASE_SRC};
+    use crate::errors::CacheError;
+
+    /// The URL's options, as `Endpoint` reads them.
+    #[pyfunction]
+    pub fn _redis_endpoint<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, PyDict>> {
+        let ep = Endpoint::parse(url)
+            .map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
+        let d = PyDict::new(py);
+        d.set_item("shown", &ep.shown)?;
+        d.set_item("ca_file", &ep.ca_file)?;
+        d.set_item("insecure", ep.url.ends_with("#insecure"))?;
+        d.set_item("connect_timeout", ep.connect_timeout.as_secs_f64())?;
+        d.set_item("command_timeout", ep.command_timeout.as_secs_f64())?;
+        Ok(d)
     }
 
-    fn store_and_release_async(
-        self: Arc<Self>,
-        key: String,
-        value: Option<(Vec<u8>, f64, f64)>,
-        token: String,
-    ) -> BoxFuture<CacheResult<()>> {
-        Box::pin(async move {
-            let lock = lock_key(&key);
-            let (seconds, packed) = match &value {
-                Some((data, created, ttl)) if *ttl > 0.0 => {
-                    (setex_seconds(*ttl), pack_value(data, *created))
-                }
-                _ => (0, Vec::new()),
-            };
-            self.conn
-                .run_async(|mut c| {
-                    let mut call = STORE_RELEASE.key(&key);
-                    call.key(&lock).arg(seconds).arg(&packed).arg(&token);
-                    async move { call.invoke_async::<i64>(&mut c).await.map(drop) }
-                })
-                .await
-        })
+    /// `(sha1, source)` of the lease script and of the store-and-release script.
+    #[pyfunction]
+    pub fn _redis_scripts() -> ((String, String), (String, String)) {
+        (
+            (LEASE.get_hash().to_owned(), LEASE_SRC.to_owned()),
+            (
+                STORE_RELEASE.get_hash().to_owned(),
+                STORE_RELEASE_SRC.to_owned(),
+            ),
+        )
+    }
+
+    /// `None` if a call to `url` may go ahead, else the message of the current outage
+    /// (the breaker is open).
+    #[pyfunction]
+    pub fn _redis_admit(url: &str) -> PyResult<Option<String>> {
+        Ok(connector(url)?.health.admit().err().map(|e| e.to_string()))
+    }
+
+    /// Records a transport failure; returns the outage's message.
+    #[pyfunction]
+    pub fn _redis_failed(url: &str, detail: &str) -> PyResult<String> {
+        let c = connector(url)?;
+        Ok(c.health.failed(&c.endpoint.shown, &detail).to_string())
+    }
+
+    /// Records a successful call.
+    #[pyfunction]
+    pub fn _redis_ok(url: &str) -> PyResult<()> {
+        connector(url)?.health.ok();
+        Ok(())
+    }
+
+    pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_function(wrap_pyfunction!(_redis_endpoint, m)?)?;
+        m.add_function(wrap_pyfunction!(_redis_scripts, m)?)?;
+        m.add_function(wrap_pyfunction!(_redis_admit, m)?)?;
+        m.add_function(wrap_pyfunction!(_redis_failed, m)?)?;
+        m.add_function(wrap_pyfunction!(_redis_ok, m)?)?;
+        Ok(())
     }
 }
 

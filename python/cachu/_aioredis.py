@@ -1,0 +1,318 @@
+"""The Redis client of the async API: an asyncio protocol on the caller's event loop.
+
+A Redis round trip on loopback takes tens of microseconds; handing it to a thread
+and back (a runtime on other threads, then ``call_soon_threadsafe``) costs as much
+again on a small machine. So async calls talk to Redis from the event loop itself: one
+pipelined connection per (event loop, URL), requests answered in order. It speaks
+only what the cache needs (``EVALSHA`` of the two scripts of the Rust core, with
+``SCRIPT LOAD`` when the server does not know them yet), shares the core's URL options
+and the server's health (the breaker and the one-warning-per-outage message), and
+never blocks the loop: connects and replies have the URL's timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import ssl
+import struct
+import weakref
+from typing import Any, Optional, Union
+from urllib.parse import unquote, urlsplit
+
+from cachu._cachu import (
+    BackendError,
+    _redis_admit,
+    _redis_endpoint,
+    _redis_failed,
+    _redis_ok,
+    _redis_scripts,
+)
+
+(_LEASE_SHA, _LEASE_SRC), (_STORE_SHA, _STORE_SRC) = _redis_scripts()
+_HEADER = struct.Struct("d")
+
+
+class ReplyError(Exception):
+    """An error reply of the server (the connection stays usable)."""
+
+
+Reply = Union[bytes, int, str, None, ReplyError, list]
+
+
+class _Parser:
+    """RESP2 replies out of a byte stream."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next(self) -> tuple[bool, Reply]:
+        """``(True, reply)``, or ``(False, None)`` while the next reply is incomplete."""
+        pos, reply = self._read(self._pos)
+        if pos < 0:
+            return False, None
+        self._pos = pos
+        return True, reply
+
+    def _read(self, pos: int) -> tuple[int, Reply]:
+        buf = self._buf
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            return -1, None
+        kind, line = buf[pos : pos + 1], bytes(buf[pos + 1 : end])
+        pos = end + 2
+        if kind == b"$":
+            n = int(line)
+            if n < 0:
+                return pos, None
+            if len(buf) < pos + n + 2:
+                return -1, None
+            return pos + n + 2, bytes(buf[pos : pos + n])
+        if kind == b":":
+            return pos, int(line)
+        if kind == b"+":
+            return pos, line.decode()
+        if kind == b"-":
+            return pos, ReplyError(line.decode(errors="replace"))
+        if kind == b"*":
+            n = int(line)
+            items: list[Reply] = []
+            for _ in range(max(n, 0)):
+                pos, item = self._read(pos)
+                if pos < 0:
+                    return -1, None
+                items.append(item)
+            return pos, (None if n < 0 else items)
+        raise ReplyError(f"unexpected reply from the server: {bytes(buf[pos - 2 :])[:40]!r}")
+
+
+def _encode(*args: Union[bytes, str, int]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if not isinstance(a, bytes):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _Connection(asyncio.Protocol):
+    """One pipelined connection: replies come back in the order of the requests."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._parser = _Parser()
+        self._waiters: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        self._transport: Optional[asyncio.Transport] = None
+        self.broken: Optional[BaseException] = None
+        self.pid = os.getpid()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        parser.feed(data)
+        try:
+            while self._waiters:
+                complete, reply = parser.next()
+                if not complete:
+                    break
+                fut = self._waiters.popleft()
+                if fut.done():
+                    continue
+                if isinstance(reply, ReplyError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        except (ValueError, ReplyError) as e:
+            self._fail(ConnectionError(f"unreadable reply: {e}"))
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._fail(exc or ConnectionError("the server closed the connection"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.broken is None:
+            self.broken = exc
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(ConnectionError(str(exc)))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _expire(self, fut: asyncio.Future[Reply]) -> None:
+        if not fut.done():
+            # The reply may still come: the stream is out of step, so it is closed.
+            self._fail(TimeoutError(f"no reply within {self._timeout}s"))
+
+    async def request(self, payload: bytes) -> Reply:
+        if self.broken is not None or self._transport is None:
+            raise ConnectionError(f"connection is closed ({self.broken})")
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        self._transport.write(payload)
+        timer = self._loop.call_later(self._timeout, self._expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self.broken = self.broken or ConnectionError("closed")
+
+
+# Per event loop: URL -> connection (or the task connecting it).
+_connections: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, asyncio.Future[_Connection]]
+] = weakref.WeakKeyDictionary()
+
+
+def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=options["ca_file"])
+    if options["insecure"]:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _connect(url: str) -> _Connection:
+    options = _redis_endpoint(url)
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    conn = _Connection(loop, options["command_timeout"])
+    timeout = options["connect_timeout"]
+    if parts.scheme == "unix":
+        connecting = loop.create_unix_connection(lambda: conn, unquote(parts.path))
+    else:
+        connecting = loop.create_connection(
+            lambda: conn,
+            parts.hostname or "localhost",
+            parts.port or 6379,
+            ssl=_ssl_context(options) if parts.scheme == "rediss" else None,
+        )
+    await asyncio.wait_for(connecting, timeout)
+    setup = []
+    if parts.password is not None:
+        user = unquote(parts.username) if parts.username else None
+        setup.append(_encode("AUTH", *([user] if user else []), unquote(parts.password)))
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if db and db != "0":
+        setup.append(_encode("SELECT", db))
+    for payload in setup:
+        reply = await asyncio.wait_for(conn.request(payload), timeout)
+        if isinstance(reply, ReplyError):
+            conn.close()
+            raise reply
+    return conn
+
+
+async def _connection(url: str) -> _Connection:
+    loop = asyncio.get_running_loop()
+    per_loop = _connections.setdefault(loop, {})
+    pending = per_loop.get(url)
+    if pending is not None and pending.done() and not pending.cancelled():
+        conn = pending.exception() is None and pending.result()
+        if conn and conn.broken is None and conn.pid == os.getpid():
+            return conn
+        pending = None
+    if pending is None or pending.done():
+        pending = loop.create_task(_connect(url))
+        per_loop[url] = pending
+    try:
+        return await asyncio.shield(pending)
+    except BaseException:
+        if per_loop.get(url) is pending and pending.done():
+            del per_loop[url]
+        raise
+
+
+async def _call(url: str, payload: bytes, script: Optional[tuple[str, bytes]] = None) -> Reply:
+    """One request; a transport failure is recorded as the server's outage and raised
+    as ``BackendError`` with the outage's message (the same as the sync path's)."""
+    down = _redis_admit(url)
+    if down is not None:
+        raise BackendError(down)
+    try:
+        conn = await _connection(url)
+        try:
+            reply = await conn.request(payload)
+        except ReplyError as e:
+            if script is None or not str(e).startswith("NOSCRIPT"):
+                raise
+            await conn.request(_encode("SCRIPT", "LOAD", script[1]))
+            reply = await conn.request(payload)
+    except ReplyError as e:
+        raise BackendError(f"Redis: {e}") from None
+    except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        raise BackendError(_redis_failed(url, f"{type(e).__name__}: {e}")) from None
+    _redis_ok(url)
+    return reply
+
+
+_LEASE = (_LEASE_SHA, _LEASE_SRC.encode())
+_STORE = (_STORE_SHA, _STORE_SRC.encode())
+
+
+async def fetch(
+    url: str, key: str, token: str, lease_seconds: float, read: bool
+) -> tuple[int, Optional[bytes], float]:
+    """``(0, pickle, created_at)`` found; ``(1, None, 0)`` the lease is ours;
+    ``(2, None, 0)`` another caller holds it. One round trip."""
+    millis = max(1, int(lease_seconds * 1000))
+    payload = _encode(
+        "EVALSHA", _LEASE_SHA, 2, key, "lock:" + key, token, millis, "1" if read else "0"
+    )
+    reply = await _call(url, payload, _LEASE)
+    if isinstance(reply, bytes):
+        if len(reply) < _HEADER.size:
+            return 0, reply, float("nan")
+        return 0, reply[_HEADER.size :], _HEADER.unpack_from(reply)[0]
+    return (1, None, 0.0) if reply == 1 else (2, None, 0.0)
+
+
+async def store_release(
+    url: str, key: str, token: str, packed: Optional[tuple[int, bytes]]
+) -> None:
+    """Stores ``(seconds, value)`` if given and releases the lease of ``token``."""
+    seconds, value = packed if packed is not None else (0, b"")
+    payload = _encode("EVALSHA", _STORE_SHA, 2, key, "lock:" + key, seconds, value, token)
+    await _call(url, payload, _STORE)
+
+
+def release_soon(url: str, key: str, token: str) -> None:
+    """Releases a lease in the background (a cancelled or failed computation)."""
+
+    async def release() -> None:
+        try:
+            await store_release(url, key, token, None)
+        except BackendError:
+            pass  # the lease expires by itself
+
+    asyncio.get_running_loop().create_task(release())
+
+
+async def close_connections() -> int:
+    """Closes this event loop's connections; returns how many."""
+    per_loop = _connections.pop(asyncio.get_running_loop(), {})
+    closed = 0
+    for pending in per_loop.values():
+        if pending.done() and not pending.cancelled() and pending.exception() is None:
+            pending.result().close()
+            closed += 1
+        else:
+            pending.cancel()
+    return closed
