@@ -137,11 +137,14 @@ class RedisServer:
             args += ["--tls-ca-cert-file", self.tls["ca"], "--tls-auth-clients", "no"]
         else:
             args += ["--port", str(self.port)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # The log goes to a file: a pipe nobody reads would block the server once full.
+        log = self.workdir / f"redis-{self.port}.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                out = log.read_text(errors="replace")
                 pytest.fail(f"redis-server exited at start ({self.binary}):\n{out}\n{REDIS_HELP}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()

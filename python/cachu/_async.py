@@ -80,12 +80,7 @@ async def _follow(cached: CachedFunction, fut: asyncio.Future[Any], timeout: flo
         return _MISSING
 
 
-async def _lead(
-    flights: _Flights,
-    slot: tuple[int, str],
-    compute: Callable[[], Any],
-    on_error: Optional[Callable[[], None]] = None,
-) -> Any:
+async def _lead(flights: _Flights, slot: tuple[int, str], compute: Callable[[], Any]) -> Any:
     """Runs ``compute`` as the task that others of its loop wait for."""
     fut = asyncio.get_running_loop().create_future()
     flights[slot] = fut
@@ -93,14 +88,10 @@ async def _lead(
         result = await compute()
     except asyncio.CancelledError:
         fut.cancel()
-        if on_error is not None:
-            on_error()
         raise
     except BaseException as e:
         fut.set_exception(e)
         fut.exception()  # retrieved: no "never retrieved" warning without waiters
-        if on_error is not None:
-            on_error()
         raise
     else:
         fut.set_result(result)
@@ -161,9 +152,10 @@ def _release(cached: CachedFunction, probe: Probe, token: str) -> None:
 async def _io_call(
     cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
 ) -> Any:
-    """A call on the file or Redis backend: one round trip answers with the value or
-    the lease; a miss computes, then stores and releases in a second one. Tasks of one
-    loop wait for each other; other processes' leases are polled until lock_timeout."""
+    """A call on the file or Redis backend. One task per key and loop asks the backend
+    (the others wait for its answer): one round trip answers with the value or the
+    lease; a miss computes, then stores and releases in a second one. A lease held
+    by another process is polled until lock_timeout."""
     func = cached.__wrapped__
     kwargs = probe.kwargs or {}
     key = probe.key
@@ -171,45 +163,48 @@ async def _io_call(
     slot = (id(loop), key)
     token, lock_timeout, raise_on_timeout = _lease_params(cached)
     deadline = loop.time() + lock_timeout
-    read = not probe.overwrite
-    pause = 0.002
-    while True:
-        try:
-            kind, data, created = await _fetch(cached, probe, token, lock_timeout, read)
-        except BackendError as e:
-            _backend_failed(cached, e, True)  # raises with on_backend_error='raise'
-            return await func(*args, **kwargs)
-        if kind == _FOUND:
-            found, value = _accept(cached, key, data, created)
-            if found:
-                return value
-            read = False
-            continue
-        flight = flights.get(slot)
-        if flight is not None:
-            # Another task of this loop computes this key: wait for it.
-            if kind == _LEASED:
-                _release(cached, probe, token)
-            got = await _follow(cached, flight, max(0.0, deadline - loop.time()))
-            if got is not _MISSING:
-                return got
-        elif kind == _LEASED:
+    while not probe.overwrite and slot in flights:
+        got = await _follow(cached, flights[slot], max(0.0, deadline - loop.time()))
+        if got is not _MISSING:
+            return got
+        if loop.time() >= deadline:
+            break
 
-            async def compute() -> Any:
+    async def ask() -> Any:
+        read = not probe.overwrite
+        pause = 0.002
+        while True:
+            try:
+                kind, data, created = await _fetch(cached, probe, token, lock_timeout, read)
+            except BackendError as e:
+                _backend_failed(cached, e, True)  # raises with on_backend_error='raise'
+                return await func(*args, **kwargs)
+            if kind == _FOUND:
+                found, value = _accept(cached, key, data, created)
+                if found:
+                    return value
+                read = False
+                continue
+            if kind == _LEASED:
+                try:
+                    result = await func(*args, **kwargs)
+                except BaseException:
+                    _release(cached, probe, token)
+                    raise
+                await _put(cached, probe, token, result)
+                return result
+            # Another process holds the lease.
+            if loop.time() >= deadline:
+                if raise_on_timeout:
+                    raise _lock_timeout_error(cached, key)
                 result = await func(*args, **kwargs)
                 await _put(cached, probe, token, result)
                 return result
+            await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+            pause = min(pause * 2, _MAX_POLL)
+            read = True
 
-            return await _lead(flights, slot, compute, lambda: _release(cached, probe, token))
-        if loop.time() >= deadline:
-            if raise_on_timeout:
-                raise _lock_timeout_error(cached, key)
-            result = await func(*args, **kwargs)
-            await _put(cached, probe, token, result)
-            return result
-        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-        pause = min(pause * 2, _MAX_POLL)
-        read = True
+    return await _lead(flights, slot, ask)
 
 
 def wrap(cached: CachedFunction) -> Callable[..., Any]:

@@ -1,0 +1,325 @@
+"""The async API on the Redis backend, on real event loops and a real redis-server:
+the same values and leases as the sync path, from the loop itself, never blocking it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import textwrap
+import threading
+import time
+import warnings
+
+import pytest
+
+import cachu
+from cachu import BackendError
+from conftest import RedisServer
+
+PACKAGE = "aioredisapp"
+
+
+@pytest.fixture
+def app(redis_url):
+    cachu.configure(
+        package=PACKAGE,
+        backend="redis",
+        redis_url=redis_url,
+        lock_timeout=10,
+        on_backend_error="miss",
+        on_lock_timeout="run",
+    )
+    return redis_url
+
+
+def client_count(server: RedisServer) -> int:
+    return len(server.client().client_list()) - 1  # without the asking client
+
+
+def test_async_and_sync_functions_share_values(app):
+    calls = []
+
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def get_user(user_id: int) -> dict:
+        calls.append(user_id)
+        return {"id": user_id}
+
+    async def main() -> None:
+        assert await get_user(1) == {"id": 1}
+        assert await get_user(1) == {"id": 1}
+        value = await get_user(1)
+        value["id"] = "mutated by the caller"
+        assert await get_user(1) == {"id": 1}
+
+    asyncio.run(main())
+    assert calls == [1]
+    info = cachu.cache_info(get_user)
+    assert (info.hits, info.misses, info.currsize) == (3, 1, 1)
+
+    @cachu.cache(ttl=300, package=PACKAGE)
+    def get_user(user_id: int) -> dict:  # noqa: F811 - the same key, from sync code
+        raise AssertionError("must be answered from the cache")
+
+    assert get_user(1) == {"id": 1}
+
+
+def test_async_round_trips_are_one_per_hit_and_two_per_miss(app, redis_server):
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def square(x: int) -> int:
+        return x * x
+
+    commands: list[str] = []
+
+    async def main() -> tuple[int, int]:
+        await square(2)  # connects and loads the scripts
+        monitor = redis_server.client().monitor()
+        started = threading.Event()
+
+        def listen() -> None:
+            with monitor as m:
+                started.set()
+                for event in m.listen():
+                    if event["command"] == "PING stop":
+                        return
+                    if event.get("client_type") != "lua":
+                        commands.append(event["command"].split()[0].upper())
+
+        t = threading.Thread(target=listen)
+        t.start()
+        started.wait(5)
+        await asyncio.sleep(0.2)
+        assert await square(2) == 4
+        await asyncio.sleep(0.2)
+        hit = len(commands)
+        assert await square(3) == 9
+        await asyncio.sleep(0.2)
+        miss = len(commands) - hit
+        redis_server.client().execute_command("PING", "stop")
+        t.join(5)
+        return hit, miss
+
+    hit, miss = asyncio.run(main())
+    assert (hit, miss) == (1, 2), commands
+
+
+def test_tasks_and_processes_compute_a_cold_key_once(app, tmp_path, this_python):
+    runs = tmp_path / "runs"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys, time, cachu
+        cachu.configure(package='aioredisapp', backend='redis', redis_url={app!r})
+        @cachu.cache(ttl=300, package='aioredisapp')
+        async def slow(x):
+            with open({str(runs)!r}, 'a') as f:
+                f.write('run\\n')
+            await asyncio.sleep(0.5)
+            return x * 2
+        async def main():
+            start = float(sys.argv[1])
+            await asyncio.sleep(max(0, start - time.time()))
+            return await asyncio.gather(*(slow(21) for _ in range(20)))
+        print(set(asyncio.run(main())))
+        """
+    )
+    start = time.time() + 1.5
+    procs = [
+        subprocess.Popen([this_python, "-c", script, str(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=30)[0].strip() for p in procs]
+    assert outs == ["{42}"] * 3
+    count = runs.read_text().count("run")
+    print(f"3 processes x 20 tasks, 1 cold key: the coroutine ran {count} time(s)")
+    assert count == 1
+
+
+def test_cancelling_the_computing_task_releases_the_lease(app, redis_server):
+    runs = []
+
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def slow(x: int) -> int:
+        runs.append(x)
+        await asyncio.sleep(0.3)
+        return x
+
+    async def main() -> None:
+        first = asyncio.create_task(slow(1))
+        await asyncio.sleep(0.05)
+        assert redis_server.client().get("lock:5m:slow|x=1") is not None
+        waiters = [asyncio.create_task(slow(1)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        first.cancel()
+        results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+        assert results == [1, 1, 1]
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(main())
+    assert len(runs) == 2  # the cancelled run, then one waiter took over
+    assert redis_server.client().get("lock:5m:slow|x=1") is None
+
+
+def test_a_paused_server_does_not_stall_the_loop(app, redis_server):
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def value(x: int) -> int:
+        return x
+
+    async def main() -> int:
+        await value(1)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        t = asyncio.create_task(ticker())
+        redis_server.client().execute_command("CLIENT", "PAUSE", 400)
+        t0 = time.monotonic()
+        assert await value(1) == 1
+        assert time.monotonic() - t0 > 0.3
+        t.cancel()
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert ticks >= 20, f"the loop ran other tasks only {ticks} times while Redis was paused"
+
+
+def test_redis_down_is_a_miss_for_async_calls(app, redis_server):
+    calls = []
+
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def compute(x: int) -> int:
+        calls.append(x)
+        return x * 10
+
+    async def main() -> None:
+        assert await compute(1) == 10
+        redis_server.stop()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                t0 = time.monotonic()
+                results = [await compute(1) for _ in range(20)]
+                assert time.monotonic() - t0 < 3
+            assert results == [10] * 20
+            assert len([w for w in caught if "unreachable" in str(w.message)]) == 1
+            cachu.configure(package=PACKAGE, on_backend_error="raise")
+            with pytest.raises(BackendError, match="unreachable"):
+                await compute(2)
+            cachu.configure(package=PACKAGE, on_backend_error="miss")
+        finally:
+            redis_server.start()
+        deadline = time.monotonic() + 5
+        while True:
+            calls.clear()
+            await compute(3)
+            await compute(3)
+            if calls == [3]:
+                return
+            assert time.monotonic() < deadline, "did not reconnect"
+            await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+
+
+def test_one_loop_per_thread_each_with_its_connection(app):
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def double(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return 2 * x
+
+    results: list[list[int]] = []
+
+    def worker(offset: int) -> None:
+        async def main() -> list[int]:
+            return list(await asyncio.gather(*(double(offset + i) for i in range(20))))
+
+        results.append(asyncio.run(main()))
+
+    threads = [threading.Thread(target=worker, args=(k * 10,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(map(tuple, results)) == sorted(
+        tuple(2 * (k * 10 + i) for i in range(20)) for k in range(4)
+    )
+
+
+def test_clear_async_backends_closes_the_loops_connections(app, redis_server):
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def value(x: int) -> int:
+        return x
+
+    async def main() -> tuple[int, int]:
+        before = client_count(redis_server)
+        await value(1)
+        during = client_count(redis_server)
+        await cachu.clear_async_backends(package=PACKAGE)
+        await asyncio.sleep(0.1)
+        after = client_count(redis_server)
+        assert await value(1) == 1  # connects again
+        return during - before, during - after
+
+    opened, closed = asyncio.run(main())
+    assert opened == 1 and closed == 1
+
+
+def test_async_tls(tls_redis_server: RedisServer):
+    cachu.configure(package="aiotls", backend="redis", redis_url=tls_redis_server.url)
+
+    @cachu.cache(ttl=300, package="aiotls")
+    async def secret(x: int) -> int:
+        return x
+
+    async def main() -> None:
+        assert await secret(5) == 5
+        assert await secret(5) == 5
+
+    asyncio.run(main())
+    assert cachu.cache_info(secret).hits == 1
+
+
+def test_async_file_backend_runs_a_cold_key_once_and_writes_the_file(tmp_path):
+    cachu.configure(package="aiofile", backend="file", file_dir=str(tmp_path))
+    calls = []
+
+    @cachu.cache(ttl=60, package="aiofile")
+    async def value(x: int) -> int:
+        calls.append(x)
+        return x + 1
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(value(1) for _ in range(10))))
+
+    assert asyncio.run(main()) == [2] * 10
+    assert calls == [1]
+    assert (tmp_path / "aiofile_cache1min.db").exists()
+    keys = cachu.get_backend("file", package="aiofile", ttl=60).keys()
+    assert keys == ["1m:value|x=1"]
+
+
+@cachu.cache(ttl=300, package="perloop")
+async def module_level(x: int) -> int:
+    return x * 3
+
+
+@pytest.fixture
+def perloop(redis_url):
+    cachu.configure(package="perloop", backend="redis", redis_url=redis_url)
+
+
+@pytest.mark.asyncio
+async def test_pytest_asyncio_loop_of_one_test(perloop):
+    assert await module_level(1) == 3
+    assert await module_level(1) == 3
+
+
+@pytest.mark.asyncio
+async def test_pytest_asyncio_loop_of_the_next_test(perloop):
+    # A new event loop: the connection of the previous test's loop is not reused.
+    assert await module_level(2) == 6
+    assert await module_level(2) == 6
+    assert cachu.cache_info(module_level).hits >= 1
