@@ -212,11 +212,13 @@ def wrap(cached: CachedFunction) -> Callable[..., Any]:
     func = cached.__wrapped__
     flights: _Flights = {}
 
+    probe, probe_type = _probe, Probe  # closure cells: cheaper than globals per call
+
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         # A memory hit is answered by this one native call.
-        got = _probe(cached, args, kwargs)
-        if type(got) is not Probe:
+        got = probe(cached, args, kwargs)
+        if type(got) is not probe_type:
             return got
         if got.skip:
             return await func(*args, **(got.kwargs or {}))
