@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Any, Callable
 
 from bench_redis import start_server
 
