@@ -51,6 +51,38 @@ pub(crate) fn lease_token() -> String {
     out
 }
 
+thread_local! {
+    static KEY_BUF: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// A key built in a buffer that this thread reuses from call to call. A nested call
+/// (a `repr` or the function calling another cached one) finds the buffer taken and
+/// uses a fresh one: reentrancy costs an allocation, never a wrong key.
+struct KeyBuf(String);
+
+impl KeyBuf {
+    fn take() -> Self {
+        KeyBuf(KEY_BUF.try_with(std::cell::Cell::take).unwrap_or_default())
+    }
+}
+
+impl std::ops::Deref for KeyBuf {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for KeyBuf {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        if buf.capacity() <= 4096 {
+            buf.clear();
+            let _ = KEY_BUF.try_with(|c| c.set(buf));
+        }
+    }
+}
+
 /// How long a region whose backend failed to open is left alone before a retry.
 const RETRY_FAILED_BACKEND: Duration = Duration::from_secs(5);
 
@@ -519,6 +551,19 @@ impl CachedFunction {
         Ok(key)
     }
 
+    /// The key of a call, built in this thread's reused buffer.
+    fn key_in_buffer(
+        &self,
+        r: &Resolved,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<KeyBuf> {
+        let mut key = KeyBuf::take();
+        key.0.push_str(&r.head);
+        self.plan.write_params(&mut key.0, args, kwargs)?;
+        Ok(key)
+    }
+
     /// The key that a call with these arguments uses, with the settings in force.
     pub fn key_for(
         &self,
@@ -887,23 +932,23 @@ impl CachedFunction {
         }
         let r = this.resolve();
         let backend = match &r.backend {
-            Ok(b) => b.clone(),
+            Ok(b) => b,
             Err((e, _)) => {
                 Self::backend_failed(py, &r, e.clone_ref(py))?;
                 return this.call_func(py, args, kwargs);
             }
         };
-        let key = this.key(&r, args, kwargs)?;
+        let key = this.key_in_buffer(&r, args, kwargs)?;
         if backend.has_leases() {
-            return this.call_leased(py, &r, &backend, &key, args, kwargs, flags.overwrite);
+            return this.call_leased(py, &r, backend, &key, args, kwargs, flags.overwrite);
         }
         if !flags.overwrite {
-            if let Some(v) = this.lookup(py, &r, &backend, &key)? {
+            if let Some(v) = this.lookup(py, &r, backend, &key)? {
                 this.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(v);
             }
         }
-        this.miss(py, &r, &backend, &key, args, kwargs, flags.overwrite)
+        this.miss(py, &r, backend, &key, args, kwargs, flags.overwrite)
     }
 
     fn __get__(

@@ -112,3 +112,28 @@ def test_regions():
     for ttl, region in [(5, "5s"), (60, "1m"), (3599, "59m"), (3600, "1h"), (86400, "1d")]:
         f = cachu.cache(ttl=ttl, package="region_pkg")(lambda: None)
         assert f.cache_key().startswith(f"{region}:")
+
+
+def test_a_repr_that_calls_a_cached_function_does_not_mix_keys():
+    """Keys are built in a per-thread buffer; a repr that re-enters the cache (another
+    cached call while the outer key is half built) must get a buffer of its own."""
+
+    @cachu.cache(ttl=300, package="reenter")
+    def inner(x: int) -> str:
+        return f"inner{x}"
+
+    class Nested:
+        def __repr__(self) -> str:
+            return f"Nested({inner(7)})"
+
+    @cachu.cache(ttl=300, package="reenter")
+    def outer(a: int, obj: Nested) -> str:
+        return f"outer{a}"
+
+    assert outer(1, Nested()) == "outer1"
+    assert outer.cache_key(1, Nested()) == "5m:outer|a=1 obj=Nested(inner7)"
+    assert inner.cache_key(7) == "5m:inner|x=7"
+    assert cachu.cache_info(outer).hits == 0
+    assert outer(1, Nested()) == "outer1"
+    assert cachu.cache_info(outer).hits == 1
+    assert cachu.cache_info(inner).hits >= 2
