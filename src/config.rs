@@ -87,6 +87,8 @@ pub struct Config {
     /// `on_lock_timeout='raise'`: a waiter past `lock_timeout` raises instead of
     /// running the function itself.
     pub raise_lock_timeout: bool,
+    /// The most entries the package keeps in memory (`None`: unbounded).
+    pub memory_maxsize: Option<usize>,
 }
 
 impl Default for Config {
@@ -99,6 +101,7 @@ impl Default for Config {
             lock_timeout: 10.0,
             raise_backend_errors: false,
             raise_lock_timeout: false,
+            memory_maxsize: None,
         }
     }
 }
@@ -267,6 +270,20 @@ fn parse_redis_url(value: &Bound<'_, PyAny>) -> CacheResult<String> {
     Ok(url)
 }
 
+/// A number of entries; 0 removes the bound.
+fn parse_maxsize(value: &Bound<'_, PyAny>) -> CacheResult<Option<usize>> {
+    let is_int = value.is_instance_of::<PyInt>() && !value.is_instance_of::<pyo3::types::PyBool>();
+    match value.extract::<i64>() {
+        Ok(0) if is_int => Ok(None),
+        Ok(n) if is_int && n > 0 => Ok(Some(n as usize)),
+        _ => Err(CacheError::config(
+            "memory_maxsize",
+            repr_of(value),
+            "expected a whole number of entries >= 1 (0 removes the bound)",
+        )),
+    }
+}
+
 /// One of two words; `true` for the second.
 fn parse_choice(
     param: &'static str,
@@ -334,6 +351,10 @@ impl PyConfig {
     fn on_lock_timeout(&self) -> &'static str {
         self.inner.on_lock_timeout()
     }
+    #[getter]
+    fn memory_maxsize(&self) -> Option<usize> {
+        self.inner.memory_maxsize
+    }
 
     /// The settings as a plain dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -351,7 +372,7 @@ impl PyConfig {
         Python::attach(|py| {
             let r = |s: &str| repr_of(&PyString::new(py, s).into_any());
             format!(
-                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?}, on_backend_error={}, on_lock_timeout={})",
+                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?}, on_backend_error={}, on_lock_timeout={}, memory_maxsize={})",
                 r(c.backend.name()),
                 r(&c.key_prefix),
                 r(&c.file_dir),
@@ -359,6 +380,7 @@ impl PyConfig {
                 c.lock_timeout,
                 r(c.on_backend_error()),
                 r(c.on_lock_timeout()),
+                c.memory_maxsize.map_or_else(|| "None".to_owned(), |n| n.to_string()),
             )
         })
     }
@@ -373,6 +395,7 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("lock_timeout", c.lock_timeout)?;
     d.set_item("on_backend_error", c.on_backend_error())?;
     d.set_item("on_lock_timeout", c.on_lock_timeout())?;
+    d.set_item("memory_maxsize", c.memory_maxsize)?;
     Ok(d)
 }
 
@@ -384,7 +407,7 @@ fn present_arg<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> 
 /// current value; an unknown option or a bad value raises `ConfigurationError` and
 /// changes nothing.
 #[pyfunction]
-#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, on_backend_error=None, on_lock_timeout=None, *, package=None, **unknown))]
+#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, on_backend_error=None, on_lock_timeout=None, memory_maxsize=None, *, package=None, **unknown))]
 pub fn configure(
     py: Python<'_>,
     backend: Option<&Bound<'_, PyAny>>,
@@ -394,6 +417,7 @@ pub fn configure(
     lock_timeout: Option<&Bound<'_, PyAny>>,
     on_backend_error: Option<&Bound<'_, PyAny>>,
     on_lock_timeout: Option<&Bound<'_, PyAny>>,
+    memory_maxsize: Option<&Bound<'_, PyAny>>,
     package: Option<String>,
     unknown: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<PyConfig> {
@@ -402,7 +426,7 @@ pub fn configure(
         return Err(CacheError::config(
             name.clone(),
             repr_of(&value),
-            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error and on_lock_timeout"),
+            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error, on_lock_timeout and memory_maxsize"),
         )
         .into());
     }
@@ -423,6 +447,9 @@ pub fn configure(
         .transpose()?;
     let raise_backend_errors = present_arg(on_backend_error)
         .map(|v| parse_choice("on_backend_error", &v, ["miss", "raise"]))
+        .transpose()?;
+    let memory_maxsize = present_arg(memory_maxsize)
+        .map(|v| parse_maxsize(&v))
         .transpose()?;
     let raise_lock_timeout = present_arg(on_lock_timeout)
         .map(|v| parse_choice("on_lock_timeout", &v, ["run", "raise"]))
@@ -454,8 +481,15 @@ pub fn configure(
     if let Some(v) = raise_lock_timeout {
         cfg.raise_lock_timeout = v;
     }
+    if let Some(v) = memory_maxsize {
+        cfg.memory_maxsize = v;
+    }
     let cfg = Arc::new(cfg);
-    reg.insert(package, cfg.clone());
+    reg.insert(package.clone(), cfg.clone());
+    drop(reg);
+    if memory_maxsize.is_some() {
+        crate::backend::set_budget(package.as_deref(), cfg.memory_maxsize);
+    }
     bump_generation();
     Ok(PyConfig { inner: cfg })
 }

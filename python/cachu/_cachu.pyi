@@ -44,6 +44,8 @@ class CacheConfig:
     def on_backend_error(self) -> Literal["miss", "raise"]: ...
     @property
     def on_lock_timeout(self) -> Literal["run", "raise"]: ...
+    @property
+    def memory_maxsize(self) -> Optional[int]: ...
     def as_dict(self) -> dict[str, Any]: ...
 
 @final
@@ -136,6 +138,7 @@ def configure(
     lock_timeout: Optional[float] = None,
     on_backend_error: Optional[Literal["miss", "raise"]] = None,
     on_lock_timeout: Optional[Literal["run", "raise"]] = None,
+    memory_maxsize: Optional[int] = None,
     *,
     package: Optional[str] = None,
 ) -> CacheConfig: ...

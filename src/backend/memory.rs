@@ -1,4 +1,10 @@
-//! The in-process store: a sharded map from key to value with a per-entry deadline.
+//! The in-process store: a sharded map from key to value with a per-entry deadline,
+//! optionally bounded by a [`Budget`] of entries shared by every store of a package.
+//!
+//! Bounded stores evict their least recently used entries, a batch of 1/32 of the
+//! store at a time, so that the scan that finds them is paid once per batch. Recency is
+//! a logical clock that every insert advances; a hit stamps its entry with the clock's
+//! current value (a plain load and store, no read-modify-write on the hit path).
 //!
 //! It is generic over the value so that it is tested without Python. It never runs
 //! foreign code under a shard lock: values that leave the map (replaced, removed,
@@ -6,7 +12,8 @@
 //! because dropping a Python object can run arbitrary `__del__` code.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 #[cfg(not(target_os = "linux"))]
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,6 +63,49 @@ struct Slot<V> {
     value: V,
     created_at: f64,
     expires_ns: u64,
+    /// Last use, on the store's logical clock (bounded stores only).
+    touched: AtomicU64,
+}
+
+/// The most entries a package keeps in memory, and how many it keeps now.
+#[derive(Debug)]
+pub struct Budget {
+    max: AtomicUsize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `max` entries (`None`: unbounded).
+    pub fn new(max: Option<usize>) -> Self {
+        Budget {
+            max: AtomicUsize::new(max.unwrap_or(usize::MAX)),
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Changes the bound; takes effect at the next insert.
+    pub fn set_max(&self, max: Option<usize>) {
+        self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    fn is_bounded(&self) -> bool {
+        self.max.load(Ordering::Relaxed) != usize::MAX
+    }
+
+    fn over(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.max.load(Ordering::Relaxed)
+    }
+
+    fn freed(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Entries held now by the stores of this budget.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
 }
 
 impl<V> Slot<V> {
@@ -73,11 +123,21 @@ struct Shard<V> {
 /// A concurrent map with a time to live on every entry.
 pub struct MemoryStore<V> {
     shards: Box<[Shard<V>]>,
+    budget: Arc<Budget>,
+    /// Advanced by every insert: the recency of entries.
+    clock: AtomicU64,
+}
+
+impl<V> Drop for MemoryStore<V> {
+    fn drop(&mut self) {
+        // The entries leave with the store: the package's budget no longer counts them.
+        self.budget.freed(self.len());
+    }
 }
 
 impl<V> Default for MemoryStore<V> {
     fn default() -> Self {
-        Self::new()
+        Self::new(Arc::new(Budget::new(None)))
     }
 }
 
@@ -93,15 +153,19 @@ fn shard_of(key: &str) -> usize {
 }
 
 impl<V> MemoryStore<V> {
-    /// An empty store.
-    pub fn new() -> Self {
+    /// An empty store, counted against `budget`.
+    pub fn new(budget: Arc<Budget>) -> Self {
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 map: RwLock::new(HashMap::new()),
                 inserts: AtomicU32::new(0),
             })
             .collect();
-        MemoryStore { shards }
+        MemoryStore {
+            shards,
+            budget,
+            clock: AtomicU64::new(0),
+        }
     }
 
     fn shard(&self, key: &str) -> &Shard<V> {
@@ -113,9 +177,15 @@ impl<V> MemoryStore<V> {
     pub fn get_with<R>(&self, key: &str, f: impl FnOnce(&V, f64) -> R) -> Option<R> {
         let now = now_ns();
         let map = self.shard(key).map.read();
-        map.get(key)
-            .filter(|slot| slot.is_live(now))
-            .map(|slot| f(&slot.value, slot.created_at))
+        let slot = map.get(key).filter(|slot| slot.is_live(now))?;
+        if self.budget.is_bounded() {
+            // Odd stamps for hits: newer than the last insert, older than the next.
+            slot.touched.store(
+                self.clock.load(Ordering::Relaxed) * 2 + 1,
+                Ordering::Relaxed,
+            );
+        }
+        Some(f(&slot.value, slot.created_at))
     }
 
     /// Stores `value` for `ttl` seconds (created now). Returns the values that left the
@@ -138,16 +208,26 @@ impl<V> MemoryStore<V> {
             value,
             created_at,
             expires_ns: now.saturating_add(ttl_ns),
+            touched: AtomicU64::new((self.clock.fetch_add(1, Ordering::Relaxed) + 1) * 2),
         };
         let shard = self.shard(key);
         let sweep = shard.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
         let mut out = Vec::new();
         let mut map = shard.map.write();
-        if let Some(old) = map.insert(key.into(), slot) {
-            out.push(old.value);
+        match map.insert(key.into(), slot) {
+            Some(old) => out.push(old.value),
+            None => {
+                self.budget.used.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        let before = out.len();
         if sweep {
             sweep_map(&mut map, now, &mut out);
+        }
+        self.budget.freed(out.len() - before);
+        drop(map);
+        if self.budget.over() {
+            out.extend(self.evict_over_budget(Some(key)));
         }
         out
     }
@@ -155,7 +235,9 @@ impl<V> MemoryStore<V> {
     /// Removes one entry, returning its value.
     #[must_use = "drop the returned value after the call, outside any lock"]
     pub fn remove(&self, key: &str) -> Option<V> {
-        self.shard(key).map.write().remove(key).map(|s| s.value)
+        let removed = self.shard(key).map.write().remove(key).map(|s| s.value);
+        self.budget.freed(usize::from(removed.is_some()));
+        removed
     }
 
     /// Removes every entry whose key satisfies `pred`; returns the values and how many
@@ -175,6 +257,7 @@ impl<V> MemoryStore<V> {
                 }
             }
         }
+        self.budget.freed(out.len());
         (out, live)
     }
 
@@ -217,7 +300,78 @@ impl<V> MemoryStore<V> {
         for shard in &*self.shards {
             sweep_map(&mut shard.map.write(), now, &mut out);
         }
+        self.budget.freed(out.len());
         out
+    }
+
+    /// Evicts least recently used entries, shard by shard, until the budget is met or
+    /// nothing but `keep` is left.
+    #[must_use = "drop the returned values after the call, outside any lock"]
+    pub fn evict_over_budget(&self, keep: Option<&str>) -> Vec<V> {
+        let mut out = Vec::new();
+        while self.budget.over() {
+            let before = out.len();
+            self.evict_least_recent(keep, &mut out);
+            if out.len() == before {
+                break; // nothing left to evict here
+            }
+        }
+        out
+    }
+
+    /// Removes the least recently used 1/32 of the store (at least one entry), never
+    /// `keep`. One scan of the access times finds the cut-off; the batch pays for it.
+    fn evict_least_recent(&self, keep: Option<&str>, out: &mut Vec<V>) {
+        let mut times: Vec<u64> = Vec::new();
+        for shard in &*self.shards {
+            let map = shard.map.read();
+            times.extend(
+                map.iter()
+                    .filter(|(k, _)| keep != Some(&***k))
+                    .map(|(_, s)| s.touched.load(Ordering::Relaxed)),
+            );
+        }
+        if times.is_empty() {
+            return;
+        }
+        let batch = (times.len() / 32).max(1);
+        let (_, cutoff, _) = times.select_nth_unstable(batch - 1);
+        let cutoff = *cutoff;
+        let mut left = batch;
+        for shard in &*self.shards {
+            if left == 0 {
+                break;
+            }
+            let mut map = shard.map.write();
+            let doomed: Vec<Box<str>> = map
+                .iter()
+                .filter(|(k, s)| keep != Some(&***k) && s.touched.load(Ordering::Relaxed) <= cutoff)
+                .map(|(k, _)| k.clone())
+                .take(left)
+                .collect();
+            for k in doomed {
+                if let Some(slot) = map.remove(&k) {
+                    out.push(slot.value);
+                    left -= 1;
+                }
+            }
+        }
+        self.budget.freed(batch - left);
+    }
+
+    /// Whether the package's budget is exceeded.
+    pub fn over_budget(&self) -> bool {
+        self.budget.over()
+    }
+
+    /// How many entries this store holds, expired ones included.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.map.read().len()).sum()
+    }
+
+    /// Whether the store holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -237,11 +391,10 @@ fn sweep_map<V>(map: &mut HashMap<Box<str>, Slot<V>>, now: u64, out: &mut Vec<V>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn stores_and_reads_back() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::default();
         assert!(s.insert("5m:f|x=1", "one".to_owned(), 300.0).is_empty());
         assert_eq!(
             s.get_with("5m:f|x=1", |v, _| v.clone()).as_deref(),
@@ -256,7 +409,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_misses_and_get_swept() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::default();
         let _ = s.insert("k", 1, 0.0);
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert_eq!(s.get_with("k", |v, _| *v), None);
@@ -267,7 +420,7 @@ mod tests {
 
     #[test]
     fn created_at_is_unix_time() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::default();
         let before = unix_now();
         let _ = s.insert("k", (), 60.0);
         let created = s.get_with("k", |(), c| c).unwrap();
@@ -276,7 +429,7 @@ mod tests {
 
     #[test]
     fn selective_removal_and_counting() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::default();
         for i in 0..100 {
             let tag = if i % 2 == 0 { "|even|" } else { "|odd|" };
             let _ = s.insert(&format!("5m:f|{tag}|i={i}"), i, 300.0);
@@ -293,7 +446,7 @@ mod tests {
 
     #[test]
     fn inserts_sweep_expired_entries_on_the_way() {
-        let s = MemoryStore::new();
+        let s = MemoryStore::default();
         for i in 0..(SWEEP_EVERY as usize * SHARDS) {
             let _ = s.insert(&format!("old{i}"), i, 0.0);
         }
@@ -307,7 +460,7 @@ mod tests {
 
     #[test]
     fn concurrent_readers_and_writers() {
-        let s = Arc::new(MemoryStore::new());
+        let s = Arc::new(MemoryStore::default());
         let handles: Vec<_> = (0..4)
             .map(|t| {
                 let s = s.clone();
@@ -324,5 +477,57 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(s.count_matching(|_| true), 97);
+    }
+
+    #[test]
+    fn a_budget_evicts_the_least_recently_used() {
+        let budget = Arc::new(Budget::new(Some(64)));
+        let s = MemoryStore::new(budget.clone());
+        for i in 0..64 {
+            let _ = s.insert(&format!("k{i}"), i, 300.0);
+        }
+        assert_eq!((budget.used(), s.len()), (64, 64));
+        // Touch the first half: the rest is older.
+        for i in 0..32 {
+            assert!(s.get_with(&format!("k{i}"), |v, _| *v).is_some());
+        }
+        let mut evicted = Vec::new();
+        for i in 64..96 {
+            evicted.extend(s.insert(&format!("k{i}"), i, 300.0));
+        }
+        assert!(budget.used() <= 64, "{} entries kept", budget.used());
+        assert_eq!(budget.used(), s.len());
+        evicted.sort_unstable();
+        assert_eq!(
+            evicted,
+            (32..64).collect::<Vec<_>>(),
+            "not the least recently used"
+        );
+        for i in 96..200 {
+            let _ = s.insert(&format!("k{i}"), i, 300.0);
+        }
+        assert!(budget.used() <= 64 && budget.used() == s.len());
+        assert_eq!(s.remove("k199"), Some(199));
+        let (removed, _) = s.remove_matching(|_| true);
+        assert_eq!((removed.len(), budget.used()), (s.len() + removed.len(), 0));
+    }
+
+    #[test]
+    fn budgets_are_shared_by_the_stores_of_a_package() {
+        let budget = Arc::new(Budget::new(Some(10)));
+        let a = MemoryStore::new(budget.clone());
+        let b = MemoryStore::new(budget.clone());
+        for i in 0..10 {
+            let _ = a.insert(&format!("a{i}"), i, 300.0);
+        }
+        for i in 0..5 {
+            let _ = b.insert(&format!("b{i}"), i, 300.0);
+        }
+        // b evicts its own entries first; with only the new one left, a sibling must
+        // give up entries (the backend layer asks it).
+        assert!(budget.over());
+        let _ = a.evict_over_budget(None);
+        assert!(!budget.over());
+        assert_eq!(budget.used(), a.len() + b.len());
     }
 }

@@ -17,7 +17,7 @@ use crate::codec::{self, Stored};
 use crate::config::{config_of, BackendKind};
 use crate::errors::CacheResult;
 use crate::pattern::glob_match;
-use memory::{unix_now, MemoryStore};
+use memory::{unix_now, Budget, MemoryStore};
 
 /// A store of pickled values: the file and Redis backends. Its methods do I/O and are
 /// called with the GIL released.
@@ -144,7 +144,7 @@ fn matches(pattern: Option<&str>, key: &str) -> bool {
 impl Backend {
     fn new(kind: BackendKind, package: Option<String>, ttl: i64) -> CacheResult<Self> {
         let store = match kind {
-            BackendKind::Memory => Store::Memory(MemoryStore::new()),
+            BackendKind::Memory => Store::Memory(MemoryStore::new(budget_of(package.as_deref()))),
             BackendKind::Null => Store::Null,
             BackendKind::File => {
                 let cfg = config_of(package.as_deref());
@@ -274,6 +274,7 @@ impl Backend {
                 let stored = Stored::capture(value)?;
                 let replaced = m.insert(key, stored, ttl);
                 drop(replaced);
+                self.keep_budget(m);
             }
             Store::Bytes(b) => {
                 write_bytes(py, b.as_ref(), key, codec::dumps(value)?.as_bytes(), ttl)?;
@@ -289,6 +290,7 @@ impl Backend {
             Store::Memory(m) => {
                 let replaced = m.insert(key, stored.clone_ref(py), ttl);
                 drop(replaced);
+                self.keep_budget(m);
                 Ok(())
             }
             // Already pickled: written as is, not unpickled to be pickled again.
@@ -299,6 +301,22 @@ impl Backend {
                 _ => self.set(&stored.materialize(py)?, key, ttl),
             },
             Store::Null => Ok(()),
+        }
+    }
+
+    /// When this store could not meet the package's budget alone, its siblings (the
+    /// package's other memory regions) give up entries.
+    fn keep_budget(&self, m: &MemoryStore<Stored>) {
+        if !m.over_budget() {
+            return;
+        }
+        for sibling in instances_of(self.package.as_deref(), Some(BackendKind::Memory), None) {
+            if let Store::Memory(other) = &sibling.store {
+                drop(other.evict_over_budget(None));
+            }
+            if !m.over_budget() {
+                break;
+            }
         }
     }
 
@@ -405,6 +423,24 @@ pub fn escape_glob(literal: &str) -> String {
 }
 
 type InstanceKey = (Option<String>, BackendKind, i64);
+
+static BUDGETS: LazyLock<Mutex<HashMap<Option<String>, Arc<Budget>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The memory budget of `package` (`memory_maxsize`), shared by its memory regions.
+pub fn budget_of(package: Option<&str>) -> Arc<Budget> {
+    let max = crate::config::config_of(package).memory_maxsize;
+    BUDGETS
+        .lock()
+        .entry(package.map(str::to_owned))
+        .or_insert_with(|| Arc::new(Budget::new(max)))
+        .clone()
+}
+
+/// Applies a new `memory_maxsize` to the package's existing regions.
+pub fn set_budget(package: Option<&str>, max: Option<usize>) {
+    budget_of(package).set_max(max);
+}
 
 static INSTANCES: LazyLock<Mutex<HashMap<InstanceKey, Arc<Backend>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
