@@ -77,6 +77,79 @@ pub struct KeyPlan {
     /// Indices of the positional parameters that enter keys, sorted by name.
     sorted: Vec<usize>,
     exclude: HashSet<String>,
+    guard: Guard,
+}
+
+/// The character that starts an escaped value in a key (see [`Guard`]).
+pub const ESC: char = '\u{241e}';
+
+/// Keeps keys unambiguous. A key joins `name=repr(value)` pairs with spaces, as 0.2.x
+/// does; a value whose repr contains ` other=` for a parameter of the function (or any
+/// ` identifier=` when the function takes `*args` / `**kwargs`, whose names are open),
+/// or `|`, could make two different calls share a key. Such a value (and only such a
+/// value: every other key stays byte for byte the one of 0.2.x) is written escaped:
+/// [`ESC`], then the repr with `ESC`, space and `|` replaced by `ESC ESC`, `ESC s` and
+/// `ESC p`. Escaped values contain no space and no `|`, and others no `ESC`, so a key
+/// splits back into its pairs in one way only.
+struct Guard {
+    names: Vec<String>,
+    open: bool,
+    function: String,
+}
+
+impl Guard {
+    fn is_ambiguous(&self, segment: &str) -> bool {
+        if !segment.bytes().any(|b| b == b'=' || b == b'|' || b == 0xE2) {
+            return false; // the common case, decided in one pass
+        }
+        if segment.contains('|') || segment.contains(ESC) {
+            return true;
+        }
+        if self.open {
+            return has_space_identifier_eq(segment);
+        }
+        self.names.iter().any(|n| {
+            segment.match_indices(n.as_str()).any(|(i, _)| {
+                segment[..i].ends_with(' ') && segment[i + n.len()..].starts_with('=')
+            })
+        })
+    }
+}
+
+/// Whether `s` contains a space, an identifier, then `=`.
+fn has_space_identifier_eq(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'=')
+        .any(|(eq, _)| {
+            let mut i = eq;
+            while i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_') {
+                i -= 1;
+            }
+            i < eq && i > 0 && b[i - 1] == b' ' && !b[i].is_ascii_digit()
+        })
+}
+
+fn escape_into(out: &mut String, segment: &str) {
+    out.push(ESC);
+    for c in segment.chars() {
+        match c {
+            ESC => {
+                out.push(ESC);
+                out.push(ESC);
+            }
+            ' ' => {
+                out.push(ESC);
+                out.push('s');
+            }
+            '|' => {
+                out.push(ESC);
+                out.push('p');
+            }
+            _ => out.push(c),
+        }
+    }
 }
 
 impl KeyPlan {
@@ -88,6 +161,18 @@ impl KeyPlan {
             .getattr("getfullargspec")?
             .call1((func,))?;
         let names: Vec<String> = spec.getattr("args")?.extract()?;
+        let kwonly: Vec<String> = spec.getattr("kwonlyargs")?.extract()?;
+        let open = !spec.getattr("varargs")?.is_none() || !spec.getattr("varkw")?.is_none();
+        let function: String = func
+            .getattr("__qualname__")
+            .or_else(|_| func.getattr("__name__"))
+            .and_then(|n| n.extract())
+            .unwrap_or_default();
+        let guard = Guard {
+            names: names.iter().chain(&kwonly).cloned().collect(),
+            open,
+            function,
+        };
         let defaults = spec.getattr("defaults")?;
         let defaults: Vec<Py<PyAny>> = if defaults.is_none() {
             Vec::new()
@@ -120,6 +205,7 @@ impl KeyPlan {
             positional,
             sorted,
             exclude,
+            guard,
         })
     }
 
@@ -150,7 +236,7 @@ impl KeyPlan {
             } else {
                 continue;
             };
-            write_pair(out, &param.name, &value, &mut first)?;
+            self.write_pair(out, &param.name, &value, &mut first)?;
         }
         Ok(())
     }
@@ -194,7 +280,7 @@ impl KeyPlan {
         bound.sort_by(|a, b| a.0.cmp(&b.0));
         let mut first = true;
         for (name, value) in &bound {
-            write_pair(out, name, value, &mut first)?;
+            self.write_pair(out, name, value, &mut first)?;
         }
         Ok(())
     }
@@ -213,22 +299,41 @@ fn bind<'a, 'py>(
     }
 }
 
-fn write_pair(
-    out: &mut String,
-    name: &str,
-    value: &Bound<'_, PyAny>,
-    first: &mut bool,
-) -> PyResult<()> {
-    if is_connection_like(value) {
-        return Ok(());
+impl KeyPlan {
+    fn write_pair(
+        &self,
+        out: &mut String,
+        name: &str,
+        value: &Bound<'_, PyAny>,
+        first: &mut bool,
+    ) -> PyResult<()> {
+        if is_connection_like(value) {
+            return Ok(());
+        }
+        if !*first {
+            out.push(' ');
+        }
+        *first = false;
+        out.push_str(name);
+        out.push('=');
+        let start = out.len();
+        write_repr(out, value)?;
+        if self.guard.is_ambiguous(&out[start..]) {
+            let segment = out.split_off(start);
+            escape_into(out, &segment);
+        } else if out[start..].contains(" at 0x") {
+            crate::warn::once(
+                value.py(),
+                &format!("address:{}", self.guard.function),
+                &format!(
+                    "cachu: an argument of {}() is written into keys as {:?}, which holds a memory address: calls with such arguments never hit; give its type a __repr__ of its contents, or exclude= the parameter",
+                    self.guard.function,
+                    &out[start..]
+                ),
+            );
+        }
+        Ok(())
     }
-    if !*first {
-        out.push(' ');
-    }
-    *first = false;
-    out.push_str(name);
-    out.push('=');
-    write_repr(out, value)
 }
 
 /// Appends `repr(value)`; `int`, `bool`, `None` and plain ASCII `str` are formatted here,
@@ -341,6 +446,40 @@ fn connection_like_slow(value: &Bound<'_, PyAny>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn guard(names: &[&str], open: bool) -> Guard {
+        Guard {
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            open,
+            function: "f".into(),
+        }
+    }
+
+    #[test]
+    fn ambiguous_values_are_those_that_could_fake_a_pair() {
+        let g = guard(&["a", "b"], false);
+        assert!(g.is_ambiguous("1 b=2"));
+        assert!(g.is_ambiguous("x|y"));
+        assert!(g.is_ambiguous("\u{241e}"));
+        assert!(
+            !g.is_ambiguous("User(id=1, name='x')"),
+            "not a parameter name"
+        );
+        assert!(!g.is_ambiguous("'plain'"));
+        assert!(!g.is_ambiguous("1 ab=2"));
+        let open = guard(&[], true);
+        assert!(open.is_ambiguous("User(id=1, name='x')"));
+        assert!(!open.is_ambiguous("x=1"), "no space before the name");
+        assert!(!open.is_ambiguous("a 1=2"), "not an identifier");
+    }
+
+    #[test]
+    fn escaped_values_hold_no_separator() {
+        let mut out = String::new();
+        escape_into(&mut out, "1 b=2|\u{241e}");
+        assert_eq!(out, "\u{241e}1\u{241e}sb=2\u{241e}p\u{241e}\u{241e}");
+        assert!(!out.contains(' ') && !out.contains('|'));
+    }
 
     #[test]
     fn regions_follow_integer_division() {

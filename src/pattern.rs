@@ -87,7 +87,24 @@ fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
 /// The pattern that selects a tag's entries: `*|{tag}|*` with the tag normalized.
 pub fn tag_pattern(tag: &str) -> Option<String> {
     let tag = crate::key::normalize_tag(tag);
-    (!tag.is_empty()).then(|| format!("*{tag}*"))
+    (!tag.is_empty()).then(|| format!("*{}*", escape_glob(&tag)))
+}
+
+/// Escapes the glob metacharacters of a literal (`*`, `?`, `[`), for SQLite's GLOB,
+/// Redis' MATCH and [`glob_match`] alike.
+pub fn escape_glob(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

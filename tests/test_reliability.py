@@ -113,3 +113,147 @@ def test_bounded_memory_under_threads():
         assert cachu.cache_info(f).currsize <= 500
     finally:
         cachu.configure(package="boundedthreads", memory_maxsize=0)
+
+
+class Crafted:
+    """An argument whose repr is whatever the test says."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def test_reprs_with_key_separators_never_collide_with_other_arguments():
+    @cachu.cache(ttl=300, package="collide")
+    def pair(a, b=0):  # noqa: ANN001, ANN202
+        return ("computed", repr(a), b)
+
+    assert pair(1, 2) == ("computed", "1", 2)
+    # Each of these would have written the key of pair(1, 2) (or of each other).
+    for tricky in (Crafted("1 b=2"), Crafted("1|b=2"), "1 b=2", Crafted("1\u241esb=2")):
+        assert pair(tricky) == ("computed", repr(tricky), 0)
+    keys = {pair.cache_key(1, 2)} | {
+        pair.cache_key(t) for t in (Crafted("1 b=2"), Crafted("1|b=2"), "1 b=2")
+    }
+    assert len(keys) == 4
+    # Plain values keep the keys of cachu 0.2.x.
+    assert pair.cache_key(1, 2) == "5m:pair|a=1 b=2"
+    assert pair.cache_key("x", b="y") == "5m:pair|a='x' b='y'"
+
+
+def test_functions_with_kwargs_are_guarded_against_any_name():
+    @cachu.cache(ttl=300, package="collide")
+    def anything(**kwargs):  # noqa: ANN003, ANN202
+        return sorted(kwargs)
+
+    assert anything(a=1, z=2) == ["a", "z"]
+    assert anything(a=Crafted("1 z=2")) == ["a"]
+
+
+def test_reprs_with_memory_addresses_are_warned_about_once():
+    @cachu.cache(ttl=300, package="address")
+    def f(x):  # noqa: ANN001, ANN202
+        return 1
+
+    with pytest.warns(RuntimeWarning, match="memory address"):
+        f(object())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f(object())  # said once per function
+
+
+def test_tags_with_separators_and_glob_characters_clear_only_their_own():
+    @cachu.cache(ttl=300, package="tags", tag="us*")
+    def starred(x: int) -> int:
+        return x
+
+    @cachu.cache(ttl=300, package="tags", tag="users")
+    def users(x: int) -> int:
+        return x
+
+    @cachu.cache(ttl=300, package="tags", tag="|a|b|")
+    def piped(x: int) -> int:
+        return x
+
+    starred(1)
+    users(1)
+    piped(1)
+    assert piped.cache_key(1) == "5m:piped||a.b||x=1"
+    assert cachu.cache_clear(tag="us*", package="tags") == 1
+    assert cachu.cache_info(users).currsize == 1
+    assert cachu.cache_clear(tag="a|b", package="tags") == 1
+    assert cachu.cache_info(users).currsize == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "bad"),
+    [
+        ("backend", "mongodb"),
+        ("backend", 3),
+        ("key_prefix", 5),
+        ("file_dir", "/no/such/directory"),
+        ("file_dir", 12),
+        ("redis_url", "http://localhost"),
+        ("redis_url", b"redis://localhost"),
+        ("lock_timeout", -1),
+        ("lock_timeout", "10"),
+        ("lock_timeout", True),
+        ("on_backend_error", "ignore"),
+        ("on_lock_timeout", 1),
+        ("memory_maxsize", -5),
+        ("no_such_option", 1),
+    ],
+)
+def test_every_configure_option_refuses_wrong_values_and_changes_nothing(option, bad):
+    cachu.configure(package="strict", key_prefix="kept:", lock_timeout=3)
+    before = cachu.get_config(package="strict")
+    with pytest.raises(ConfigurationError, match=option) as info:
+        cachu.configure(package="strict", **{"key_prefix": "changed:", option: bad})
+    assert repr(bad)[:20] in str(info.value) or option == "file_dir"
+    assert cachu.get_config(package="strict") == before
+
+
+def test_enormous_keys_work_on_every_local_backend(tmp_path):
+    cachu.configure(package="huge", file_dir=str(tmp_path))
+    big = "x" * 1_000_000
+    for backend in ("memory", "file"):
+        calls = []
+
+        @cachu.cache(ttl=300, backend=backend, package="huge")
+        def echo(s: str, _calls: list = calls) -> int:
+            _calls.append(1)
+            return len(s)
+
+        assert echo(big) == 1_000_000
+        assert echo(big) == 1_000_000
+        assert calls == [1], backend
+
+
+class Unpicklable:
+    def __reduce__(self):  # noqa: ANN204
+        raise TypeError("this object refuses to be pickled")
+
+
+def test_unpicklable_results_are_returned_not_cached_and_lose_nothing(tmp_path):
+    cachu.configure(package="unpick", file_dir=str(tmp_path))
+    for backend in ("memory", "file"):
+
+        def make(kind: str):  # noqa: ANN202
+            return Unpicklable() if kind == "bad" else {"kind": kind}
+
+        make.__name__ = f"make_{backend}"  # one warning per function
+        make = cachu.cache(ttl=300, backend=backend, package="unpick")(make)
+
+        assert make("good") == {"kind": "good"}
+        with pytest.warns(RuntimeWarning, match="not cached"):
+            value = make("bad")
+        assert isinstance(value, Unpicklable)
+        assert isinstance(make("bad"), Unpicklable)  # computed again: nothing was stored
+        info = cachu.cache_info(make)
+        assert (info.hits, info.misses, info.currsize) == (0, 3, 1), backend
+        assert make("good") == {"kind": "good"}
+        assert cachu.cache_info(make).hits == 1

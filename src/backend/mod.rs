@@ -406,21 +406,7 @@ fn write_bytes(
     Ok(())
 }
 
-/// Escapes the glob metacharacters of a literal.
-pub fn escape_glob(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        match c {
-            '*' | '?' | '[' => {
-                out.push('[');
-                out.push(c);
-                out.push(']');
-            }
-            _ => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::pattern::escape_glob;
 
 type InstanceKey = (Option<String>, BackendKind, i64);
 
