@@ -156,11 +156,25 @@ pub fn _accept<'py>(
     let py = cached.py();
     let this = cached.get();
     let miss = || (false, py.None().into_bound(py));
-    let value = match codec::loads(py, data) {
+    let backend = this.backend_or_err(py, &this.resolve())?;
+    let signing = backend.signing_key();
+    let store = byte_store(cached)?;
+    let Ok(pickle) = crate::seal::open(signing.as_deref(), data) else {
+        // decode() reports the refusal; the value is never unpickled.
+        let _ = crate::backend::decode(
+            py,
+            store.as_ref(),
+            signing.as_deref(),
+            &key,
+            data,
+            created_at,
+        );
+        return Ok(miss());
+    };
+    let value = match codec::loads(py, pickle) {
         Ok(v) if created_at.is_finite() => v,
         Ok(_) => return Ok(miss()),
         Err(err) => {
-            let store = byte_store(cached)?;
             warn::undecodable(py, &store.location(), &key, &err);
             let data = data.to_vec();
             runtime::handle()
@@ -206,7 +220,10 @@ fn value_to_store(
         return Ok(None);
     };
     match codec::dumps(result) {
-        Ok(data) => Ok(Some((data.as_bytes().to_vec(), unix_now(), ttl))),
+        Ok(data) => {
+            let backend = this.backend_or_err(cached.py(), &this.resolve())?;
+            Ok(Some((backend.encode(data.as_bytes()), unix_now(), ttl)))
+        }
         Err(e) => {
             warn::once(
                 cached.py(),

@@ -89,6 +89,18 @@ pub struct Config {
     pub raise_lock_timeout: bool,
     /// The most entries the package keeps in memory (`None`: unbounded).
     pub memory_maxsize: Option<usize>,
+    /// The key that signs values of the file and Redis backends (`seal.rs`).
+    pub signing_key: Option<Secret>,
+}
+
+/// A key that is never shown.
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl Default for Config {
@@ -102,6 +114,7 @@ impl Default for Config {
             raise_backend_errors: false,
             raise_lock_timeout: false,
             memory_maxsize: None,
+            signing_key: None,
         }
     }
 }
@@ -270,6 +283,40 @@ fn parse_redis_url(value: &Bound<'_, PyAny>) -> CacheResult<String> {
     Ok(url)
 }
 
+/// At least 16 bytes (a `str` is taken as UTF-8); empty removes the key. The value is
+/// never shown, not even in the error.
+fn parse_signing_key(value: &Bound<'_, PyAny>) -> CacheResult<Option<Secret>> {
+    let bytes: Vec<u8> = if let Ok(s) = value.cast::<PyString>() {
+        s.to_str()
+            .map_err(|_| CacheError::config("signing_key", "<str>", "not valid UTF-8"))?
+            .as_bytes()
+            .to_vec()
+    } else if let Ok(b) = value.cast::<pyo3::types::PyBytes>() {
+        b.as_bytes().to_vec()
+    } else {
+        return Err(CacheError::config(
+            "signing_key",
+            format!(
+                "<{}>",
+                value
+                    .get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string())
+            ),
+            "expected str or bytes",
+        ));
+    };
+    match bytes.len() {
+        0 => Ok(None),
+        1..=15 => Err(CacheError::config(
+            "signing_key",
+            "<secret>",
+            "too short: use at least 16 bytes (32 random bytes is right)",
+        )),
+        _ => Ok(Some(Secret(bytes.into()))),
+    }
+}
+
 /// A number of entries; 0 removes the bound.
 fn parse_maxsize(value: &Bound<'_, PyAny>) -> CacheResult<Option<usize>> {
     let is_int = value.is_instance_of::<PyInt>() && !value.is_instance_of::<pyo3::types::PyBool>();
@@ -355,6 +402,11 @@ impl PyConfig {
     fn memory_maxsize(&self) -> Option<usize> {
         self.inner.memory_maxsize
     }
+    /// Whether values are signed (the key itself is never shown).
+    #[getter]
+    fn signing_key(&self) -> Option<&'static str> {
+        self.inner.signing_key.as_ref().map(|_| "<secret>")
+    }
 
     /// The settings as a plain dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -372,7 +424,7 @@ impl PyConfig {
         Python::attach(|py| {
             let r = |s: &str| repr_of(&PyString::new(py, s).into_any());
             format!(
-                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?}, on_backend_error={}, on_lock_timeout={}, memory_maxsize={})",
+                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?}, on_backend_error={}, on_lock_timeout={}, memory_maxsize={}, signing_key={})",
                 r(c.backend.name()),
                 r(&c.key_prefix),
                 r(&c.file_dir),
@@ -381,6 +433,7 @@ impl PyConfig {
                 r(c.on_backend_error()),
                 r(c.on_lock_timeout()),
                 c.memory_maxsize.map_or_else(|| "None".to_owned(), |n| n.to_string()),
+                if c.signing_key.is_some() { "'<secret>'" } else { "None" },
             )
         })
     }
@@ -396,6 +449,7 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("on_backend_error", c.on_backend_error())?;
     d.set_item("on_lock_timeout", c.on_lock_timeout())?;
     d.set_item("memory_maxsize", c.memory_maxsize)?;
+    d.set_item("signing_key", c.signing_key.as_ref().map(|_| "<secret>"))?;
     Ok(d)
 }
 
@@ -407,7 +461,7 @@ fn present_arg<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> 
 /// current value; an unknown option or a bad value raises `ConfigurationError` and
 /// changes nothing.
 #[pyfunction]
-#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, on_backend_error=None, on_lock_timeout=None, memory_maxsize=None, *, package=None, **unknown))]
+#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, on_backend_error=None, on_lock_timeout=None, memory_maxsize=None, signing_key=None, *, package=None, **unknown))]
 pub fn configure(
     py: Python<'_>,
     backend: Option<&Bound<'_, PyAny>>,
@@ -418,6 +472,7 @@ pub fn configure(
     on_backend_error: Option<&Bound<'_, PyAny>>,
     on_lock_timeout: Option<&Bound<'_, PyAny>>,
     memory_maxsize: Option<&Bound<'_, PyAny>>,
+    signing_key: Option<&Bound<'_, PyAny>>,
     package: Option<String>,
     unknown: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<PyConfig> {
@@ -426,7 +481,7 @@ pub fn configure(
         return Err(CacheError::config(
             name.clone(),
             repr_of(&value),
-            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error, on_lock_timeout and memory_maxsize"),
+            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error, on_lock_timeout, memory_maxsize and signing_key"),
         )
         .into());
     }
@@ -450,6 +505,9 @@ pub fn configure(
         .transpose()?;
     let memory_maxsize = present_arg(memory_maxsize)
         .map(|v| parse_maxsize(&v))
+        .transpose()?;
+    let signing_key = present_arg(signing_key)
+        .map(|v| parse_signing_key(&v))
         .transpose()?;
     let raise_lock_timeout = present_arg(on_lock_timeout)
         .map(|v| parse_choice("on_lock_timeout", &v, ["run", "raise"]))
@@ -483,6 +541,9 @@ pub fn configure(
     }
     if let Some(v) = memory_maxsize {
         cfg.memory_maxsize = v;
+    }
+    if let Some(v) = signing_key {
+        cfg.signing_key = v;
     }
     let cfg = Arc::new(cfg);
     reg.insert(package.clone(), cfg.clone());

@@ -13,6 +13,7 @@ pub mod flight;
 pub mod key;
 pub mod pattern;
 pub mod runtime;
+pub mod seal;
 pub mod warn;
 
 use pyo3::prelude::*;

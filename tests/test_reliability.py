@@ -257,3 +257,93 @@ def test_unpicklable_results_are_returned_not_cached_and_lose_nothing(tmp_path):
         assert (info.hits, info.misses, info.currsize) == (0, 3, 1), backend
         assert make("good") == {"kind": "good"}
         assert cachu.cache_info(make).hits == 1
+
+
+class Trap:
+    """Unpickling this creates a file: proof that a value was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (self.path, "w"))
+
+
+SECRET = "a signing key of more than 16 bytes"
+
+
+def test_signed_values_on_redis_refuse_tampering(redis_url, redis_server, tmp_path):
+    cachu.configure(package="signed", backend="redis", redis_url=redis_url, signing_key=SECRET)
+    try:
+        calls = []
+
+        @cachu.cache(ttl=300, package="signed")
+        def value(x: int) -> dict:
+            calls.append(x)
+            return {"x": x}
+
+        assert value(1) == {"x": 1}
+        assert value(1) == {"x": 1}
+        assert calls == [1]
+        r = redis_server.client()
+        raw = r.get("5m:value|x=1")
+        assert raw[8:].startswith(b"cachu-hmac1:")
+        assert repr(cachu.get_config(package="signed")).count("<secret>") == 1
+        assert SECRET not in repr(cachu.get_config(package="signed"))
+
+        # Someone with write access to Redis plants a pickle that runs code.
+        import pickle
+        import struct
+        import time
+
+        trap = tmp_path / "unpickled"
+        evil = pickle.dumps(Trap(str(trap)))
+        header = struct.pack("d", time.time())
+        forged = raw[:8] + raw[8:][: 12 + 32] + evil  # a valid-looking tag, other data
+        for planted in (header + evil, forged):
+            r.set("5m:value|x=1", planted, ex=300)
+            with pytest.warns(RuntimeWarning, match="not unpickled"):
+                assert value(1) == {"x": 1}
+            assert not trap.exists(), "a tampered value was unpickled"
+            assert value(1) == {"x": 1}  # the miss stored a signed value again
+
+        # Signed with another key: refused as well (said once already, above).
+        cachu.configure(package="signed", signing_key="another key, also 16+ bytes")
+        calls.clear()
+        assert value(1) == {"x": 1}
+        assert calls == [1]
+    finally:
+        cachu.configure(package="signed", signing_key="")
+
+
+def test_signed_values_on_files(tmp_path):
+    cachu.configure(
+        package="signedfile", backend="file", file_dir=str(tmp_path), signing_key=SECRET
+    )
+    try:
+
+        @cachu.cache(ttl=300, package="signedfile")
+        def value(x: int) -> int:
+            return x * 2
+
+        assert value(2) == 4
+        import sqlite3
+
+        con = sqlite3.connect(tmp_path / "signedfile_cache5min.db")
+        (blob,) = con.execute("SELECT value FROM cache").fetchone()
+        assert blob.startswith(b"cachu-hmac1:")
+        con.execute("UPDATE cache SET value = ?", (blob[:-3] + b"J.",))
+        con.commit()
+        con.close()
+        with pytest.warns(RuntimeWarning, match="not unpickled"):
+            assert value(2) == 4
+    finally:
+        cachu.configure(package="signedfile", signing_key="")
+
+
+@pytest.mark.parametrize("bad", ["short", b"too short", 12345, ["a list"]])
+def test_bad_signing_keys_are_refused_without_showing_them(bad):
+    with pytest.raises(ConfigurationError, match="signing_key") as info:
+        cachu.configure(package="badkey", signing_key=bad)
+    if isinstance(bad, (str, bytes)):
+        assert repr(bad) not in str(info.value)

@@ -46,6 +46,8 @@ class CacheConfig:
     def on_lock_timeout(self) -> Literal["run", "raise"]: ...
     @property
     def memory_maxsize(self) -> Optional[int]: ...
+    @property
+    def signing_key(self) -> Optional[str]: ...
     def as_dict(self) -> dict[str, Any]: ...
 
 @final
@@ -139,6 +141,7 @@ def configure(
     on_backend_error: Optional[Literal["miss", "raise"]] = None,
     on_lock_timeout: Optional[Literal["run", "raise"]] = None,
     memory_maxsize: Optional[int] = None,
+    signing_key: Optional[Union[str, bytes]] = None,
     *,
     package: Optional[str] = None,
 ) -> CacheConfig: ...

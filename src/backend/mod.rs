@@ -204,9 +204,29 @@ impl Backend {
                 let Some((data, created)) = py.detach(|| b.get(key))? else {
                     return Ok(None);
                 };
-                Ok(decode(py, b.as_ref(), key, &data, created).map(|v| (v, created)))
+                let signing = self.signing_key();
+                Ok(
+                    decode(py, b.as_ref(), signing.as_deref(), key, &data, created)
+                        .map(|v| (v, created)),
+                )
             }
             Store::Null => Ok(None),
+        }
+    }
+
+    /// The package's signing key, if values are signed.
+    pub fn signing_key(&self) -> Option<Arc<[u8]>> {
+        config_of(self.package.as_deref())
+            .signing_key
+            .as_ref()
+            .map(|s| s.0.clone())
+    }
+
+    /// What a pickle is stored as: signed when the package has a signing key.
+    pub fn encode(&self, pickle: &[u8]) -> Vec<u8> {
+        match self.signing_key() {
+            Some(key) => crate::seal::seal(&key, pickle),
+            None => pickle.to_vec(),
         }
     }
 
@@ -228,11 +248,14 @@ impl Backend {
         let Store::Bytes(b) = &self.store else {
             return Ok(Lease::Acquired);
         };
+        let signing = self.signing_key();
         Ok(match py.detach(|| b.lease(key, token, lease, read))? {
-            LeaseReply::Found(data, created) => match decode(py, b.as_ref(), key, &data, created) {
-                Some(v) => Lease::Found(v, created),
-                None => return self.lease(py, key, token, lease, false),
-            },
+            LeaseReply::Found(data, created) => {
+                match decode(py, b.as_ref(), signing.as_deref(), key, &data, created) {
+                    Some(v) => Lease::Found(v, created),
+                    None => return self.lease(py, key, token, lease, false),
+                }
+            }
             LeaseReply::Acquired => Lease::Acquired,
             LeaseReply::Held => Lease::Held,
         })
@@ -253,14 +276,19 @@ impl Backend {
             };
         };
         let pickled = match value {
-            Some((Stored::Pickled(data), ttl)) => Some((data.bind(py).clone(), ttl)),
-            Some((stored, ttl)) => Some((codec::dumps(&stored.materialize(py)?)?, ttl)),
+            Some((Stored::Pickled(data), ttl)) => {
+                Some((self.encode(data.bind(py).as_bytes()), ttl))
+            }
+            Some((stored, ttl)) => Some((
+                self.encode(codec::dumps(&stored.materialize(py)?)?.as_bytes()),
+                ttl,
+            )),
             None => None,
         };
         let created = unix_now();
         let value = pickled
             .as_ref()
-            .map(|(d, ttl)| (d.as_bytes(), created, *ttl));
+            .map(|(d, ttl)| (d.as_slice(), created, *ttl));
         py.detach(|| b.store_and_release(key, value, token))?;
         Ok(())
     }
@@ -277,7 +305,8 @@ impl Backend {
                 self.keep_budget(m);
             }
             Store::Bytes(b) => {
-                write_bytes(py, b.as_ref(), key, codec::dumps(value)?.as_bytes(), ttl)?;
+                let data = self.encode(codec::dumps(value)?.as_bytes());
+                write_bytes(py, b.as_ref(), key, &data, ttl)?;
             }
             Store::Null => {}
         }
@@ -296,7 +325,8 @@ impl Backend {
             // Already pickled: written as is, not unpickled to be pickled again.
             Store::Bytes(b) => match stored {
                 Stored::Pickled(data) => {
-                    write_bytes(py, b.as_ref(), key, data.bind(py).as_bytes(), ttl)
+                    let data = self.encode(data.bind(py).as_bytes());
+                    write_bytes(py, b.as_ref(), key, &data, ttl)
                 }
                 _ => self.set(&stored.materialize(py)?, key, ttl),
             },
@@ -374,15 +404,32 @@ impl Backend {
     }
 }
 
-/// Unpickles a stored value; one that cannot be decoded is reported and discarded.
-fn decode<'py>(
+/// Unpickles a stored value. One that is refused by the signature check is reported
+/// and left alone (never unpickled); one that cannot be unpickled is reported and
+/// discarded.
+pub fn decode<'py>(
     py: Python<'py>,
     store: &dyn ByteStore,
+    signing_key: Option<&[u8]>,
     key: &str,
     data: &[u8],
     created: f64,
 ) -> Option<Bound<'py, PyAny>> {
-    match codec::loads(py, data) {
+    let pickle = match crate::seal::open(signing_key, data) {
+        Ok(p) => p,
+        Err(why) => {
+            crate::warn::once(
+                py,
+                &format!("refused:{}:{why:?}", store.location()),
+                &format!(
+                    "cachu: a cached value in {} was not unpickled: {why}; key {key:?} is treated as a miss",
+                    store.location()
+                ),
+            );
+            return None;
+        }
+    };
+    match codec::loads(py, pickle) {
         Ok(v) if created.is_finite() => Some(v),
         Ok(_) => None,
         Err(err) => {

@@ -548,10 +548,8 @@ impl ByteStore for RedisStore {
     /// pickle after the header) and is still the same value: data of other programs
     /// stored under a colliding key is left alone.
     fn discard_corrupt(&self, key: &str, value: &[u8], created_at: f64) -> CacheResult<()> {
-        let ours = created_at.is_finite()
-            && value.len() >= 2
-            && value[0] == 0x80
-            && (2..=5).contains(&value[1]);
+        let pickled = value.len() >= 2 && value[0] == 0x80 && (2..=5).contains(&value[1]);
+        let ours = created_at.is_finite() && (pickled || value.starts_with(crate::seal::MAGIC));
         if !ours {
             return Ok(());
         }
