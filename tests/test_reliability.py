@@ -347,3 +347,139 @@ def test_bad_signing_keys_are_refused_without_showing_them(bad):
         cachu.configure(package="badkey", signing_key=bad)
     if isinstance(bad, (str, bytes)):
         assert repr(bad) not in str(info.value)
+
+
+STAMPEDE = """
+import os, random, sys, threading, time, cachu
+backend, url, log, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+cachu.configure(package='stampede', backend=backend, redis_url=url, file_dir=os.path.dirname(log))
+
+@cachu.cache(ttl=300, package='stampede')
+def work(k):
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f'{os.getpid()} {k}\\n'.encode())
+    os.close(fd)
+    time.sleep(0.02)
+    return k * 2
+
+def worker(seed):
+    keys = list(range(100))
+    random.Random(seed).shuffle(keys)
+    for k in keys:
+        assert work(k) == k * 2
+
+time.sleep(max(0, start - time.time()))
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print('ok')
+"""
+
+
+@pytest.mark.parametrize("backend", ["memory", "file", "redis"])
+def test_stampede_of_8_threads_in_4_processes_on_100_cold_keys(
+    backend, redis_url, tmp_path, this_python
+):
+    import subprocess
+    import time
+    from collections import Counter
+
+    log = tmp_path / "runs.log"
+    start = time.time() + 2
+    procs = [
+        subprocess.Popen(
+            [this_python, "-c", STAMPEDE, backend, redis_url, str(log), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert out.strip() == "ok", err
+    runs = [line.split() for line in log.read_text().splitlines()]
+    per_process = Counter((pid, k) for pid, k in runs)
+    per_key = Counter(k for _, k in runs)
+    print(
+        f"{backend}: {len(runs)} computations for 100 keys x 4 processes x 8 threads "
+        f"(max {max(per_process.values())} per key per process, "
+        f"max {max(per_key.values())} per key overall)"
+    )
+    assert len(per_key) == 100
+    assert max(per_process.values()) == 1, "a process computed a key twice"
+    if backend == "redis":
+        assert max(per_key.values()) == 1, "two processes computed one key"
+
+
+def test_redis_killed_and_restarted_under_threads_and_an_event_loop(redis_server):
+    import asyncio
+    import time
+    import warnings
+
+    url = redis_server.url + "?socket_connect_timeout=0.2&socket_timeout=0.5"
+    cachu.configure(package="chaos", backend="redis", redis_url=url)
+
+    @cachu.cache(ttl=300, package="chaos")
+    def double(x: int) -> int:
+        return 2 * x
+
+    @cachu.cache(ttl=300, package="chaos")
+    async def triple(x: int) -> int:
+        return 3 * x
+
+    stop = threading.Event()
+    slowest = [0.0]
+    wrong: list[str] = []
+    calls = [0]
+
+    def timed(check) -> None:  # noqa: ANN001
+        t0 = time.monotonic()
+        check()
+        slowest[0] = max(slowest[0], time.monotonic() - t0)
+        calls[0] += 1
+
+    def thread_worker(seed: int) -> None:
+        i = seed
+        while not stop.is_set():
+            i = (i + 7) % 50
+
+            def check(i: int = i) -> None:
+                if double(i) != 2 * i:
+                    wrong.append(f"double({i})")
+
+            timed(check)
+
+    async def loop_worker() -> None:
+        i = 0
+        while not stop.is_set():
+            i = (i + 3) % 50
+            t0 = time.monotonic()
+            if await triple(i) != 3 * i:
+                wrong.append(f"triple({i})")
+            slowest[0] = max(slowest[0], time.monotonic() - t0)
+            calls[0] += 1
+            await asyncio.sleep(0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threads = [threading.Thread(target=thread_worker, args=(k,)) for k in range(8)]
+        loop_thread = threading.Thread(target=lambda: asyncio.run(loop_worker()))
+        for t in [*threads, loop_thread]:
+            t.start()
+        time.sleep(0.7)
+        redis_server.proc.kill()  # SIGKILL mid-load
+        redis_server.proc.wait()
+        redis_server.proc = None
+        time.sleep(1.0)
+        redis_server.start()
+        time.sleep(2.0)  # the breaker lets a probe through, connections come back
+        stop.set()
+        for t in [*threads, loop_thread]:
+            t.join(30)
+    assert not wrong, wrong[:5]
+    print(f"{calls[0]} calls; the slowest took {slowest[0]:.3f}s")
+    assert slowest[0] < 2.0, "a call waited longer than the timeouts allow"
+    before = cachu.cache_info(double).hits
+    assert double(1) == 2 and double(1) == 2
+    assert cachu.cache_info(double).hits > before, "did not reconnect"
