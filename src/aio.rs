@@ -16,7 +16,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::backend::memory::unix_now;
 use crate::backend::redis::{pack_value, setex_seconds};
-use crate::backend::{ByteStore, LeaseReply};
+use crate::backend::{decode, ByteStore, Decoded, LeaseReply};
 use crate::codec;
 use crate::config::{self, BackendKind};
 use crate::decorator::{lease_token, take_flags, CachedFunction};
@@ -159,23 +159,18 @@ pub fn _accept<'py>(
     let backend = this.backend_or_err(py, &this.resolve())?;
     let signing = backend.signing_key();
     let store = byte_store(cached)?;
-    let Ok(pickle) = crate::seal::open(signing.as_deref(), data) else {
-        // decode() reports the refusal; the value is never unpickled.
-        let _ = crate::backend::decode(
-            py,
-            store.as_ref(),
-            signing.as_deref(),
-            &key,
-            data,
-            created_at,
-        );
-        return Ok(miss());
-    };
-    let value = match codec::loads(py, pickle) {
-        Ok(v) if created_at.is_finite() => v,
-        Ok(_) => return Ok(miss()),
-        Err(err) => {
-            warn::undecodable(py, &store.location(), &key, &err);
+    let value = match decode(
+        py,
+        store.as_ref(),
+        signing.as_deref(),
+        &key,
+        data,
+        created_at,
+    ) {
+        Decoded::Value(v) => v,
+        Decoded::Miss => return Ok(miss()),
+        Decoded::Corrupt => {
+            // Discarded off the event loop.
             let data = data.to_vec();
             runtime::handle()
                 .spawn_blocking(move || store.discard_corrupt(&key, &data, created_at));

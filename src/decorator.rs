@@ -709,6 +709,18 @@ impl CachedFunction {
         Ok((result, Some(stored)))
     }
 
+    /// What a caller that waited for another's computation gets: its result (a hit)
+    /// or its exception.
+    fn followed<'py>(&self, py: Python<'py>, outcome: &Outcome) -> PyResult<Bound<'py, PyAny>> {
+        match outcome {
+            Ok(stored) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                stored.materialize(py)
+            }
+            Err(e) => Err(e.clone_ref(py)),
+        }
+    }
+
     /// The miss path, with single flight.
     fn miss<'py>(
         &self,
@@ -752,13 +764,7 @@ impl CachedFunction {
             Join::Follower(flight) => {
                 let timeout = r.lock_timeout;
                 match py.detach(|| flight.wait(timeout)) {
-                    Waited::Done(outcome) => match &*outcome {
-                        Ok(stored) => {
-                            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                            stored.materialize(py)
-                        }
-                        Err(e) => Err(e.clone_ref(py)),
-                    },
+                    Waited::Done(outcome) => self.followed(py, &outcome),
                     Waited::TimedOut if r.raise_lock_timeout => Err(Self::lock_timed_out(key, r)),
                     Waited::Abandoned | Waited::TimedOut => {
                         Ok(self.compute_and_store(py, r, backend, key, args, kwargs)?.0)
@@ -828,13 +834,7 @@ impl CachedFunction {
                         Some(Join::Follower(flight)) => {
                             if let Waited::Done(outcome) = py.detach(|| flight.wait(deadline - now))
                             {
-                                return match &*outcome {
-                                    Ok(stored) => {
-                                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                                        stored.materialize(py)
-                                    }
-                                    Err(e) => Err(e.clone_ref(py)),
-                                };
+                                return self.followed(py, &outcome);
                             }
                         }
                         // This thread holds the lease further up the stack (recursion).

@@ -206,7 +206,7 @@ impl Backend {
                 };
                 let signing = self.signing_key();
                 Ok(
-                    decode(py, b.as_ref(), signing.as_deref(), key, &data, created)
+                    decode_or_discard(py, b.as_ref(), signing.as_deref(), key, &data, created)
                         .map(|v| (v, created)),
                 )
             }
@@ -251,7 +251,7 @@ impl Backend {
         let signing = self.signing_key();
         Ok(match py.detach(|| b.lease(key, token, lease, read))? {
             LeaseReply::Found(data, created) => {
-                match decode(py, b.as_ref(), signing.as_deref(), key, &data, created) {
+                match decode_or_discard(py, b.as_ref(), signing.as_deref(), key, &data, created) {
                     Some(v) => Lease::Found(v, created),
                     None => return self.lease(py, key, token, lease, false),
                 }
@@ -404,9 +404,18 @@ impl Backend {
     }
 }
 
-/// Unpickles a stored value. One that is refused by the signature check is reported
-/// and left alone (never unpickled); one that cannot be unpickled is reported and
-/// discarded.
+/// What a stored value turned out to be.
+pub enum Decoded<'py> {
+    Value(Bound<'py, PyAny>),
+    /// Not usable, and left as it is (refused by the signature check, or without a
+    /// creation time).
+    Miss,
+    /// Could not be unpickled: the caller discards it (`ByteStore::discard_corrupt`).
+    Corrupt,
+}
+
+/// Unpickles a stored value. A refusal of the signature check or an undecodable value
+/// is reported (once per place and kind); a refused value is never unpickled.
 pub fn decode<'py>(
     py: Python<'py>,
     store: &dyn ByteStore,
@@ -414,7 +423,7 @@ pub fn decode<'py>(
     key: &str,
     data: &[u8],
     created: f64,
-) -> Option<Bound<'py, PyAny>> {
+) -> Decoded<'py> {
     let pickle = match crate::seal::open(signing_key, data) {
         Ok(p) => p,
         Err(why) => {
@@ -426,14 +435,32 @@ pub fn decode<'py>(
                     store.location()
                 ),
             );
-            return None;
+            return Decoded::Miss;
         }
     };
     match codec::loads(py, pickle) {
-        Ok(v) if created.is_finite() => Some(v),
-        Ok(_) => None,
+        Ok(v) if created.is_finite() => Decoded::Value(v),
+        Ok(_) => Decoded::Miss,
         Err(err) => {
             crate::warn::undecodable(py, &store.location(), key, &err);
+            Decoded::Corrupt
+        }
+    }
+}
+
+/// [`decode`], discarding an undecodable value now (with the GIL released).
+fn decode_or_discard<'py>(
+    py: Python<'py>,
+    store: &dyn ByteStore,
+    signing_key: Option<&[u8]>,
+    key: &str,
+    data: &[u8],
+    created: f64,
+) -> Option<Bound<'py, PyAny>> {
+    match decode(py, store, signing_key, key, data, created) {
+        Decoded::Value(v) => Some(v),
+        Decoded::Miss => None,
+        Decoded::Corrupt => {
             let _ = py.detach(|| store.discard_corrupt(key, data, created));
             None
         }
