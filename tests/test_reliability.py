@@ -483,3 +483,23 @@ def test_redis_killed_and_restarted_under_threads_and_an_event_loop(redis_server
     before = cachu.cache_info(double).hits
     assert double(1) == 2 and double(1) == 2
     assert cachu.cache_info(double).hits > before, "did not reconnect"
+
+
+def test_memory_per_entry_is_reported_by_backend_stats():
+    cachu.configure(package="sized", memory_maxsize=1000)
+    try:
+
+        @cachu.cache(ttl=300, package="sized")
+        def user(i: int) -> dict:
+            return {"id": i, "name": "Ada Lovelace"}
+
+        for i in range(500):
+            user(i)
+        stats = cachu.get_backend("memory", package="sized", ttl=300).stats()
+        assert stats["entries"] == 500
+        assert stats["package_entries"] == 500 and stats["memory_maxsize"] == 1000
+        # A key, a slot and a small dict: between a few dozen and a few hundred bytes.
+        assert 100 < stats["bytes_per_entry"] < 1000, stats
+        assert stats["value_bytes"] >= 500 * 100
+    finally:
+        cachu.configure(package="sized", memory_maxsize=0)

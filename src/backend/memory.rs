@@ -102,6 +102,11 @@ impl Budget {
         }
     }
 
+    /// The bound, if any.
+    pub fn max(&self) -> Option<usize> {
+        Some(self.max.load(Ordering::Relaxed)).filter(|m| *m != usize::MAX)
+    }
+
     /// Entries held now by the stores of this budget.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
@@ -359,9 +364,33 @@ impl<V> MemoryStore<V> {
         self.budget.freed(batch - left);
     }
 
+    /// The budget this store counts against.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     /// Whether the package's budget is exceeded.
     pub fn over_budget(&self) -> bool {
         self.budget.over()
+    }
+
+    /// `(entries, bytes held by the store itself, the values)`: the bytes count the
+    /// tables at their capacity and every key; the values are handed back (as `f`
+    /// makes them, under the shard lock: no foreign code there) for the caller to size.
+    pub fn footprint<R>(&self, f: impl Fn(&V) -> R) -> (usize, usize, Vec<R>) {
+        let mut entries = 0;
+        let mut bytes = std::mem::size_of::<Self>();
+        let mut values = Vec::new();
+        for shard in &*self.shards {
+            let map = shard.map.read();
+            entries += map.len();
+            bytes += map.capacity() * (std::mem::size_of::<(Box<str>, Slot<V>)>() + 1);
+            for (k, slot) in map.iter() {
+                bytes += k.len();
+                values.push(f(&slot.value));
+            }
+        }
+        (entries, bytes, values)
     }
 
     /// How many entries this store holds, expired ones included.

@@ -395,6 +395,48 @@ impl Backend {
         })
     }
 
+    /// What this instance holds, for `Backend.stats()`: entries, and for the memory
+    /// backend the bytes of its tables and keys and (shallow, `sys.getsizeof`) of its
+    /// values.
+    pub fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("backend", self.kind.name())?;
+        match &self.store {
+            Store::Memory(m) => {
+                let (entries, table, values) = m.footprint(|v| v.clone_ref(py));
+                let getsizeof = py.import("sys")?.getattr("getsizeof")?;
+                let mut value_bytes = 0usize;
+                for v in values {
+                    let obj = match &v {
+                        Stored::Shared(o) | Stored::Flat(o) | Stored::Copied(o) => {
+                            o.bind(py).clone()
+                        }
+                        Stored::Pickled(b) => b.bind(py).clone().into_any(),
+                    };
+                    value_bytes += getsizeof.call1((obj,))?.extract::<usize>()?;
+                }
+                d.set_item("entries", entries)?;
+                d.set_item("table_bytes", table)?;
+                d.set_item("value_bytes", value_bytes)?;
+                d.set_item(
+                    "bytes_per_entry",
+                    if entries == 0 {
+                        0.0
+                    } else {
+                        (table + value_bytes) as f64 / entries as f64
+                    },
+                )?;
+                let budget = &m.budget();
+                d.set_item("package_entries", budget.used())?;
+                d.set_item("memory_maxsize", budget.max())?;
+            }
+            _ => {
+                d.set_item("entries", self.count(py, None)?)?;
+            }
+        }
+        Ok(d)
+    }
+
     /// How many live keys match a glob.
     pub fn count(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<usize> {
         Ok(match &self.store {

@@ -115,6 +115,12 @@ impl PyBackend {
     }
 
     /// Nothing to do: instances are shared and closed with the process.
+    /// Entries held, and for the memory backend the bytes they take (tables and keys,
+    /// plus `sys.getsizeof` of each stored value) and the package's `memory_maxsize`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        self.inner.stats(py)
+    }
+
     fn close(&self) {}
 
     #[getter]
