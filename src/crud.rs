@@ -93,16 +93,80 @@ pub fn cache_clear(
         .filter(|t| !t.is_none())
         .map(parse_region_ttl)
         .transpose()?;
-    let targets = match (kind, ttl) {
-        (Some(kind), Some(ttl)) => vec![instance(package.as_deref(), kind, ttl)?],
-        _ => instances_of(package.as_deref(), kind, ttl),
-    };
+    let package = package.as_deref();
     let mut total = 0;
+    let targets = if let (Some(kind), Some(ttl)) = (kind, ttl) {
+        vec![instance(package, kind, ttl)?]
+    } else {
+        let mut targets = instances_of(package, kind, ttl);
+        if ttl.is_none() {
+            if kind.is_none_or(|k| k == BackendKind::File) {
+                // Regions on disk that this process has not opened yet.
+                for region in file_regions_on_disk(package) {
+                    if let Ok(b) = instance(package, BackendKind::File, region) {
+                        targets.push(b);
+                    }
+                }
+            }
+            if uses_redis(package, kind, &targets) {
+                // Every region of the server at once, opened here or not.
+                let url = config::config_of(package).redis_url.clone();
+                let pat = pattern.clone();
+                let pkg = package.map(str::to_owned);
+                total += py.detach(|| {
+                    backend::redis::clear_package(&url, pkg.as_deref(), pat.as_deref())
+                })?;
+                targets.retain(|b| b.kind != BackendKind::Redis);
+            }
+        }
+        targets
+    };
+    let mut seen = std::collections::HashSet::new();
     for b in targets {
-        total += b.clear(py, pattern.as_deref())?;
+        // Two TTLs of one region (300 and 301) are one file: cleared once.
+        if seen.insert(std::sync::Arc::as_ptr(&b)) {
+            total += b.clear(py, pattern.as_deref())?;
+        }
     }
-    reset_stats(package.as_deref());
+    reset_stats(package);
     Ok(total)
+}
+
+/// The TTLs of the package's SQLite files in its `file_dir`.
+fn file_regions_on_disk(package: Option<&str>) -> Vec<i64> {
+    // Files of no package have generic names (`cache5min.db`): not worth the risk of
+    // opening another program's file.
+    if package.is_none_or(str::is_empty) {
+        return Vec::new();
+    }
+    let dir = config::config_of(package).file_dir.clone();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name();
+            crate::key::ttl_of_sqlite_file(package, name.to_str()?)
+        })
+        .collect()
+}
+
+/// Whether a clear should reach the package's Redis server: asked for by name, or the
+/// package's backend, or a Redis region opened by it. (A package that never uses Redis
+/// does not wait for a server that may not exist.)
+fn uses_redis(
+    package: Option<&str>,
+    kind: Option<BackendKind>,
+    opened: &[std::sync::Arc<backend::Backend>],
+) -> bool {
+    match kind {
+        Some(k) => k == BackendKind::Redis,
+        None => {
+            config::config_of(package).backend == BackendKind::Redis
+                || opened.iter().any(|b| b.kind == BackendKind::Redis)
+        }
+    }
 }
 
 /// Forgets the backend instances of `package` (every package if `None`).

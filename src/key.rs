@@ -49,6 +49,35 @@ pub fn sqlite_file_name(package: Option<&str>, ttl: i64) -> String {
     }
 }
 
+/// The TTL of a region name (`30s`, `5m`, `1h`, `2d`, `-1s`), as [`region_name`] writes it.
+pub fn ttl_of_region(region: &str) -> Option<i64> {
+    let (number, unit) = region.split_at(region.len().checked_sub(1)?);
+    let n: i64 = number.parse().ok()?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    (region_name(n * scale) == region).then_some(n * scale)
+}
+
+/// The TTL of a SQLite file of `package`, from its name (the inverse of
+/// [`sqlite_file_name`]); `None` for a file that is not one of the package's.
+pub fn ttl_of_sqlite_file(package: Option<&str>, file_name: &str) -> Option<i64> {
+    let rest = match package {
+        Some(p) if !p.is_empty() => file_name.strip_prefix(p)?.strip_prefix('_')?,
+        _ => file_name,
+    };
+    let rest = rest.strip_prefix("cache")?.strip_suffix(".db")?;
+    let (number, scale) = [("sec", 1), ("min", 60), ("hour", 3600)]
+        .iter()
+        .find_map(|(unit, scale)| rest.strip_suffix(unit).map(|n| (n, *scale)))?;
+    let ttl = number.parse::<i64>().ok()? * scale;
+    (sqlite_file_name(package, ttl) == file_name).then_some(ttl)
+}
+
 /// The part of a function's keys that precedes the parameters: `name|` or `name||tag||`.
 pub fn function_head(name: &str, tag: &str) -> String {
     let tag = normalize_tag(tag);
@@ -446,6 +475,31 @@ fn connection_like_slow(value: &Bound<'_, PyAny>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_and_file_names_read_back_as_ttls() {
+        for ttl in [-1, 1, 30, 59, 60, 300, 3540, 3600, 7200, 86_400, 172_800] {
+            assert_eq!(
+                ttl_of_region(&region_name(ttl)).map(region_name),
+                Some(region_name(ttl))
+            );
+            let file = sqlite_file_name(Some("app"), ttl);
+            assert_eq!(
+                ttl_of_sqlite_file(Some("app"), &file).map(|t| sqlite_file_name(Some("app"), t)),
+                Some(file)
+            );
+        }
+        assert_eq!(ttl_of_region("5m"), Some(300));
+        assert_eq!(ttl_of_region("sessions"), None);
+        assert_eq!(ttl_of_region("05m"), None);
+        assert_eq!(ttl_of_sqlite_file(Some("app"), "myapp_cache5min.db"), None);
+        assert_eq!(
+            ttl_of_sqlite_file(Some("app"), "app_cache5min.db"),
+            Some(300)
+        );
+        assert_eq!(ttl_of_sqlite_file(None, "app_cache5min.db"), None);
+        assert_eq!(ttl_of_sqlite_file(None, "cache1hour.db"), Some(3600));
+    }
 
     fn guard(names: &[&str], open: bool) -> Guard {
         Guard {

@@ -503,3 +503,41 @@ def test_memory_per_entry_is_reported_by_backend_stats():
         assert stats["value_bytes"] >= 500 * 100
     finally:
         cachu.configure(package="sized", memory_maxsize=0)
+
+
+def test_cache_clear_reaches_regions_this_process_never_opened(tmp_path, redis_url, redis_server):
+    from cachu import _cachu
+
+    cachu.configure(package="fileclear", backend="file", file_dir=str(tmp_path))
+
+    @cachu.cache(ttl=300, package="fileclear")
+    def five(x: int) -> int:
+        return x
+
+    @cachu.cache(ttl=7200, package="fileclear")
+    def two_hours(x: int) -> int:
+        return x
+
+    five(1), two_hours(1), two_hours(2)
+    _cachu.clear_all_backends()  # as in a fresh process: no region is open
+    (tmp_path / "otherapp_cache5min.db").write_bytes(b"another package's file")
+    assert cachu.cache_clear(package="fileclear") == 3
+    assert (tmp_path / "otherapp_cache5min.db").read_bytes() == b"another package's file"
+    assert cachu.cache_info(five).currsize == 0
+
+    cachu.configure(package="redisclear", backend="redis", redis_url=redis_url, key_prefix="rc:")
+    r = redis_server.client()
+    r.set("5m:other:thing|x=1", b"foreign")
+
+    @cachu.cache(ttl=300, package="redisclear")
+    def a(x: int) -> int:
+        return x
+
+    @cachu.cache(ttl=86400, package="redisclear")
+    def b(x: int) -> int:
+        return x
+
+    a(1), b(1), b(2)
+    _cachu.clear_all_backends()
+    assert cachu.cache_clear(package="redisclear") == 3
+    assert sorted(r.keys("*")) == [b"5m:other:thing|x=1"]

@@ -407,35 +407,66 @@ impl RedisStore {
         self.conn.run(f)
     }
 
-    /// Whether `key` belongs to this instance: its region, and the package's key prefix
-    /// (or, without one, the name of one of the package's cached functions).
-    fn in_scope(&self, key: &str, prefix: &str, names: &HashSet<String>) -> bool {
-        let Some(rest) = key.strip_prefix(&self.region) else {
+    /// The keys of this instance matching `pattern`, as `SCAN` finds them.
+    fn scan(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
+        let scope = Scope::of(self.package.as_deref(), Some(&self.region));
+        self.conn.scan(&scope, pattern)
+    }
+}
+
+/// The keys that belong to a package: in one region (`5m:`) or any, with the package's
+/// key prefix, or without one, named after one of the package's cached functions.
+struct Scope<'a> {
+    region: Option<&'a str>,
+    prefix: String,
+    names: HashSet<String>,
+}
+
+impl<'a> Scope<'a> {
+    fn of(package: Option<&str>, region: Option<&'a str>) -> Self {
+        Scope {
+            region,
+            prefix: config_of(package).key_prefix.clone(),
+            names: functions_of(package),
+        }
+    }
+
+    /// The `SCAN MATCH` pattern that covers the scope (then filtered by `contains`).
+    fn matcher(&self) -> String {
+        format!(
+            "{}{}*|*",
+            self.region
+                .map_or_else(|| "*:".to_owned(), super::escape_glob),
+            super::escape_glob(&self.prefix)
+        )
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        let rest = match self.region {
+            Some(region) => key.strip_prefix(region),
+            None => key
+                .split_once(':')
+                .filter(|(region, _)| crate::key::ttl_of_region(region).is_some())
+                .map(|(_, rest)| rest),
+        };
+        let Some(rest) = rest else {
             return false;
         };
         let Some(bar) = rest.find('|') else {
             return false;
         };
-        if prefix.is_empty() {
-            names.contains(&rest[..bar])
+        if self.prefix.is_empty() {
+            self.names.contains(&rest[..bar])
         } else {
-            rest.starts_with(prefix) && rest.len() > prefix.len() && bar >= prefix.len()
+            rest.starts_with(&self.prefix) && bar >= self.prefix.len()
         }
     }
+}
 
-    /// The keys of this instance matching `pattern`, as `SCAN` finds them.
-    fn scan(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
-        let prefix = config_of(self.package.as_deref()).key_prefix.clone();
-        let names = functions_of(self.package.as_deref());
-        let matcher = if prefix.is_empty() {
-            format!("{}*|*", super::escape_glob(&self.region))
-        } else {
-            format!(
-                "{}{}*|*",
-                super::escape_glob(&self.region),
-                super::escape_glob(&prefix)
-            )
-        };
+impl Connector {
+    /// The keys of `scope` matching `pattern`, one `SCAN` over the keyspace.
+    fn scan(&self, scope: &Scope<'_>, pattern: Option<&str>) -> CacheResult<Vec<String>> {
+        let matcher = scope.matcher();
         let mut seen = HashSet::new();
         let mut cursor: u64 = 0;
         loop {
@@ -452,9 +483,7 @@ impl RedisStore {
                 let Ok(key) = String::from_utf8(raw) else {
                     continue;
                 };
-                if self.in_scope(&key, &prefix, &names)
-                    && pattern.is_none_or(|p| glob_match(p, &key))
-                {
+                if scope.contains(&key) && pattern.is_none_or(|p| glob_match(p, &key)) {
                     seen.insert(key);
                 }
             }
@@ -465,6 +494,28 @@ impl RedisStore {
         }
         Ok(seen.into_iter().collect())
     }
+
+    /// Removes `keys` with `UNLINK`, in batches; returns how many existed.
+    fn unlink(&self, keys: &[String]) -> CacheResult<usize> {
+        let mut removed = 0;
+        for batch in keys.chunks(UNLINK_BATCH) {
+            removed += self.run(|c| redis::cmd("UNLINK").arg(batch).query::<usize>(c))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Clears the keys of `package` in every region of the server at `url` (those matching
+/// `pattern` if given): `cache_clear()` without a TTL, so that regions this process
+/// never opened are cleared too.
+pub fn clear_package(
+    url: &str,
+    package: Option<&str>,
+    pattern: Option<&str>,
+) -> CacheResult<usize> {
+    let conn = connector(url)?;
+    let keys = conn.scan(&Scope::of(package, None), pattern)?;
+    conn.unlink(&keys)
 }
 
 /// Splits a stored value into the pickle and its creation time. A value too short to
@@ -533,11 +584,7 @@ impl ByteStore for RedisStore {
 
     fn clear(&self, pattern: Option<&str>) -> CacheResult<usize> {
         let keys = self.scan(pattern)?;
-        let mut removed = 0;
-        for batch in keys.chunks(UNLINK_BATCH) {
-            removed += self.run(|c| redis::cmd("UNLINK").arg(batch).query::<usize>(c))?;
-        }
-        Ok(removed)
+        self.conn.unlink(&keys)
     }
 
     fn keys(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
