@@ -220,9 +220,45 @@ async def _connect(url: str) -> _Connection:
     return conn
 
 
+# Per event loop: an async generator whose ``finally`` closes the loop's connections.
+# asyncio closes every live async generator when the loop shuts down
+# (``loop.shutdown_asyncgens()``, which ``asyncio.run`` and pytest-asyncio call), so
+# connections end with their loop instead of leaking until garbage collection.
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+async def _close_at_shutdown(per_loop: dict[str, asyncio.Future[_Connection]]) -> Any:
+    try:
+        yield
+    finally:
+        _close_all(per_loop)
+
+
+def _close_all(per_loop: dict[str, asyncio.Future[_Connection]]) -> int:
+    closed = 0
+    for pending in list(per_loop.values()):
+        if pending.done() and not pending.cancelled() and pending.exception() is None:
+            pending.result().close()
+            closed += 1
+        else:
+            pending.cancel()
+    per_loop.clear()
+    return closed
+
+
+async def _loop_connections(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    per_loop = _connections.get(loop)
+    if per_loop is None:
+        per_loop = _connections[loop] = {}
+        closer = _close_at_shutdown(per_loop)
+        await closer.__anext__()  # registers it with the loop's async generator hooks
+        _closers[loop] = closer
+    return per_loop
+
+
 async def _connection(url: str) -> _Connection:
     loop = asyncio.get_running_loop()
-    per_loop = _connections.setdefault(loop, {})
+    per_loop = await _loop_connections(loop)
     pending = per_loop.get(url)
     if pending is not None and pending.done() and not pending.cancelled():
         conn = pending.exception() is None and pending.result()
@@ -307,12 +343,4 @@ def release_soon(url: str, key: str, token: str) -> None:
 
 async def close_connections() -> int:
     """Closes this event loop's connections; returns how many."""
-    per_loop = _connections.pop(asyncio.get_running_loop(), {})
-    closed = 0
-    for pending in per_loop.values():
-        if pending.done() and not pending.cancelled() and pending.exception() is None:
-            pending.result().close()
-            closed += 1
-        else:
-            pending.cancel()
-    return closed
+    return _close_all(_connections.get(asyncio.get_running_loop(), {}))
