@@ -217,10 +217,10 @@ def test_every_configure_option_refuses_wrong_values_and_changes_nothing(option,
     assert cachu.get_config(package="strict") == before
 
 
-def test_enormous_keys_work_on_every_local_backend(tmp_path):
-    cachu.configure(package="huge", file_dir=str(tmp_path))
+def test_enormous_keys_work_on_every_backend(tmp_path, redis_url):
+    cachu.configure(package="huge", file_dir=str(tmp_path), redis_url=redis_url)
     big = "x" * 1_000_000
-    for backend in ("memory", "file"):
+    for backend in ("memory", "file", "redis"):
         calls = []
 
         @cachu.cache(ttl=300, backend=backend, package="huge")
