@@ -1084,8 +1084,11 @@ impl CachedFunction {
         Ok(())
     }
 
-    /// For the async front: a copy of `value` as a hit would hand it out.
+    /// For the async front: what a task that waited for another's computation gets,
+    /// a copy of `value` as a hit would hand it out (and counted as a hit, as a thread
+    /// that waited is).
     fn _copy<'py>(&self, value: &Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
         Stored::capture(value)
             .and_then(|s| s.materialize(value.py()))
             .unwrap_or_else(|_| value.clone())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -323,3 +324,24 @@ async def test_pytest_asyncio_loop_of_the_next_test(perloop):
     assert await module_level(2) == 6
     assert await module_level(2) == 6
     assert cachu.cache_info(module_level).hits >= 1
+
+
+def test_uvloop(app):
+    """The event loop of most ASGI servers."""
+    if sys.platform == "win32":
+        pytest.skip("uvloop does not exist on Windows")
+    try:
+        import uvloop
+    except ImportError:
+        pytest.fail("uvloop is missing: pip install -e '.[test]'")
+
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def value(x: int) -> int:
+        return x + 1
+
+    async def main() -> list[int]:
+        return [await value(1), await value(1), *await asyncio.gather(value(2), value(2))]
+
+    assert uvloop.run(main()) == [2, 2, 3, 3]
+    info = cachu.cache_info(value)
+    assert (info.hits, info.misses) == (2, 2)  # the task that waited counts a hit

@@ -18,7 +18,7 @@ import os
 import ssl
 import struct
 import weakref
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 from urllib.parse import unquote, urlsplit
 
 from cachu._cachu import (
@@ -118,8 +118,8 @@ class _Connection(asyncio.Protocol):
         self.pid = os.getpid()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Any loop's stream transport (asyncio's, uvloop's): not checked by class.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
