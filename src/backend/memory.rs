@@ -11,10 +11,9 @@
 //! expired) are handed back to the caller, to be dropped after the lock is released,
 //! because dropping a Python object can run arbitrary `__del__` code.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-#[cfg(not(target_os = "linux"))]
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -120,8 +119,72 @@ impl<V> Slot<V> {
     }
 }
 
+/// The keys' hash: computed once per call, it picks the shard and the bucket. Seeded
+/// per process, so keys chosen by an attacker cannot be made to collide.
+static HASHER: LazyLock<foldhash::fast::RandomState> =
+    LazyLock::new(foldhash::fast::RandomState::default);
+
+fn hash_of(key: &str) -> u64 {
+    HASHER.hash_one(key)
+}
+
+/// One shard's entries: a hash table of (key, slot) on the precomputed hash.
+struct Table<V> {
+    table: hashbrown::HashTable<(Box<str>, Slot<V>)>,
+}
+
+impl<V> Table<V> {
+    fn new() -> Self {
+        Table {
+            table: hashbrown::HashTable::new(),
+        }
+    }
+
+    fn get(&self, hash: u64, key: &str) -> Option<&Slot<V>> {
+        self.table.find(hash, |(k, _)| &**k == key).map(|(_, s)| s)
+    }
+
+    fn insert(&mut self, hash: u64, key: &str, slot: Slot<V>) -> Option<Slot<V>> {
+        match self
+            .table
+            .entry(hash, |(k, _)| &**k == key, |(k, _)| hash_of(k))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(&mut e.get_mut().1, slot))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((key.into(), slot));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Slot<V>> {
+        self.table
+            .find_entry(hash_of(key), |(k, _)| &**k == key)
+            .ok()
+            .map(|e| e.remove().0 .1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Slot<V>)> {
+        self.table.iter().map(|(k, s)| (k, s))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Box<str>> {
+        self.table.iter().map(|(k, _)| k)
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+}
+
 struct Shard<V> {
-    map: RwLock<HashMap<Box<str>, Slot<V>>>,
+    map: RwLock<Table<V>>,
     inserts: AtomicU32,
 }
 
@@ -146,15 +209,10 @@ impl<V> Default for MemoryStore<V> {
     }
 }
 
-fn shard_of(key: &str) -> usize {
-    // FNV-1a: spreads keys over shards; the maps themselves use SipHash, so keys chosen
-    // by an attacker cannot degrade lookups.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in key.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h as usize) % SHARDS
+/// The shard of a hash: bits the table does not use for buckets (low bits) nor for
+/// its tags (the top seven).
+fn shard_of(hash: u64) -> usize {
+    ((hash >> 32) as usize) % SHARDS
 }
 
 impl<V> MemoryStore<V> {
@@ -162,7 +220,7 @@ impl<V> MemoryStore<V> {
     pub fn new(budget: Arc<Budget>) -> Self {
         let shards = (0..SHARDS)
             .map(|_| Shard {
-                map: RwLock::new(HashMap::new()),
+                map: RwLock::new(Table::new()),
                 inserts: AtomicU32::new(0),
             })
             .collect();
@@ -173,16 +231,17 @@ impl<V> MemoryStore<V> {
         }
     }
 
-    fn shard(&self, key: &str) -> &Shard<V> {
-        &self.shards[shard_of(key)]
+    fn shard(&self, hash: u64) -> &Shard<V> {
+        &self.shards[shard_of(hash)]
     }
 
     /// Applies `f` to a live entry's value and creation time, under the shard's read
     /// lock: `f` must not call into Python beyond reference counting.
     pub fn get_with<R>(&self, key: &str, f: impl FnOnce(&V, f64) -> R) -> Option<R> {
         let now = now_ns();
-        let map = self.shard(key).map.read();
-        let slot = map.get(key).filter(|slot| slot.is_live(now))?;
+        let hash = hash_of(key);
+        let map = self.shard(hash).map.read();
+        let slot = map.get(hash, key).filter(|slot| slot.is_live(now))?;
         if self.budget.is_bounded() {
             // Odd stamps for hits: newer than the last insert, older than the next.
             slot.touched.store(
@@ -215,11 +274,12 @@ impl<V> MemoryStore<V> {
             expires_ns: now.saturating_add(ttl_ns),
             touched: AtomicU64::new((self.clock.fetch_add(1, Ordering::Relaxed) + 1) * 2),
         };
-        let shard = self.shard(key);
+        let hash = hash_of(key);
+        let shard = self.shard(hash);
         let sweep = shard.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
         let mut out = Vec::new();
         let mut map = shard.map.write();
-        match map.insert(key.into(), slot) {
+        match map.insert(hash, key, slot) {
             Some(old) => out.push(old.value),
             None => {
                 self.budget.used.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +300,12 @@ impl<V> MemoryStore<V> {
     /// Removes one entry, returning its value.
     #[must_use = "drop the returned value after the call, outside any lock"]
     pub fn remove(&self, key: &str) -> Option<V> {
-        let removed = self.shard(key).map.write().remove(key).map(|s| s.value);
+        let removed = self
+            .shard(hash_of(key))
+            .map
+            .write()
+            .remove(key)
+            .map(|s| s.value);
         self.budget.freed(usize::from(removed.is_some()));
         removed
     }
@@ -404,7 +469,7 @@ impl<V> MemoryStore<V> {
     }
 }
 
-fn sweep_map<V>(map: &mut HashMap<Box<str>, Slot<V>>, now: u64, out: &mut Vec<V>) {
+fn sweep_map<V>(map: &mut Table<V>, now: u64, out: &mut Vec<V>) {
     let expired: Vec<Box<str>> = map
         .iter()
         .filter(|(_, s)| !s.is_live(now))
