@@ -415,7 +415,7 @@ pub(crate) struct Flags {
 pub(crate) fn take_flags<'py>(
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<(Option<Bound<'py, PyDict>>, Flags)> {
-    let Some(kw) = kwargs else {
+    let Some(kw) = kwargs.filter(|k| !k.is_empty()) else {
         return Ok((None, Flags::default()));
     };
     let py = kw.py();
