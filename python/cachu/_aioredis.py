@@ -292,8 +292,8 @@ async def _call(url: str, payload: bytes, script: Optional[tuple[str, bytes]] = 
             await conn.request(_encode("SCRIPT", "LOAD", script[1]))
             reply = await conn.request(payload)
     except ReplyError as e:
-        raise BackendError(f"Redis: {e}") from None
-    except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        raise BackendError(f"Redis at {_redis_endpoint(url)['shown']}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any other failure is the server's, never the caller's
         raise BackendError(_redis_failed(url, f"{type(e).__name__}: {e}")) from None
     _redis_ok(url)
     return reply
