@@ -356,7 +356,7 @@ impl Connector {
         }
     }
 
-    /// Runs `f` on a connection. A pooled connection that turns out dead (the server
+    /// Runs `f` on a connection. A pooled connection that turns out closed (the server
     /// restarted) is replaced once; a transport failure opens the breaker.
     fn run<T>(
         &self,
@@ -385,8 +385,11 @@ impl Connector {
                         self.endpoint.shown
                     )));
                 }
+                // A pooled connection that the server closed (it restarted, or dropped
+                // idle clients) is dropped and the call tried once on a new one. A
+                // timeout is not retried: that would double the wait.
+                Err(e) if was_pooled && !e.is_timeout() => {}
                 // The connection may be out of step: it is dropped, never reused.
-                Err(_) if was_pooled => {}
                 Err(e) => return Err(self.health.failed(&self.endpoint.shown, &e)),
             }
         }
