@@ -3,10 +3,12 @@
 //! `_probe` is the whole hit path of a coroutine function on the memory backend: one
 //! call that takes the per-call switches out, builds the key and answers from memory,
 //! so the `async def` wrapper returns without a task switch or a thread hop. Anything
-//! else comes back as a [`Probe`] that says what the slow path must do. For the file and
-//! Redis backends, the slow path awaits `_afetch` / `_astore`: futures on the runtime
-//! (`runtime.rs`), SQLite on its blocking pool, Redis on a multiplexed connection, with
-//! the same lease protocol and round trips as the sync path.
+//! else comes back as a [`Probe`] that says what the slow path must do. For the file
+//! backend, the slow path awaits `_afetch` / `_astore`: SQLite work on the blocking pool
+//! of the runtime (`runtime.rs`). Redis is spoken from the event loop itself
+//! (`python/cachu/_aioredis.py`, a thread hop costs as much as the round trip), with
+//! `_pack` / `_accept` from here: the same values, leases and round trips as the sync
+//! path.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;

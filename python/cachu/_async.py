@@ -3,11 +3,11 @@
 
 Keys, validation, copies and storage are the Rust core's (the same as for sync
 functions); this module only awaits. A memory hit is one native call inside the
-``async def`` wrapper (no task switch, no thread hop). The file and Redis backends are
-awaited on the core's tokio runtime (SQLite on its blocking pool, Redis on a
-multiplexed connection), with the lease protocol of the sync path: one round trip for
-a hit, two for a miss. Concurrent misses of one key within an event loop run the
-coroutine once; across processes, the Redis lease does the same.
+``async def`` wrapper (no task switch, no thread hop). SQLite work is awaited on the
+blocking pool of the core's tokio runtime; Redis is spoken from the event loop itself
+(``_aioredis``), with the lease protocol of the sync path: one round trip for a hit,
+two for a miss. Concurrent misses of one key within an event loop run the coroutine
+once; across processes, the Redis lease does the same.
 """
 
 from __future__ import annotations
