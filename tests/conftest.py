@@ -181,6 +181,20 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+def configure_redis_package(package: str, url: str) -> str:
+    """Points `package` at the test's Redis server, every other option at its default."""
+    cachu.configure(
+        package=package,
+        backend="redis",
+        redis_url=url,
+        key_prefix="",
+        lock_timeout=10,
+        on_backend_error="miss",
+        on_lock_timeout="run",
+    )
+    return url
+
+
 def make_tls_files(directory: Path) -> dict[str, str]:
     """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
     if shutil.which("openssl") is None:

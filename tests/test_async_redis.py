@@ -15,22 +15,15 @@ import pytest
 
 import cachu
 from cachu import BackendError
-from conftest import RedisServer
+from conftest import RedisServer, configure_redis_package
 
 PACKAGE = "aioredisapp"
 
 
 @pytest.fixture
 def app(redis_url):
-    cachu.configure(
-        package=PACKAGE,
-        backend="redis",
-        redis_url=redis_url,
-        lock_timeout=10,
-        on_backend_error="miss",
-        on_lock_timeout="run",
-    )
-    return redis_url
+    """A package configured for Redis on the test's own, empty server."""
+    return configure_redis_package(PACKAGE, redis_url)
 
 
 def client_count(server: RedisServer) -> int:

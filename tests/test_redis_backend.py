@@ -17,7 +17,7 @@ import pytest
 
 import cachu
 from cachu import BackendError, CacheLockTimeout
-from conftest import RedisServer, run_python
+from conftest import RedisServer, configure_redis_package, run_python
 
 PACKAGE = "redisapp"
 
@@ -25,16 +25,7 @@ PACKAGE = "redisapp"
 @pytest.fixture
 def app(redis_url):
     """A package configured for Redis on the test's own, empty server."""
-    cachu.configure(
-        package=PACKAGE,
-        backend="redis",
-        redis_url=redis_url,
-        key_prefix="",
-        lock_timeout=10,
-        on_backend_error="miss",
-        on_lock_timeout="run",
-    )
-    return redis_url
+    return configure_redis_package(PACKAGE, redis_url)
 
 
 def test_readme_redis_example_hits_and_stores_the_documented_format(app, redis_server):
