@@ -15,7 +15,7 @@ import pytest
 
 import cachu
 from cachu import BackendError
-from conftest import RedisServer, configure_redis_package
+from conftest import RedisServer, configure_redis_package, run_python
 
 PACKAGE = "aioredisapp"
 
@@ -338,3 +338,37 @@ def test_uvloop(app):
     assert uvloop.run(main()) == [2, 2, 3, 3]
     info = cachu.cache_info(value)
     assert (info.hits, info.misses) == (2, 2)  # the task that waited counts a hit
+
+
+def test_a_forked_child_gets_its_own_runtime_and_connections(redis_url, tmp_path, this_python):
+    """The parent's tokio threads and event-loop connections do not exist in a child
+    of fork(): the child makes its own instead of waiting on them."""
+    code = textwrap.dedent(
+        f"""
+        import asyncio, os, cachu
+        cachu.configure(package='forkfile', backend='file', file_dir={str(tmp_path)!r})
+        cachu.configure(package='forkredis', backend='redis', redis_url={redis_url!r})
+
+        @cachu.cache(ttl=60, package='forkfile')
+        async def on_file(x):
+            return ('file', x, os.getpid())
+
+        @cachu.cache(ttl=60, package='forkredis')
+        async def on_redis(x):
+            return ('redis', x, os.getpid())
+
+        async def both(x):
+            return [await on_file(x), await on_redis(x)]
+
+        parent = asyncio.run(both(1))
+        pid = os.fork()
+        if pid == 0:
+            got = asyncio.run(both(2))
+            again = asyncio.run(both(1))
+            os._exit(0 if got[0][2] == os.getpid() and again == parent else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        print('ok')
+        """
+    )
+    assert run_python(this_python, code, timeout=60).strip() == "ok"
