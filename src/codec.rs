@@ -83,21 +83,33 @@ fn shape(v: &Bound<'_, PyAny>, depth: usize) -> Shape {
 }
 
 /// A copy of a value of structural shape: containers new, immutable leaves shared.
+/// Dicts and lists are first cloned whole at C speed (`dict.copy()`, a slice), then only
+/// their mutable members are replaced by copies.
 fn deep_copy<'py>(v: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = v.py();
     if let Ok(d) = v.cast_exact::<PyDict>() {
-        let out = PyDict::new(py);
+        let out = d.copy()?;
         for (k, val) in d.iter() {
-            out.set_item(k, deep_copy(&val)?)?;
+            if !is_immutable_leaf(&val) {
+                let copy = deep_copy(&val)?;
+                if !copy.is(&val) {
+                    out.set_item(k, copy)?;
+                }
+            }
         }
         return Ok(out.into_any());
     }
     if let Ok(l) = v.cast_exact::<PyList>() {
-        let items = l
-            .iter()
-            .map(|item| deep_copy(&item))
-            .collect::<PyResult<Vec<_>>>()?;
-        return Ok(PyList::new(py, items)?.into_any());
+        let out = l.get_slice(0, l.len());
+        for (i, item) in l.iter().enumerate() {
+            if !is_immutable_leaf(&item) {
+                let copy = deep_copy(&item)?;
+                if !copy.is(&item) {
+                    out.set_item(i, copy)?;
+                }
+            }
+        }
+        return Ok(out.into_any());
     }
     if let Ok(t) = v.cast_exact::<PyTuple>() {
         if shape_of_items(t.iter(), 0) == Shape::Immutable {
@@ -149,7 +161,53 @@ pub enum Stored {
     /// A dict or list whose items are all immutable: one shallow copy isolates it.
     Flat(Py<PyAny>),
     Copied(Py<PyAny>),
+    /// A dict whose mutable members are all flat containers (the shape of most JSON
+    /// records): a hit copies the dict, then those members only, with no type checks.
+    Nested(Py<NestedDict>),
     Pickled(Py<PyBytes>),
+}
+
+/// A stored dict and, for each member that a caller could mutate, its key and value.
+/// A Python object, so that handing it from the store to a caller costs a reference
+/// count, not an atomic one.
+#[pyclass(frozen, module = "cachu._cachu")]
+pub struct NestedDict {
+    dict: Py<PyDict>,
+    members: Box<[(Py<PyAny>, Py<PyAny>)]>,
+}
+
+impl NestedDict {
+    /// The plan for `stored` (a copy owned by the cache), if it has the shape.
+    fn plan(stored: &Bound<'_, PyAny>) -> Option<NestedDict> {
+        let d = stored.cast_exact::<PyDict>().ok()?;
+        let mut members = Vec::new();
+        for (k, v) in d.iter() {
+            if is_immutable_leaf(&v) {
+                continue;
+            }
+            if !(is_flat(&v) || v.is_exact_instance_of::<PySet>()) {
+                return None;
+            }
+            members.push((k.unbind(), v.unbind()));
+        }
+        Some(NestedDict {
+            dict: d.clone().unbind(),
+            members: members.into_boxed_slice(),
+        })
+    }
+
+    /// The stored dict (for sizing).
+    pub fn dict(&self) -> &Py<PyDict> {
+        &self.dict
+    }
+
+    fn materialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let out = self.dict.bind(py).copy()?;
+        for (k, v) in &*self.members {
+            out.set_item(k.bind(py), shallow_copy(v.bind(py))?)?;
+        }
+        Ok(out.into_any())
+    }
 }
 
 /// Whether `v` is a dict or list whose items (and keys) are all immutable leaves.
@@ -181,7 +239,13 @@ impl Stored {
         Ok(match shape(value, 0) {
             Shape::Immutable => Stored::Shared(value.clone().unbind()),
             Shape::Structural if is_flat(value) => Stored::Flat(shallow_copy(value)?.unbind()),
-            Shape::Structural => Stored::Copied(deep_copy(value)?.unbind()),
+            Shape::Structural => {
+                let copy = deep_copy(value)?;
+                match NestedDict::plan(&copy) {
+                    Some(plan) => Stored::Nested(Py::new(value.py(), plan)?),
+                    None => Stored::Copied(copy.unbind()),
+                }
+            }
             Shape::Opaque => Stored::Pickled(dumps(value)?.unbind()),
         })
     }
@@ -192,6 +256,7 @@ impl Stored {
             Stored::Shared(v) => Ok(v.bind(py).clone()),
             Stored::Flat(v) => shallow_copy(v.bind(py)),
             Stored::Copied(v) => deep_copy(v.bind(py)),
+            Stored::Nested(n) => n.get().materialize(py),
             Stored::Pickled(b) => pickle(py)?.loads.bind(py).call1((b.bind(py),)),
         }
     }
@@ -203,6 +268,7 @@ impl Stored {
             Stored::Shared(v) => Stored::Shared(v.clone_ref(py)),
             Stored::Flat(v) => Stored::Flat(v.clone_ref(py)),
             Stored::Copied(v) => Stored::Copied(v.clone_ref(py)),
+            Stored::Nested(n) => Stored::Nested(n.clone_ref(py)),
             Stored::Pickled(b) => Stored::Pickled(b.clone_ref(py)),
         }
     }

@@ -541,3 +541,38 @@ def test_cache_clear_reaches_regions_this_process_never_opened(tmp_path, redis_u
     _cachu.clear_all_backends()
     assert cachu.cache_clear(package="redisclear") == 3
     assert sorted(r.keys("*")) == [b"5m:other:thing|x=1"]
+
+
+def test_records_with_nested_members_are_copied_at_every_level():
+    """The common JSON-like record: a dict whose members include a list, a dict, a set."""
+    import asyncio
+
+    @cachu.cache(ttl=300, package="records")
+    def record(i: int) -> dict:
+        return {"id": i, "roles": ["admin"], "meta": {"k": 1}, "tags": {1, 2}, "t": (1, 2)}
+
+    @cachu.cache(ttl=300, package="records")
+    async def arecord(i: int) -> dict:
+        return record.original(i)
+
+    async def twice() -> tuple:
+        return await arecord(1), await arecord(1)
+
+    for first, second in ((record(1), record(1)), asyncio.run(twice())):
+        first["roles"].append("intruder")
+        first["meta"]["k"] = 2
+        first["tags"].add(3)
+        first["id"] = -1
+        assert second == {
+            "id": 1,
+            "roles": ["admin"],
+            "meta": {"k": 1},
+            "tags": {1, 2},
+            "t": (1, 2),
+        }
+    hit = record(1)
+    hit["roles"].append("intruder")
+    hit["meta"]["k"] = 3
+    hit["tags"].clear()
+    assert record(1) == {"id": 1, "roles": ["admin"], "meta": {"k": 1}, "tags": {1, 2}, "t": (1, 2)}
+    assert record(1) is not record(1)

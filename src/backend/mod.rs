@@ -412,6 +412,7 @@ impl Backend {
                             o.bind(py).clone()
                         }
                         Stored::Pickled(b) => b.bind(py).clone().into_any(),
+                        Stored::Nested(n) => n.get().dict().bind(py).clone().into_any(),
                     };
                     value_bytes += getsizeof.call1((obj,))?.extract::<usize>()?;
                 }
