@@ -29,26 +29,27 @@ use crate::warn;
 /// The longest pause between two looks at a lease held by another process.
 const MAX_POLL: Duration = Duration::from_millis(50);
 
-/// A token that names one lease holder: unique across processes and calls.
+/// A token that names one lease holder, unique across processes and calls: a random
+/// seed drawn once per process (a child of `fork()` shares it, so the process id is
+/// part of the token too) and a counter.
 pub(crate) fn lease_token() -> String {
-    use std::fmt::Write;
     use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut out = String::with_capacity(32);
-    for round in 0..2u64 {
-        // RandomState is seeded from the OS once per process, then varies per instance.
+    static SEED: LazyLock<u64> = LazyLock::new(|| {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        h.write_u32(std::process::id());
         h.write_u128(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
         );
-        h.write_u64(round);
-        let _ = write!(out, "{:016x}", h.finish());
-    }
-    out
+        h.finish()
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:016x}-{:x}-{:x}",
+        *SEED,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 thread_local! {
@@ -673,6 +674,25 @@ impl CachedFunction {
         self.ttl_for(result).map(Some)
     }
 
+    /// What the cache keeps of a result, or `None` (said once) if it can be neither
+    /// copied nor pickled: the caller still gets the result.
+    fn capture(&self, result: &Bound<'_, PyAny>) -> Option<Stored> {
+        match Stored::capture(result) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn::once(
+                    result.py(),
+                    &format!("unpicklable:{}", self.name),
+                    &format!(
+                        "cachu: the result of {}() was not cached: it can be neither copied nor pickled ({e})",
+                        self.name
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// Runs the function and stores its result (if `cache_if` allows): the miss path.
     /// Returns the caller's result and what waiters get.
     fn compute_and_store<'py>(
@@ -687,19 +707,8 @@ impl CachedFunction {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let result = self.call_func(py, args, kwargs)?;
         let ttl = self.ttl_if_wanted(&result)?;
-        let stored = match Stored::capture(&result) {
-            Ok(s) => s,
-            Err(e) => {
-                warn::once(
-                    py,
-                    &format!("unpicklable:{}", self.name),
-                    &format!(
-                        "cachu: the result of {}() was not cached: it can be neither copied nor pickled ({e})",
-                        self.name
-                    ),
-                );
-                return Ok((result, None));
-            }
+        let Some(stored) = self.capture(&result) else {
+            return Ok((result, None));
         };
         if let Some(ttl) = ttl {
             if let Err(e) = backend.set_stored(py, &stored, key, ttl) {
@@ -888,7 +897,7 @@ impl CachedFunction {
                 return Err(e);
             }
         };
-        let stored = Stored::capture(&result).ok();
+        let stored = self.capture(&result);
         if let Some(l) = leader {
             l.finish(Ok(stored.as_ref().map_or_else(
                 || Stored::Shared(result.clone().unbind()),
