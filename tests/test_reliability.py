@@ -238,9 +238,9 @@ class Unpicklable:
         raise TypeError("this object refuses to be pickled")
 
 
-def test_unpicklable_results_are_returned_not_cached_and_lose_nothing(tmp_path):
-    cachu.configure(package="unpick", file_dir=str(tmp_path))
-    for backend in ("memory", "file"):
+def test_unpicklable_results_are_returned_not_cached_and_lose_nothing(tmp_path, redis_url):
+    cachu.configure(package="unpick", file_dir=str(tmp_path), redis_url=redis_url)
+    for backend in ("memory", "file", "redis"):
 
         def make(kind: str):  # noqa: ANN202
             return Unpicklable() if kind == "bad" else {"kind": kind}
