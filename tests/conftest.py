@@ -3,11 +3,13 @@ cachu 0.2.7 in a virtual environment of its own, for compatibility tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import venv
 from collections.abc import Iterator
@@ -179,6 +181,39 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.client().flushall()
     return redis_server.url
+
+
+@contextlib.contextmanager
+def top_level_commands(server: RedisServer) -> Iterator[list[str]]:
+    """The names of the commands that clients send to `server` while the block runs, as
+    `MONITOR` reports them (commands that scripts run are left out). MONITOR delivers
+    with a short delay: read the list after `time.sleep(0.2)`, or after the block."""
+    commands: list[str] = []
+    stopper = server.client()
+    stopper.ping()  # connected now, so that its handshake is not counted
+    monitor = server.client().monitor()
+    started = threading.Event()
+
+    def listen() -> None:
+        with monitor as m:
+            started.set()
+            for event in m.listen():
+                if event["command"] == "PING stop":
+                    return
+                if event.get("client_type") != "lua":
+                    commands.append(event["command"].split()[0].upper())
+
+    t = threading.Thread(target=listen)
+    t.start()
+    started.wait(5)
+    time.sleep(0.2)
+    try:
+        yield commands
+    finally:
+        time.sleep(0.2)
+        stopper.execute_command("PING", "stop")
+        t.join(5)
+        stopper.close()
 
 
 def configure_redis_package(package: str, url: str) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 import cachu
 from cachu import BackendError, CacheLockTimeout
-from conftest import RedisServer, configure_redis_package, run_python
+from conftest import RedisServer, configure_redis_package, run_python, top_level_commands
 
 PACKAGE = "redisapp"
 
@@ -68,35 +68,12 @@ def test_a_hit_is_one_round_trip_and_a_miss_two(app, redis_server):
         return x * x
 
     square(2)  # loads the scripts once
-
-    monitor = redis_server.client().monitor()
-    commands: list[str] = []
-    started = threading.Event()
-
-    def listen() -> None:
-        with monitor as m:
-            started.set()
-            for event in m.listen():
-                if event["command"] == "PING stop":
-                    return
-                # Commands run by a script are logged with the client "lua".
-                if event.get("client_type") != "lua" and "lua" not in str(
-                    event.get("client_address")
-                ):
-                    commands.append(event["command"].split()[0].upper())
-
-    t = threading.Thread(target=listen)
-    t.start()
-    started.wait(5)
-    time.sleep(0.2)
-    assert square(2) == 4  # hit
-    time.sleep(0.2)
-    hit = len(commands)
-    assert square(3) == 9  # miss: lease, compute, store and release
-    time.sleep(0.2)
+    with top_level_commands(redis_server) as commands:
+        assert square(2) == 4  # hit
+        time.sleep(0.2)
+        hit = len(commands)
+        assert square(3) == 9  # miss: lease, compute, store and release
     miss = len(commands) - hit
-    redis_server.client().execute_command("PING", "stop")
-    t.join(5)
     assert hit == 1, commands
     assert miss == 2, commands[hit:]
 
