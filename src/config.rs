@@ -545,9 +545,18 @@ pub fn configure(
     if let Some(v) = signing_key {
         cfg.signing_key = v;
     }
+    let before = reg.get(&package).cloned();
     let cfg = Arc::new(cfg);
     reg.insert(package.clone(), cfg.clone());
     drop(reg);
+    // Regions opened under the old file directory or Redis URL give way to new ones.
+    let old = before.as_deref().cloned().unwrap_or_default();
+    if old.file_dir != cfg.file_dir {
+        crate::backend::forget_kind(package.as_deref(), BackendKind::File);
+    }
+    if old.redis_url != cfg.redis_url {
+        crate::backend::forget_kind(package.as_deref(), BackendKind::Redis);
+    }
     if memory_maxsize.is_some() {
         crate::backend::set_budget(package.as_deref(), cfg.memory_maxsize);
     }

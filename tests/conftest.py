@@ -116,16 +116,21 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server on a loopback port, that a test may stop and restart."""
 
-    def __init__(self, workdir: Path, tls: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, tls: dict[str, str] | None = None, password: str | None = None
+    ) -> None:
         self.binary = redis_server_binary(tls=tls is not None)
         self.workdir = workdir
         self.tls = tls
+        self.password = password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
+        if self.password:
+            return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
         if self.tls:
             return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls['ca']}"
         return f"redis://127.0.0.1:{self.port}/0"
@@ -133,6 +138,8 @@ class RedisServer:
     def start(self) -> None:
         args = [self.binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
         if self.tls:
             args += ["--port", "0", "--tls-port", str(self.port)]
             args += ["--tls-cert-file", self.tls["cert"], "--tls-key-file", self.tls["key"]]
@@ -287,6 +294,13 @@ def make_tls_files(directory: Path) -> dict[str, str]:
         files["srv.pem"],
     )
     return {"ca": files["ca.pem"], "cert": files["srv.pem"], "key": files["srv.key"]}
+
+
+@pytest.fixture(scope="session")
+def password_redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password="s3cret-pw")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -351,3 +351,32 @@ def test_a_forked_child_gets_its_own_runtime_and_connections(redis_url, tmp_path
         """
     )
     assert run_python(this_python, code, timeout=60).strip() == "ok"
+
+
+def test_password_and_database_from_the_url_sync_and_async(password_redis_server):
+    """AUTH and SELECT: the sync client (redis-rs) and the asyncio one read the same URL."""
+    import redis
+
+    url = password_redis_server.url.replace("/0", "/3")
+    cachu.configure(package="authdb", backend="redis", redis_url=url)
+
+    @cachu.cache(ttl=300, package="authdb")
+    def sync_value(x: int) -> int:
+        return x
+
+    @cachu.cache(ttl=300, package="authdb")
+    async def async_value(x: int) -> int:
+        return x
+
+    assert sync_value(1) == 1
+    assert asyncio.run(async_value(2)) == 2
+    db3 = redis.Redis.from_url(url)
+    assert sorted(db3.keys("*")) == [b"5m:async_value|x=2", b"5m:sync_value|x=1"]
+    assert redis.Redis.from_url(url.replace("/3", "/0")).keys("*") == []
+    # A wrong password is a backend failure: a miss and a warning, never a crash.
+    cachu.configure(package="authdb", redis_url=url.replace("s3cret-pw", "wrong"))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert sync_value(5) == 5
+        assert asyncio.run(async_value(6)) == 6
+    assert b"5m:sync_value|x=5" not in db3.keys("*")

@@ -576,3 +576,27 @@ def test_records_with_nested_members_are_copied_at_every_level():
     hit["tags"].clear()
     assert record(1) == {"id": 1, "roles": ["admin"], "meta": {"k": 1}, "tags": {1, 2}, "t": (1, 2)}
     assert record(1) is not record(1)
+
+
+def test_a_new_file_dir_or_redis_url_applies_to_decorated_functions(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    cachu.configure(package="moved", backend="file", file_dir=str(first))
+    calls = []
+
+    @cachu.cache(ttl=60, package="moved")
+    def f(x: int) -> int:
+        calls.append(x)
+        return x
+
+    @cachu.cache(ttl=60, backend="memory", package="moved")
+    def g(x: int) -> int:
+        return x
+
+    f(1), g(1)
+    cachu.configure(package="moved", file_dir=str(second))
+    f(1)
+    assert calls == [1, 1], "the old directory's entry was used"
+    assert (first / "moved_cache1min.db").exists() and (second / "moved_cache1min.db").exists()
+    assert cachu.cache_info(g).currsize == 1, "memory regions are kept"

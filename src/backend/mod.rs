@@ -578,18 +578,25 @@ pub fn instances_of(
 /// Forgets every instance of `package` (all packages for `None`), closing their files
 /// and connections once no decorated function holds them.
 pub fn forget(package: Option<Option<&str>>) -> usize {
-    let removed: Vec<Arc<Backend>> = {
-        let mut map = INSTANCES.lock();
-        let doomed: Vec<InstanceKey> = map
-            .keys()
-            .filter(|k| package.is_none_or(|p| k.0.as_deref() == p))
-            .cloned()
-            .collect();
-        doomed.iter().filter_map(|k| map.remove(k)).collect()
-    };
+    let removed = forget_where(|k| package.is_none_or(|p| k.0.as_deref() == p));
     if package.is_none() {
         redis::forget_connections();
     }
+    removed
+}
+
+/// Forgets the instances of one kind of `package`: its file directory or Redis URL
+/// changed, and the next call opens the new one. (Memory regions are kept.)
+pub fn forget_kind(package: Option<&str>, kind: BackendKind) -> usize {
+    forget_where(|k| k.0.as_deref() == package && k.1 == kind)
+}
+
+fn forget_where(doomed: impl Fn(&InstanceKey) -> bool) -> usize {
+    let removed: Vec<Arc<Backend>> = {
+        let mut map = INSTANCES.lock();
+        let keys: Vec<InstanceKey> = map.keys().filter(|k| doomed(k)).cloned().collect();
+        keys.iter().filter_map(|k| map.remove(k)).collect()
+    };
     // Decorated functions re-resolve their backend on the next call.
     crate::config::bump_generation();
     removed.len()
