@@ -380,3 +380,23 @@ def test_password_and_database_from_the_url_sync_and_async(password_redis_server
         assert sync_value(5) == 5
         assert asyncio.run(async_value(6)) == 6
     assert b"5m:sync_value|x=5" not in db3.keys("*")
+
+
+def test_a_failing_cache_if_releases_the_lease(app, redis_server):
+    def refuse(result: int) -> bool:
+        raise RuntimeError("cache_if failed")
+
+    @cachu.cache(ttl=300, package=PACKAGE, cache_if=refuse)
+    async def value(x: int) -> int:
+        return x
+
+    @cachu.cache(ttl=300, package=PACKAGE, cache_if=refuse)
+    def sync_value(x: int) -> int:
+        return x
+
+    with pytest.raises(RuntimeError, match="cache_if failed"):
+        asyncio.run(value(1))
+    with pytest.raises(RuntimeError, match="cache_if failed"):
+        sync_value(1)
+    time.sleep(0.1)  # the async release runs in the background
+    assert redis_server.client().keys("lock:*") == []

@@ -329,18 +329,6 @@ async def store_release(
     await _call(url, payload, _STORE)
 
 
-def release_soon(url: str, key: str, token: str) -> None:
-    """Releases a lease in the background (a cancelled or failed computation)."""
-
-    async def release() -> None:
-        try:
-            await store_release(url, key, token, None)
-        except BackendError:
-            pass  # the lease expires by itself
-
-    asyncio.get_running_loop().create_task(release())
-
-
 async def close_connections() -> int:
     """Closes this event loop's connections; returns how many."""
     return _close_all(_connections.get(asyncio.get_running_loop(), {}))

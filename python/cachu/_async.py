@@ -142,11 +142,17 @@ async def _put(cached: CachedFunction, probe: Probe, token: str, result: Any) ->
         _backend_failed(cached, e)
 
 
-def _release(cached: CachedFunction, probe: Probe, token: str) -> None:
-    if probe.redis_url is not None:
-        _aioredis.release_soon(probe.redis_url, probe.key, token)
-    else:
+async def _release(cached: CachedFunction, probe: Probe, token: str) -> None:
+    """Releases the lease of a computation that failed or was cancelled. Awaited, so
+    that it is done before the caller's loop may end; the file backend's runs on the
+    runtime and needs no waiting."""
+    if probe.redis_url is None:
         _release_soon(cached, probe.key, token)
+        return
+    try:
+        await _aioredis.store_release(probe.redis_url, probe.key, token, None)
+    except (BackendError, asyncio.CancelledError):
+        pass  # the lease expires by itself
 
 
 async def _io_call(
@@ -188,10 +194,12 @@ async def _io_call(
             if kind == _LEASED:
                 try:
                     result = await func(*args, **kwargs)
+                    # cache_if and a dynamic TTL run here too: whatever they raise, the
+                    # lease is released.
+                    await _put(cached, probe, token, result)
                 except BaseException:
-                    _release(cached, probe, token)
+                    await _release(cached, probe, token)
                     raise
-                await _put(cached, probe, token, result)
                 return result
             # Another process holds the lease.
             if loop.time() >= deadline:
