@@ -400,3 +400,24 @@ def test_a_failing_cache_if_releases_the_lease(app, redis_server):
         sync_value(1)
     time.sleep(0.1)  # the async release runs in the background
     assert redis_server.client().keys("lock:*") == []
+
+
+def test_large_values_and_many_concurrent_requests_on_one_connection(app):
+    """Replies that span many reads, and many requests in flight on one pipelined
+    connection, each answered with its own reply."""
+
+    @cachu.cache(ttl=300, package=PACKAGE)
+    async def blob(i: int) -> bytes:
+        return bytes([i % 256]) * (3_000_000 if i == 0 else 1000 + i)
+
+    async def main() -> None:
+        first = await blob(0)
+        assert await blob(0) == first  # a 3 MB reply
+        results = await asyncio.gather(*(blob(i) for i in range(1, 200)))
+        again = await asyncio.gather(*(blob(i) for i in range(1, 200)))
+        for i, (a, b) in enumerate(zip(results, again), start=1):
+            assert a == b == bytes([i % 256]) * (1000 + i)
+
+    asyncio.run(main())
+    info = cachu.cache_info(blob)
+    assert (info.hits, info.misses) == (200, 200)
