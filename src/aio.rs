@@ -12,16 +12,17 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::backend::memory::unix_now;
 use crate::backend::redis::{pack_value, setex_seconds};
-use crate::backend::{decode, ByteStore, Decoded, LeaseReply};
+use crate::backend::{decode, Backend, ByteStore, Decoded, LeaseReply};
 use crate::codec;
 use crate::config::{self, BackendKind};
-use crate::decorator::{lease_token, take_flags, CachedFunction};
+use crate::decorator::{lease_token, take_flags, CachedFunction, Resolved};
 use crate::runtime;
 use crate::warn;
 
@@ -96,17 +97,21 @@ pub fn _probe<'py>(
     Ok(Bound::new(py, slow)?.into_any())
 }
 
-fn byte_store(cached: &Bound<'_, CachedFunction>) -> PyResult<std::sync::Arc<dyn ByteStore>> {
-    let py = cached.py();
+/// The settings in force, the backend, and its store of pickled values.
+type Io = (Arc<Resolved>, Arc<Backend>, Arc<dyn ByteStore>);
+
+/// What every I/O step of the async path needs, resolved once per step.
+fn io_backend(cached: &Bound<'_, CachedFunction>) -> PyResult<Io> {
     let this = cached.get();
-    let backend = this.backend_or_err(py, &this.resolve())?;
-    backend.byte_store().ok_or_else(|| {
+    let r = this.resolve();
+    let backend = this.backend_or_err(cached.py(), &r)?;
+    let store = backend.byte_store().ok_or_else(|| {
         crate::errors::CacheError::Backend(format!(
             "the {} backend does no I/O: it has no async fetch",
             backend.kind.name()
         ))
-        .into()
-    })
+    })?;
+    Ok((r, backend, store))
 }
 
 /// Bytes handed from the runtime to Python.
@@ -134,8 +139,8 @@ pub fn _afetch<'py>(
     token: String,
     read: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let store = byte_store(cached)?;
-    let lease = cached.get().resolve().lock_timeout;
+    let (r, _, store) = io_backend(cached)?;
+    let lease = r.lock_timeout;
     runtime::awaitable(cached.py(), async move {
         let reply = store.lease_async(key, token, lease, read).await?;
         Ok::<Fetched, PyErr>(match reply {
@@ -158,9 +163,8 @@ pub fn _accept<'py>(
     let py = cached.py();
     let this = cached.get();
     let miss = || (false, py.None().into_bound(py));
-    let backend = this.backend_or_err(py, &this.resolve())?;
+    let (_, backend, store) = io_backend(cached)?;
     let signing = backend.signing_key();
-    let store = byte_store(cached)?;
     let value = match decode(
         py,
         store.as_ref(),
@@ -197,8 +201,8 @@ pub fn _astore<'py>(
     token: String,
     result: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let store = byte_store(cached)?;
-    let value = value_to_store(cached, result)?;
+    let (_, backend, store) = io_backend(cached)?;
+    let value = value_to_store(cached, &backend, result)?;
     runtime::awaitable(cached.py(), async move {
         store.store_and_release_async(key, value, token).await?;
         Ok(())
@@ -209,6 +213,7 @@ pub fn _astore<'py>(
 /// `cache_if` refuses it or it cannot be pickled (said once). Counts the miss.
 fn value_to_store(
     cached: &Bound<'_, CachedFunction>,
+    backend: &Backend,
     result: &Bound<'_, PyAny>,
 ) -> PyResult<Option<(Vec<u8>, f64, f64)>> {
     let this = cached.get();
@@ -217,19 +222,9 @@ fn value_to_store(
         return Ok(None);
     };
     match codec::dumps(result) {
-        Ok(data) => {
-            let backend = this.backend_or_err(cached.py(), &this.resolve())?;
-            Ok(Some((backend.encode(data.as_bytes()), unix_now(), ttl)))
-        }
+        Ok(data) => Ok(Some((backend.encode(data.as_bytes()), unix_now(), ttl))),
         Err(e) => {
-            warn::once(
-                cached.py(),
-                &format!("unpicklable:{}", this.name()),
-                &format!(
-                    "cachu: the result of {}() was not cached: it cannot be pickled ({e})",
-                    this.name()
-                ),
-            );
+            warn::not_cached(cached.py(), this.name(), &e);
             Ok(None)
         }
     }
@@ -242,8 +237,9 @@ pub fn _pack<'py>(
     cached: &Bound<'py, CachedFunction>,
     result: &Bound<'py, PyAny>,
 ) -> PyResult<Option<(u64, Bound<'py, PyBytes>)>> {
+    let (_, backend, _) = io_backend(cached)?;
     Ok(
-        value_to_store(cached, result)?.and_then(|(data, created, ttl)| {
+        value_to_store(cached, &backend, result)?.and_then(|(data, created, ttl)| {
             (ttl > 0.0).then(|| {
                 (
                     setex_seconds(ttl),
@@ -261,7 +257,7 @@ pub fn _release_soon(
     key: String,
     token: String,
 ) -> PyResult<()> {
-    let store = byte_store(cached)?;
+    let (_, _, store) = io_backend(cached)?;
     runtime::handle().spawn(async move {
         let _ = store.store_and_release_async(key, None, token).await;
     });

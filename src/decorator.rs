@@ -680,14 +680,7 @@ impl CachedFunction {
         match Stored::capture(result) {
             Ok(s) => Some(s),
             Err(e) => {
-                warn::once(
-                    result.py(),
-                    &format!("unpicklable:{}", self.name),
-                    &format!(
-                        "cachu: the result of {}() was not cached: it can be neither copied nor pickled ({e})",
-                        self.name
-                    ),
-                );
+                warn::not_cached(result.py(), &self.name, &e);
                 None
             }
         }

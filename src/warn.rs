@@ -43,3 +43,14 @@ pub fn backend_failed(py: Python<'_>, err: &PyErr) {
         &format!("cachu: the cache backend failed and the call went on without it: {err}"),
     );
 }
+
+/// A result that can be neither copied nor pickled: returned to the caller, not cached.
+pub fn not_cached(py: Python<'_>, function: &str, err: &PyErr) {
+    once(
+        py,
+        &format!("unpicklable:{function}"),
+        &format!(
+            "cachu: the result of {function}() was not cached: it can be neither copied nor pickled ({err})"
+        ),
+    );
+}

@@ -159,9 +159,9 @@ impl<V> Table<V> {
         }
     }
 
-    fn remove(&mut self, key: &str) -> Option<Slot<V>> {
+    fn remove(&mut self, hash: u64, key: &str) -> Option<Slot<V>> {
         self.table
-            .find_entry(hash_of(key), |(k, _)| &**k == key)
+            .find_entry(hash, |(k, _)| &**k == key)
             .ok()
             .map(|e| e.remove().0 .1)
     }
@@ -300,11 +300,12 @@ impl<V> MemoryStore<V> {
     /// Removes one entry, returning its value.
     #[must_use = "drop the returned value after the call, outside any lock"]
     pub fn remove(&self, key: &str) -> Option<V> {
+        let hash = hash_of(key);
         let removed = self
-            .shard(hash_of(key))
+            .shard(hash)
             .map
             .write()
-            .remove(key)
+            .remove(hash, key)
             .map(|s| s.value);
         self.budget.freed(usize::from(removed.is_some()));
         removed
@@ -321,7 +322,7 @@ impl<V> MemoryStore<V> {
             let mut map = shard.map.write();
             let doomed: Vec<Box<str>> = map.keys().filter(|k| pred(k)).cloned().collect();
             for k in doomed {
-                if let Some(slot) = map.remove(&k) {
+                if let Some(slot) = map.remove(hash_of(&k), &k) {
                     live += usize::from(slot.is_live(now));
                     out.push(slot.value);
                 }
@@ -420,7 +421,7 @@ impl<V> MemoryStore<V> {
                 .take(left)
                 .collect();
             for k in doomed {
-                if let Some(slot) = map.remove(&k) {
+                if let Some(slot) = map.remove(hash_of(&k), &k) {
                     out.push(slot.value);
                     left -= 1;
                 }
@@ -476,7 +477,7 @@ fn sweep_map<V>(map: &mut Table<V>, now: u64, out: &mut Vec<V>) {
         .map(|(k, _)| k.clone())
         .collect();
     for k in expired {
-        if let Some(slot) = map.remove(&k) {
+        if let Some(slot) = map.remove(hash_of(&k), &k) {
             out.push(slot.value);
         }
     }
