@@ -46,16 +46,16 @@ async_cache = cache
 _MISSING = object()
 
 
-def _offload(cached: CachedFunction, fn: Callable[..., Any], *args: Any) -> Any:
-    """Runs ``fn`` inline for the memory backend, else in a worker thread."""
-    if cached._is_memory:
-        fut = asyncio.get_running_loop().create_future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
-            fut.set_exception(e)
-        return fut
-    return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+async def _run_io(local: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs ``fn`` inline when its backend does no I/O (memory), else in a worker thread."""
+    if local:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+
+
+async def _offload(cached: CachedFunction, fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs ``fn`` for the helpers of ``cached``: inline for the memory backend."""
+    return await _run_io(cached._is_memory, fn, *args)
 
 
 # What _afetch answers.
@@ -312,12 +312,7 @@ class AsyncBackend:
         return self._backend
 
     async def _run(self, name: str, *args: Any) -> Any:
-        method = getattr(self._backend, name)
-        if self._backend.kind == "memory":
-            return method(*args)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(method, *args)
-        )
+        return await _run_io(self._backend.kind == "memory", getattr(self._backend, name), *args)
 
     async def get(self, key: str, *default: Any) -> Any:
         return await self._run("get", key, *default)
