@@ -69,6 +69,30 @@ def run_python(python: str, code: str, cwd: Path | None = None, timeout: float =
     return proc.stdout
 
 
+def run_at_once(
+    python: str, script: str, count: int, *args: str, lead: float = 1.5, timeout: float = 60
+) -> list[str]:
+    """Runs `count` processes of `script`, each given `args` and then a start time
+    `lead` seconds ahead that it sleeps until, so that they begin together. Returns
+    their outputs; a process that fails fails the test with its stderr."""
+    start = str(time.time() + lead)
+    procs = [
+        subprocess.Popen(
+            [python, "-c", script, *args, start],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err
+        outs.append(out.strip())
+    return outs
+
+
 @pytest.fixture
 def this_python() -> str:
     return sys.executable

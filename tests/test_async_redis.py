@@ -4,7 +4,6 @@ the same values and leases as the sync path, from the loop itself, never blockin
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import textwrap
 import threading
@@ -15,7 +14,13 @@ import pytest
 
 import cachu
 from cachu import BackendError
-from conftest import RedisServer, configure_redis_package, run_python, top_level_commands
+from conftest import (
+    RedisServer,
+    configure_redis_package,
+    run_at_once,
+    run_python,
+    top_level_commands,
+)
 
 PACKAGE = "aioredisapp"
 
@@ -94,12 +99,7 @@ def test_tasks_and_processes_compute_a_cold_key_once(app, tmp_path, this_python)
         print(set(asyncio.run(main())))
         """
     )
-    start = time.time() + 1.5
-    procs = [
-        subprocess.Popen([this_python, "-c", script, str(start)], stdout=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
-    outs = [p.communicate(timeout=30)[0].strip() for p in procs]
+    outs = run_at_once(this_python, script, 3, timeout=30)
     assert outs == ["{42}"] * 3
     count = runs.read_text().count("run")
     print(f"3 processes x 20 tasks, 1 cold key: the coroutine ran {count} time(s)")

@@ -17,7 +17,13 @@ import pytest
 
 import cachu
 from cachu import BackendError, CacheLockTimeout
-from conftest import RedisServer, configure_redis_package, run_python, top_level_commands
+from conftest import (
+    RedisServer,
+    configure_redis_package,
+    run_at_once,
+    run_python,
+    top_level_commands,
+)
 
 PACKAGE = "redisapp"
 
@@ -185,12 +191,7 @@ def test_one_computation_per_key_across_processes(app, tmp_path, this_python):
         print(slow(21))
         """
     )
-    start = time.time() + 1.5
-    procs = [
-        subprocess.Popen([this_python, "-c", script, str(start)], stdout=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outs = [p.communicate(timeout=30)[0].strip() for p in procs]
+    outs = run_at_once(this_python, script, 4, timeout=30)
     assert outs == ["42"] * 4
     runs = (tmp_path / "runs").read_text().count("run")
     print(f"4 processes, 1 cold key: the function ran {runs} time(s)")

@@ -11,6 +11,7 @@ import pytest
 
 import cachu
 from cachu import ConfigurationError
+from conftest import run_at_once
 
 
 def test_memory_maxsize_bounds_a_package_and_keeps_the_recently_used():
@@ -380,24 +381,11 @@ print('ok')
 def test_stampede_of_8_threads_in_4_processes_on_100_cold_keys(
     backend, redis_url, tmp_path, this_python
 ):
-    import subprocess
-    import time
     from collections import Counter
 
     log = tmp_path / "runs.log"
-    start = time.time() + 2
-    procs = [
-        subprocess.Popen(
-            [this_python, "-c", STAMPEDE, backend, redis_url, str(log), str(start)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert out.strip() == "ok", err
+    outs = run_at_once(this_python, STAMPEDE, 4, backend, redis_url, str(log), lead=2, timeout=120)
+    assert outs == ["ok"] * 4
     runs = [line.split() for line in log.read_text().splitlines()]
     per_process = Counter((pid, k) for pid, k in runs)
     per_key = Counter(k for _, k in runs)
