@@ -70,23 +70,23 @@ pub fn _probe<'py>(
     if flags.skip || config::is_disabled_now() {
         return Ok(Bound::new(py, probe(true, true, String::new()))?.into_any());
     }
-    let r = this.resolve();
+    let r = this.resolve_here();
     let backend = match &r.backend {
-        Ok(b) => b.clone(),
+        Ok(b) => b,
         Err((e, _)) => {
             CachedFunction::backend_failed(py, &r, e.clone_ref(py))?;
             return Ok(Bound::new(py, probe(true, true, String::new()))?.into_any());
         }
     };
-    let key = this.key(&r, args, kwargs.as_ref())?;
+    let key = this.key_in_buffer(&r, args, kwargs.as_ref())?;
     let local = backend.is_local();
     if local && !flags.overwrite {
-        if let Some(v) = this.lookup(py, &r, &backend, &key)? {
+        if let Some(v) = this.lookup(py, &r, backend, &key)? {
             this.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
         }
     }
-    let mut slow = probe(false, local, key);
+    let mut slow = probe(false, local, key.to_owned());
     if backend.kind == BackendKind::Redis {
         slow.redis_url = Some(
             config::config_of(backend.package.as_deref())

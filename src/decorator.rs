@@ -4,7 +4,9 @@
 //! Rust function: check the switches, build the key, look it up, and on a miss run the
 //! function once per key however many threads ask (see `flight.rs`).
 
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
@@ -59,7 +61,7 @@ thread_local! {
 /// A key built in a buffer that this thread reuses from call to call. A nested call
 /// (a `repr` or the function calling another cached one) finds the buffer taken and
 /// uses a fresh one: reentrancy costs an allocation, never a wrong key.
-struct KeyBuf(String);
+pub(crate) struct KeyBuf(String);
 
 impl KeyBuf {
     fn take() -> Self {
@@ -175,6 +177,29 @@ pub fn reset_stats(package: Option<&str>) {
     }
 }
 
+/// Slots of a thread's copies of resolved settings, by function id.
+const HERE_SLOTS: usize = 64;
+
+/// A function's settings as this thread last resolved them, shared by a count that only
+/// this thread touches.
+#[derive(Clone)]
+pub(crate) struct Here(Rc<Arc<Resolved>>);
+
+impl std::ops::Deref for Here {
+    type Target = Resolved;
+    fn deref(&self) -> &Resolved {
+        &self.0
+    }
+}
+
+thread_local! {
+    static HERE: RefCell<[Option<(u64, Here)>; HERE_SLOTS]> =
+        const { RefCell::new([const { None }; HERE_SLOTS]) };
+}
+
+/// Ids of decorated functions: unique for the life of the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 /// What the settings of the moment make of a decorated function.
 pub(crate) struct Resolved {
     generation: u64,
@@ -186,6 +211,15 @@ pub(crate) struct Resolved {
     raise_backend_errors: bool,
     /// `on_lock_timeout='raise'`.
     pub(crate) raise_lock_timeout: bool,
+}
+
+impl Resolved {
+    /// Made under the settings of `generation`, and not a failure to open the backend
+    /// that is due for a retry.
+    fn is_current(&self, generation: u64) -> bool {
+        self.generation == generation
+            && !matches!(&self.backend, Err((_, at)) if at.elapsed() > RETRY_FAILED_BACKEND)
+    }
 }
 
 /// The options of `@cache(...)`, validated.
@@ -458,6 +492,8 @@ pub struct CachedFunction {
     pub(crate) stats: Arc<Stats>,
     flights: Flights<Outcome>,
     resolved: RwLock<Option<Arc<Resolved>>>,
+    /// Names this function in the threads' copies of its settings.
+    id: u64,
 }
 
 static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -491,6 +527,7 @@ impl CachedFunction {
             stats,
             flights: Flights::default(),
             resolved: RwLock::new(None),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -499,13 +536,46 @@ impl CachedFunction {
     pub(crate) fn resolve(&self) -> Arc<Resolved> {
         let generation = config::generation();
         if let Some(r) = &*self.resolved.read() {
-            let stale_failure =
-                matches!(&r.backend, Err((_, at)) if at.elapsed() > RETRY_FAILED_BACKEND);
-            if r.generation == generation && !stale_failure {
+            if r.is_current(generation) {
                 return r.clone();
             }
         }
         self.resolve_slow(generation)
+    }
+
+    /// The settings in force, from this thread's copy when it is current: the calls of
+    /// the hot paths take no lock and touch no shared reference count.
+    #[inline]
+    pub(crate) fn resolve_here(&self) -> Here {
+        let generation = config::generation();
+        let slot = (self.id % HERE_SLOTS as u64) as usize;
+        let found = HERE
+            .try_with(|cell| {
+                let slots = cell.try_borrow().ok()?;
+                match &slots[slot] {
+                    Some((id, r)) if *id == self.id && r.is_current(generation) => Some(r.clone()),
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten();
+        found.unwrap_or_else(|| self.resolve_here_slow(slot))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn resolve_here_slow(&self, slot: usize) -> Here {
+        let r = Here(Rc::new(self.resolve()));
+        let replaced = HERE
+            .try_with(|cell| {
+                let mut slots = cell.try_borrow_mut().ok()?;
+                slots[slot].replace((self.id, r.clone()))
+            })
+            .ok()
+            .flatten();
+        // Dropped outside the borrow: it may hold the last reference to Python objects.
+        drop(replaced);
+        r
     }
 
     #[cold]
@@ -553,7 +623,7 @@ impl CachedFunction {
     }
 
     /// The key of a call, built in this thread's reused buffer.
-    fn key_in_buffer(
+    pub(crate) fn key_in_buffer(
         &self,
         r: &Resolved,
         args: &Bound<'_, PyTuple>,
@@ -932,7 +1002,7 @@ impl CachedFunction {
         if flags.skip || config::is_disabled_now() {
             return this.call_func(py, args, kwargs);
         }
-        let r = this.resolve();
+        let r = this.resolve_here();
         let backend = match &r.backend {
             Ok(b) => b,
             Err((e, _)) => {

@@ -53,6 +53,49 @@ def test_configure_after_decoration_applies():
     cachu.configure(key_prefix="")
 
 
+def test_configure_reaches_threads_that_called_before(tmp_path):
+    """Each thread keeps its own copy of a function's settings for its calls: a
+    configure() from another thread replaces it at the thread's next call."""
+    import queue
+    import threading
+
+    cachu.configure(key_prefix="", package="threadcfg")
+    calls = []
+
+    @cache(ttl=60, package="threadcfg")
+    def f(x):
+        calls.append(x)
+        return x
+
+    asks: queue.Queue = queue.Queue()
+    answers: queue.Queue = queue.Queue()
+
+    def worker():
+        while (x := asks.get()) is not None:
+            f(x)
+            answers.put(cachu.get_backend(package="threadcfg", ttl=60).keys())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        asks.put(1)
+        assert answers.get(timeout=10) == ["1m:f|x=1"]
+        cachu.configure(key_prefix="v2:", package="threadcfg")
+        asks.put(1)
+        assert sorted(answers.get(timeout=10)) == ["1m:f|x=1", "1m:v2:f|x=1"]
+        assert calls == [1, 1]
+        cachu.configure(backend="null", package="threadcfg")
+        asks.put(2)
+        answers.get(timeout=10)
+        asks.put(2)
+        answers.get(timeout=10)
+        assert calls == [1, 1, 2, 2]
+    finally:
+        asks.put(None)
+        t.join()
+        cachu.configure(key_prefix="", backend="memory", package="threadcfg")
+
+
 def test_partial_update_keeps_other_options():
     cachu.configure(key_prefix="keep:", package="partial_pkg")
     cachu.configure(backend="null", package="partial_pkg")
