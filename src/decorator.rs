@@ -183,6 +183,7 @@ const HERE_SLOTS: usize = 64;
 /// A function's settings as this thread last resolved them, shared by a count that only
 /// this thread touches.
 #[derive(Clone)]
+#[allow(clippy::redundant_allocation)] // the Arc is shared with other threads, the Rc is not
 pub(crate) struct Here(Rc<Arc<Resolved>>);
 
 impl std::ops::Deref for Here {
