@@ -5,10 +5,15 @@
 //!   those) are shared: every hit returns the same object.
 //! - Dicts, lists, sets and tuples whose leaves are immutable are copied structurally
 //!   here, on store and on every hit.
+//! - Small records (a dict of at most five string keys, each value immutable or a flat
+//!   container) are kept as a tuple of their values beside their keys, which records of
+//!   the same shape share; a hit builds the dict anew. A kept record takes a third of
+//!   the memory of a kept dict, and building one costs about what copying it does.
 //! - Anything else is pickled once on store and unpickled on every hit.
 //!
 //! The byte backends (file, Redis) keep `pickle.dumps(value)`, as cachu 0.2.x does.
 
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
@@ -164,7 +169,119 @@ pub enum Stored {
     /// A dict whose mutable members are all flat containers (the shape of most JSON
     /// records): a hit copies the dict, then those members only, with no type checks.
     Nested(Py<NestedDict>),
+    /// A small dict with string keys: `(keys, value, value, ...)`, `keys` a tuple that
+    /// records of one shape share. Values are immutable or flat containers.
+    Record(Py<PyTuple>),
     Pickled(Py<PyBytes>),
+}
+
+/// The most keys of a dict kept as a record: CPython's smallest dict table holds five,
+/// so that rebuilding one never grows its table.
+const RECORD_MAX_KEYS: usize = 5;
+
+/// Shapes (tuples of keys) this thread made lately: records of one shape share theirs.
+const SHAPES_KEPT: usize = 8;
+
+thread_local! {
+    static SHAPES: std::cell::RefCell<std::collections::VecDeque<Py<PyTuple>>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// The shared tuple of `keys`, made if this thread has none lately.
+fn shape_of_keys<'py>(
+    py: Python<'py>,
+    keys: &[Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyTuple>> {
+    let same = |shape: &Bound<'py, PyTuple>| {
+        shape.len() == keys.len()
+            && shape.iter().zip(keys).all(|(a, b)| {
+                // Exact strings: comparing them runs no Python code.
+                a.is(b) || a.eq(b).unwrap_or(false)
+            })
+    };
+    let known = SHAPES
+        .try_with(|cell| {
+            let shapes = cell.try_borrow().ok()?;
+            shapes.iter().map(|s| s.bind(py)).find(|s| same(s)).cloned()
+        })
+        .ok()
+        .flatten();
+    if let Some(shape) = known {
+        return Ok(shape);
+    }
+    let shape = PyTuple::new(py, keys)?;
+    let evicted = SHAPES
+        .try_with(|cell| {
+            let mut shapes = cell.try_borrow_mut().ok()?;
+            shapes.push_front(shape.clone().unbind());
+            (shapes.len() > SHAPES_KEPT)
+                .then(|| shapes.pop_back())
+                .flatten()
+        })
+        .ok()
+        .flatten();
+    drop(evicted); // outside the borrow
+    Ok(shape)
+}
+
+/// A copy of `d` kept as a record, if it is one.
+fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
+    let py = d.py();
+    if d.len() == 0 || d.len() > RECORD_MAX_KEYS {
+        return Ok(None);
+    }
+    let mut keys = Vec::with_capacity(d.len());
+    let mut items = Vec::with_capacity(d.len() + 1);
+    items.push(py.None().into_bound(py)); // the shape, below
+    for (k, v) in d.iter() {
+        if !k.is_exact_instance_of::<PyString>() {
+            return Ok(None);
+        }
+        let kept = if is_immutable_leaf(&v) {
+            v
+        } else if is_flat(&v) || is_flat_set(&v) {
+            shallow_copy(&v)?
+        } else {
+            return Ok(None);
+        };
+        keys.push(k);
+        items.push(kept);
+    }
+    items[0] = shape_of_keys(py, &keys)?.into_any();
+    Ok(Some(PyTuple::new(py, items)?.unbind()))
+}
+
+/// The dict a record stands for, new, its containers copied.
+fn dict_of_record<'py>(record: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+    let py = record.py();
+    let out = PyDict::new(py);
+    let n = record.len() - 1;
+    // SAFETY: `record` was made by `record_of` and no one else holds it: item 0 is a
+    // tuple of `n` keys, items 1..=n the values, and tuples do not change. The items are
+    // borrowed from tuples that `record` keeps alive for the whole loop. Every test of a
+    // memory hit on a small dict runs this.
+    unsafe {
+        let shape = record.get_borrowed_item_unchecked(0);
+        for i in 0..n {
+            let k = ffi::PyTuple_GET_ITEM(shape.as_ptr(), i as ffi::Py_ssize_t);
+            let v = record.get_borrowed_item_unchecked(i + 1);
+            let rc = if is_immutable_leaf(&v) {
+                ffi::PyDict_SetItem(out.as_ptr(), k, v.as_ptr())
+            } else {
+                ffi::PyDict_SetItem(out.as_ptr(), k, shallow_copy(&v)?.as_ptr())
+            };
+            if rc < 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+    }
+    Ok(out.into_any())
+}
+
+/// Whether `v` is a set of immutable leaves.
+fn is_flat_set(v: &Bound<'_, PyAny>) -> bool {
+    v.cast_exact::<PySet>()
+        .is_ok_and(|s| s.iter().all(|item| is_immutable_leaf(&item)))
 }
 
 /// A stored dict and, for each member that a caller could mutate, its key and value.
@@ -221,7 +338,7 @@ fn is_flat(v: &Bound<'_, PyAny>) -> bool {
     false
 }
 
-/// A shallow copy of a flat dict or list.
+/// A shallow copy of a flat dict, list or set.
 fn shallow_copy<'py>(v: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     if let Ok(d) = v.cast_exact::<PyDict>() {
         return Ok(d.copy()?.into_any());
@@ -236,7 +353,15 @@ impl Stored {
     /// Takes a value in, copying or pickling it so that later changes to `value` do not
     /// reach the cache. Fails only if the value must be pickled and cannot be.
     pub fn capture(value: &Bound<'_, PyAny>) -> PyResult<Stored> {
-        Ok(match shape(value, 0) {
+        let shape = shape(value, 0);
+        if shape == Shape::Structural {
+            if let Ok(d) = value.cast_exact::<PyDict>() {
+                if let Some(record) = record_of(d)? {
+                    return Ok(Stored::Record(record));
+                }
+            }
+        }
+        Ok(match shape {
             Shape::Immutable => Stored::Shared(value.clone().unbind()),
             Shape::Structural if is_flat(value) => Stored::Flat(shallow_copy(value)?.unbind()),
             Shape::Structural => {
@@ -257,6 +382,7 @@ impl Stored {
             Stored::Flat(v) => shallow_copy(v.bind(py)),
             Stored::Copied(v) => deep_copy(v.bind(py)),
             Stored::Nested(n) => n.get().materialize(py),
+            Stored::Record(r) => dict_of_record(r.bind(py)),
             Stored::Pickled(b) => pickle(py)?.loads.bind(py).call1((b.bind(py),)),
         }
     }
@@ -269,7 +395,18 @@ impl Stored {
             Stored::Flat(v) => Stored::Flat(v.clone_ref(py)),
             Stored::Copied(v) => Stored::Copied(v.clone_ref(py)),
             Stored::Nested(n) => Stored::Nested(n.clone_ref(py)),
+            Stored::Record(r) => Stored::Record(r.clone_ref(py)),
             Stored::Pickled(b) => Stored::Pickled(b.clone_ref(py)),
+        }
+    }
+
+    /// The object the store keeps (for sizing it).
+    pub fn held<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self {
+            Stored::Shared(o) | Stored::Flat(o) | Stored::Copied(o) => o.bind(py).clone(),
+            Stored::Nested(n) => n.get().dict.bind(py).clone().into_any(),
+            Stored::Record(r) => r.bind(py).clone().into_any(),
+            Stored::Pickled(b) => b.bind(py).clone().into_any(),
         }
     }
 }

@@ -346,11 +346,14 @@ impl KeyPlan {
         out.push_str(name);
         out.push('=');
         let start = out.len();
-        write_repr(out, value)?;
+        let written = write_repr(out, value)?;
+        if written == Repr::Plain {
+            return Ok(());
+        }
         if self.guard.is_ambiguous(&out[start..]) {
             let segment = out.split_off(start);
             escape_into(out, &segment);
-        } else if out[start..].contains(" at 0x") {
+        } else if written == Repr::Called && out[start..].contains(" at 0x") {
             crate::warn::once(
                 value.py(),
                 &format!("address:{}", self.guard.function),
@@ -365,29 +368,40 @@ impl KeyPlan {
     }
 }
 
+/// How [`write_repr`] wrote a value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Repr {
+    /// An `int`, `bool` or `None`: digits, a sign or a word, never ambiguous in a key.
+    Plain,
+    /// A plain ASCII `str`, quoted here: any text.
+    Text,
+    /// By calling `repr()`: any text, an object's address among others.
+    Called,
+}
+
 /// Appends `repr(value)`; `int`, `bool`, `None` and plain ASCII `str` are formatted here,
 /// byte for byte as Python would, without calling `repr`.
-pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<()> {
+pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<Repr> {
     if let Ok(s) = value.cast_exact::<PyString>() {
         if let Ok(s) = s.to_str() {
             if write_ascii_str_repr(out, s) {
-                return Ok(());
+                return Ok(Repr::Text);
             }
         }
     } else if value.is_exact_instance_of::<PyInt>() {
         if let Ok(n) = value.extract::<i64>() {
             write_int(out, n);
-            return Ok(());
+            return Ok(Repr::Plain);
         }
     } else if value.is_none() {
         out.push_str("None");
-        return Ok(());
+        return Ok(Repr::Plain);
     } else if let Ok(b) = value.cast_exact::<PyBool>() {
         out.push_str(if b.is_true() { "True" } else { "False" });
-        return Ok(());
+        return Ok(Repr::Plain);
     }
     out.push_str(value.repr()?.to_str()?);
-    Ok(())
+    Ok(Repr::Called)
 }
 
 /// Appends the decimal digits of `n`, as `repr(int)` writes them.

@@ -126,6 +126,12 @@ class Point:
     ("make", "mutate"),
     [
         (lambda: {"a": [1, 2], "b": {"c": 1}}, lambda v: v["a"].append(3)),
+        (lambda: {"a": [1, 2], "b": {"c": 1}}, lambda v: v["b"].update(d=2)),
+        (lambda: {"tags": {"x"}, "n": 1}, lambda v: v["tags"].add("y")),
+        (lambda: {"n": 1, "s": "x"}, lambda v: v.update(n=2)),
+        (lambda: {"n": 1, "s": "x"}, lambda v: v.pop("s")),
+        (lambda: {f"k{i}": [i] for i in range(9)}, lambda v: v["k8"].append(0)),
+        (lambda: {1: [1], "a": 2}, lambda v: v[1].append(0)),
         (lambda: [1, [2, 3]], lambda v: v[1].append(4)),
         (lambda: {1, 2}, lambda v: v.add(3)),
         (lambda: ([1], 2), lambda v: v[0].append(5)),
@@ -143,6 +149,47 @@ def test_mutating_a_result_never_changes_the_cache(make, mutate):
     assert second == make()
     mutate(second)
     assert f() == make()
+
+
+class Key(str):
+    pass
+
+
+def test_small_records_come_back_equal_in_order_and_compact():
+    import json
+    import sys
+
+    values = [
+        {"id": 1, "name": "Ada", "active": True},
+        {"name": "Ada", "id": 1, "active": True},  # another order: another shape
+        json.loads('{"id": 2, "name": "Bob", "roles": ["a", "b"], "meta": {"x": 1}}'),
+        {"a": None, "b": 1.5, "c": b"x", "d": (1, 2), "e": frozenset({1})},
+        {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6},  # six keys
+        {Key("k"): 1},
+        {1: "one", 2: "two"},
+        {"nested": {"deep": [1]}},  # not flat: copied another way
+    ]
+
+    @cache(ttl=60, package="records")
+    def f(i):
+        return values[i]
+
+    for i, v in enumerate(values):
+        assert f(i) == v and list(f(i)) == list(v)  # miss, then hit
+        hit = f(i)
+        assert type(hit) is dict and hit is not v
+        assert [type(k) for k in hit] == [type(k) for k in v]
+    assert f.cache_info().hits == len(values) * 2
+
+    @cache(ttl=60, package="records")
+    def g(i):
+        return json.loads(json.dumps({"id": i, "name": "Ada", "roles": ["a"]}))
+
+    for i in range(1000):
+        g(i)
+    stats = cachu.get_backend(package="records", ttl=60).stats()
+    kept = stats["value_bytes"] / stats["entries"]
+    assert kept < sys.getsizeof(g(0)), stats
 
 
 def test_immutable_results_are_shared_not_copied():

@@ -407,14 +407,7 @@ impl Backend {
                 let getsizeof = py.import("sys")?.getattr("getsizeof")?;
                 let mut value_bytes = 0usize;
                 for v in values {
-                    let obj = match &v {
-                        Stored::Shared(o) | Stored::Flat(o) | Stored::Copied(o) => {
-                            o.bind(py).clone()
-                        }
-                        Stored::Pickled(b) => b.bind(py).clone().into_any(),
-                        Stored::Nested(n) => n.get().dict().bind(py).clone().into_any(),
-                    };
-                    value_bytes += getsizeof.call1((obj,))?.extract::<usize>()?;
+                    value_bytes += getsizeof.call1((v.held(py),))?.extract::<usize>()?;
                 }
                 d.set_item("entries", entries)?;
                 d.set_item("table_bytes", table)?;
