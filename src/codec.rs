@@ -237,7 +237,7 @@ fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
         if !k.is_exact_instance_of::<PyString>() {
             return Ok(None);
         }
-        let kept = if is_immutable_leaf(&v) {
+        let kept = if shape(&v, 1) == Shape::Immutable {
             v
         } else if is_flat(&v) || is_flat_set(&v) {
             shallow_copy(&v)?
@@ -265,10 +265,11 @@ fn dict_of_record<'py>(record: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAn
         for i in 0..n {
             let k = ffi::PyTuple_GET_ITEM(shape.as_ptr(), i as ffi::Py_ssize_t);
             let v = record.get_borrowed_item_unchecked(i + 1);
-            let rc = if is_immutable_leaf(&v) {
-                ffi::PyDict_SetItem(out.as_ptr(), k, v.as_ptr())
-            } else {
+            // The values are immutable (shared) or flat containers (copied).
+            let rc = if is_container(&v) {
                 ffi::PyDict_SetItem(out.as_ptr(), k, shallow_copy(&v)?.as_ptr())
+            } else {
+                ffi::PyDict_SetItem(out.as_ptr(), k, v.as_ptr())
             };
             if rc < 0 {
                 return Err(PyErr::fetch(py));
@@ -276,6 +277,13 @@ fn dict_of_record<'py>(record: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAn
         }
     }
     Ok(out.into_any())
+}
+
+/// Whether `v` is a dict, list or set (exactly those types).
+fn is_container(v: &Bound<'_, PyAny>) -> bool {
+    v.is_exact_instance_of::<PyDict>()
+        || v.is_exact_instance_of::<PyList>()
+        || v.is_exact_instance_of::<PySet>()
 }
 
 /// Whether `v` is a set of immutable leaves.

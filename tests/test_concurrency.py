@@ -180,6 +180,8 @@ def test_small_records_come_back_equal_in_order_and_compact():
         assert type(hit) is dict and hit is not v
         assert [type(k) for k in hit] == [type(k) for k in v]
     assert f.cache_info().hits == len(values) * 2
+    assert f(3)["d"] is f(3)["d"] and f(3)["e"] is f(3)["e"]  # immutable: shared
+    assert f(2)["roles"] is not f(2)["roles"]  # mutable: a copy per caller
 
     @cache(ttl=60, package="records")
     def g(i):
