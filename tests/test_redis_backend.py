@@ -84,6 +84,32 @@ def test_a_hit_is_one_round_trip_and_a_miss_two(app, redis_server):
     assert miss == 2, commands[hit:]
 
 
+def test_threads_share_one_multiplexed_connection(redis_server, redis_url):
+    """Every thread's requests go over one connection per URL and process."""
+    url = configure_redis_package("onesocket", redis_server.url.rsplit("/", 1)[0] + "/7")
+
+    @cachu.cache(ttl=300, package="onesocket")
+    def double(x: int) -> int:
+        time.sleep(0.01)
+        return 2 * x
+
+    start = threading.Barrier(8)
+    results: dict[int, list[int]] = {}
+
+    def work(i: int) -> None:
+        start.wait()
+        results[i] = [double(i % 3) for _ in range(50)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == {i: [2 * (i % 3)] * 50 for i in range(8)}
+    clients = redis_server.client().client_list()
+    assert [c["db"] for c in clients].count("7") == 1, (url, clients)
+
+
 def test_values_are_shared_with_the_published_package_both_ways(
     app, redis_server, reference_python, this_python
 ):

@@ -7,10 +7,13 @@
 //!   or take the lease `lock:{key}`", then one script "SETEX and release the lease if
 //!   it is still ours". The lease holds a random token and expires by itself, so a
 //!   holder that dies delays the others by the lease at most.
-//! - Connections are pooled per URL instance, made with a connect timeout and used with
-//!   a command timeout, and never cross `fork()`. After a transport failure a breaker
-//!   answers at once for a while instead of paying the connect timeout on every call;
-//!   one error message per outage, so the caller warns once.
+//! - One redis-rs multiplexed connection per URL and process, made lazily with a
+//!   connect timeout and used with a response timeout; every thread's requests share it
+//!   (pipelined). It is driven by a single-threaded tokio runtime that the calling
+//!   thread runs while it waits (with the GIL released): an uncontended call never
+//!   hands over to another thread. Neither crosses `fork()`. After a transport failure
+//!   a breaker answers at once for a while instead of paying the connect timeout on
+//!   every call; one error message per outage, so the caller warns once.
 //! - Clears and listings `SCAN` their own scope (region, and the package's key prefix or
 //!   the names of its cached functions) and `UNLINK` in batches: keys that this library
 //!   did not write are never touched.
@@ -21,15 +24,15 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::{Connection, ErrorKind, RedisError, Script, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, Script, Value};
+use tokio::runtime::Runtime;
 
 use super::{ByteStore, LeaseReply};
 use crate::config::{config_of, functions_of};
 use crate::errors::{CacheError, CacheResult};
 use crate::pattern::glob_match;
 
-/// Connections kept open per instance; more may be open while threads overlap.
-const POOL_SIZE: usize = 16;
 /// How long the breaker answers "down" before one caller tries the server again.
 const BREAKER: Duration = Duration::from_secs(1);
 /// Keys asked per `SCAN` step and removed per `UNLINK`.
@@ -261,9 +264,16 @@ impl Health {
     }
 }
 
-struct Pool {
+/// A connection and its number.
+type Numbered = (u64, MultiplexedConnection);
+
+/// This process's connection to one server, and the runtime that drives it.
+struct Mux {
     pid: u32,
-    idle: Vec<Connection>,
+    runtime: Arc<Runtime>,
+    /// The connection and its number (a failed one is dropped only if not replaced yet).
+    con: Option<Numbered>,
+    made: u64,
 }
 
 /// The keys of one (package, TTL region) on a shared server.
@@ -288,7 +298,7 @@ fn is_reply_error(e: &RedisError) -> bool {
 pub struct Connector {
     endpoint: Endpoint,
     client: redis::Client,
-    pool: Mutex<Pool>,
+    mux: Mutex<Option<Mux>>,
     health: Health,
 }
 
@@ -306,10 +316,7 @@ pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
     let fresh = Arc::new(Connector {
         endpoint,
         client,
-        pool: Mutex::new(Pool {
-            pid: std::process::id(),
-            idle: Vec::new(),
-        }),
+        mux: Mutex::new(None),
         health: Health::new(),
     });
     Ok(CONNECTORS
@@ -326,73 +333,108 @@ pub fn forget_connections() {
 }
 
 impl Connector {
-    fn connect(&self) -> Result<Connection, RedisError> {
+    /// The runtime of this process and its connection, if one is open. A child of
+    /// `fork()` leaves the parent's alone (their threads and sockets are not its own).
+    fn current(&self) -> CacheResult<(Arc<Runtime>, Option<Numbered>)> {
+        let mut mux = self.mux.lock();
+        let pid = std::process::id();
+        if let Some(m) = mux.take_if(|m| m.pid != pid) {
+            std::mem::forget(m);
+        }
+        if mux.is_none() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    CacheError::Backend(format!(
+                        "Redis at {}: cannot start the I/O runtime: {e}",
+                        self.endpoint.shown
+                    ))
+                })?;
+            *mux = Some(Mux {
+                pid,
+                runtime: Arc::new(runtime),
+                con: None,
+                made: 0,
+            });
+        }
+        let m = mux.as_ref().expect("made above");
+        Ok((m.runtime.clone(), m.con.clone()))
+    }
+
+    async fn connect(&self) -> Result<Numbered, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.endpoint.connect_timeout))
+            .set_response_timeout(Some(self.endpoint.command_timeout));
         let con = self
             .client
-            .get_connection_with_timeout(self.endpoint.connect_timeout)?;
-        con.set_read_timeout(Some(self.endpoint.command_timeout))?;
-        con.set_write_timeout(Some(self.endpoint.command_timeout))?;
-        Ok(con)
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut mux = self.mux.lock();
+        let Some(m) = mux.as_mut().filter(|m| m.pid == std::process::id()) else {
+            return Ok((0, con));
+        };
+        m.made += 1;
+        m.con = Some((m.made, con.clone()));
+        Ok((m.made, con))
     }
 
-    fn pooled(&self) -> Option<Connection> {
-        let mut pool = self.pool.lock();
-        let pid = std::process::id();
-        if pool.pid != pid {
-            // A connection must not cross fork(): the child leaves the parent's socket
-            // alone and opens its own.
-            for con in pool.idle.drain(..) {
-                std::mem::forget(con);
-            }
-            pool.pid = pid;
-        }
-        pool.idle.pop()
+    /// Drops connection `number` if it is still the one in use.
+    fn discard(&self, number: u64) {
+        let dropped = self
+            .mux
+            .lock()
+            .as_mut()
+            .and_then(|m| m.con.take_if(|(n, _)| *n == number));
+        drop(dropped);
     }
 
-    fn release(&self, con: Connection) {
-        let mut pool = self.pool.lock();
-        if pool.pid == std::process::id() && pool.idle.len() < POOL_SIZE {
-            pool.idle.push(con);
-        }
-    }
-
-    /// Runs `f` on a connection. A pooled connection that turns out closed (the server
-    /// restarted) is replaced once; a transport failure opens the breaker.
+    /// Runs `f` on the connection, opening it if needed. A connection that turns out
+    /// closed (the server restarted) is replaced once; a transport failure opens the
+    /// breaker. The caller's thread drives the I/O while it waits.
     fn run<T>(
         &self,
-        mut f: impl FnMut(&mut Connection) -> Result<T, RedisError>,
+        mut f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError>,
     ) -> CacheResult<T> {
         self.health.admit()?;
-        let mut pooled = self.pooled();
-        loop {
-            let was_pooled = pooled.is_some();
-            let mut con = match pooled.take() {
-                Some(c) => c,
-                None => self
-                    .connect()
-                    .map_err(|e| self.health.failed(&self.endpoint.shown, &e))?,
-            };
-            match f(&mut con) {
-                Ok(v) => {
-                    self.release(con);
-                    self.health.ok();
-                    return Ok(v);
+        let (runtime, mut open) = self.current()?;
+        runtime.block_on(async {
+            loop {
+                let reused = open.is_some();
+                let (number, mut con) = match open.take() {
+                    Some(c) => c,
+                    None => self
+                        .connect()
+                        .await
+                        .map_err(|e| self.health.failed(&self.endpoint.shown, &e))?,
+                };
+                match f(&mut con).await {
+                    Ok(v) => {
+                        self.health.ok();
+                        return Ok(v);
+                    }
+                    Err(e) if is_reply_error(&e) => {
+                        return Err(CacheError::Backend(format!(
+                            "Redis at {}: {e}",
+                            self.endpoint.shown
+                        )));
+                    }
+                    // A late reply is matched to its request and dropped: the
+                    // connection stays in step after a timeout.
+                    Err(e) if e.is_timeout() => {
+                        return Err(self.health.failed(&self.endpoint.shown, &e));
+                    }
+                    // A connection that the server closed (it restarted, or dropped
+                    // idle clients) is replaced and the call tried once on a new one.
+                    Err(e) => {
+                        self.discard(number);
+                        if !reused {
+                            return Err(self.health.failed(&self.endpoint.shown, &e));
+                        }
+                    }
                 }
-                Err(e) if is_reply_error(&e) => {
-                    self.release(con);
-                    return Err(CacheError::Backend(format!(
-                        "Redis at {}: {e}",
-                        self.endpoint.shown
-                    )));
-                }
-                // A pooled connection that the server closed (it restarted, or dropped
-                // idle clients) is dropped and the call tried once on a new one. A
-                // timeout is not retried: that would double the wait.
-                Err(e) if was_pooled && !e.is_timeout() => {}
-                // The connection may be out of step: it is dropped, never reused.
-                Err(e) => return Err(self.health.failed(&self.endpoint.shown, &e)),
             }
-        }
+        })
     }
 }
 
@@ -406,7 +448,10 @@ impl RedisStore {
         })
     }
 
-    fn run<T>(&self, f: impl FnMut(&mut Connection) -> Result<T, RedisError>) -> CacheResult<T> {
+    fn run<T>(
+        &self,
+        f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError>,
+    ) -> CacheResult<T> {
         self.conn.run(f)
     }
 
@@ -473,14 +518,15 @@ impl Connector {
         let mut seen = HashSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(|c| {
+            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(async |c| {
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
                     .arg(&matcher)
                     .arg("COUNT")
                     .arg(SCAN_COUNT)
-                    .query(c)
+                    .query_async(c)
+                    .await
             })?;
             for raw in batch {
                 let Ok(key) = String::from_utf8(raw) else {
@@ -502,7 +548,12 @@ impl Connector {
     fn unlink(&self, keys: &[String]) -> CacheResult<usize> {
         let mut removed = 0;
         for batch in keys.chunks(UNLINK_BATCH) {
-            removed += self.run(|c| redis::cmd("UNLINK").arg(batch).query::<usize>(c))?;
+            removed += self.run(async |c| {
+                redis::cmd("UNLINK")
+                    .arg(batch)
+                    .query_async::<usize>(c)
+                    .await
+            })?;
         }
         Ok(removed)
     }
@@ -563,7 +614,8 @@ fn lock_key(key: &str) -> String {
 
 impl ByteStore for RedisStore {
     fn get(&self, key: &str) -> CacheResult<Option<(Vec<u8>, f64)>> {
-        let data: Option<Vec<u8>> = self.run(|c| redis::cmd("GET").arg(key).query(c))?;
+        let data: Option<Vec<u8>> =
+            self.run(async |c| redis::cmd("GET").arg(key).query_async(c).await)?;
         Ok(data.map(split_value))
     }
 
@@ -572,17 +624,18 @@ impl ByteStore for RedisStore {
             return self.delete(key);
         }
         let packed = pack_value(value, created_at);
-        self.run(|c| {
+        self.run(async |c| {
             redis::cmd("SETEX")
                 .arg(key)
                 .arg(setex_seconds(ttl))
                 .arg(&packed)
-                .query::<()>(c)
+                .query_async::<()>(c)
+                .await
         })
     }
 
     fn delete(&self, key: &str) -> CacheResult<()> {
-        self.run(|c| redis::cmd("DEL").arg(key).query::<()>(c))
+        self.run(async |c| redis::cmd("DEL").arg(key).query_async::<()>(c).await)
     }
 
     fn clear(&self, pattern: Option<&str>) -> CacheResult<usize> {
@@ -604,11 +657,12 @@ impl ByteStore for RedisStore {
             return Ok(());
         }
         let packed = pack_value(value, created_at);
-        self.run(|c| {
+        self.run(async |c| {
             DELETE_IF_SAME
                 .key(key)
                 .arg(&packed)
-                .invoke::<i64>(c)
+                .invoke_async::<i64>(c)
+                .await
                 .map(drop)
         })
     }
@@ -625,14 +679,15 @@ impl ByteStore for RedisStore {
         read: bool,
     ) -> CacheResult<LeaseReply> {
         let lock = lock_key(key);
-        let reply: Value = self.run(|c| {
+        let reply: Value = self.run(async |c| {
             LEASE
                 .key(key)
                 .key(&lock)
                 .arg(token)
                 .arg(lease.as_millis().max(1) as u64)
                 .arg(if read { "1" } else { "0" })
-                .invoke(c)
+                .invoke_async(c)
+                .await
         })?;
         Ok(lease_reply(reply))
     }
@@ -650,14 +705,15 @@ impl ByteStore for RedisStore {
             }
             _ => (0, Vec::new()),
         };
-        self.run(|c| {
+        self.run(async |c| {
             STORE_RELEASE
                 .key(key)
                 .key(&lock)
                 .arg(seconds)
                 .arg(&packed)
                 .arg(token)
-                .invoke::<i64>(c)
+                .invoke_async::<i64>(c)
+                .await
                 .map(drop)
         })
     }
