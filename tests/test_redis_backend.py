@@ -546,3 +546,17 @@ def test_fork_children_open_their_own_connections(app, this_python):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_get_redis_client_without_redis_py_says_what_to_install(this_python):
+    # An interpreter where `import redis` fails, as it does without the extra.
+    out = run_python(
+        this_python,
+        "import sys; sys.modules['redis'] = None\n"
+        "import cachu\n"
+        "try:\n"
+        "    cachu.get_redis_client()\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n",
+    )
+    assert "ImportError:" in out and "pip install cachu[redis]" in out, out
