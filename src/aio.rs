@@ -178,7 +178,7 @@ pub fn _accept<'py>(
         Decoded::Corrupt => {
             // Discarded off the event loop.
             let data = data.to_vec();
-            runtime::handle()
+            runtime::try_handle()?
                 .spawn_blocking(move || store.discard_corrupt(&key, &data, created_at));
             return Ok(miss());
         }
@@ -258,7 +258,7 @@ pub fn _release_soon(
     token: String,
 ) -> PyResult<()> {
     let (_, _, store) = io_backend(cached)?;
-    runtime::handle().spawn(async move {
+    runtime::try_handle()?.spawn(async move {
         let _ = store.store_and_release_async(key, None, token).await;
     });
     Ok(())

@@ -17,32 +17,42 @@ use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::{JoinError, JoinHandle};
 
+use crate::errors::{CacheError, CacheResult};
+
 /// Worker threads of the runtime: I/O waits, it does not compute.
 const WORKERS: usize = 2;
 
 static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
 
-/// The handle of this process's runtime.
-pub fn handle() -> Handle {
+/// The handle of this process's runtime, started now if it is not running; a clear
+/// error if it cannot start (the process may be out of threads).
+pub fn try_handle() -> CacheResult<Handle> {
     let pid = std::process::id();
     let mut slot = RUNTIME.lock();
-    match &*slot {
-        Some((owner, rt)) if *owner == pid => rt.handle().clone(),
-        _ => {
-            if let Some(inherited) = slot.take() {
-                std::mem::forget(inherited);
-            }
-            let rt = Builder::new_multi_thread()
-                .worker_threads(WORKERS)
-                .thread_name("cachu-io")
-                .enable_all()
-                .build()
-                .expect("cachu: cannot start the tokio runtime of the async API");
-            let handle = rt.handle().clone();
-            *slot = Some((pid, Arc::new(rt)));
-            handle
-        }
+    if let Some((_, rt)) = slot.as_ref().filter(|(owner, _)| *owner == pid) {
+        return Ok(rt.handle().clone());
     }
+    if let Some(inherited) = slot.take() {
+        std::mem::forget(inherited);
+    }
+    let rt = Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("cachu-io")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CacheError::Backend(format!(
+                "cannot start the tokio runtime of the async API: {e}"
+            ))
+        })?;
+    let handle = rt.handle().clone();
+    *slot = Some((pid, Arc::new(rt)));
+    Ok(handle)
+}
+
+/// The handle of this process's runtime, which [`awaitable`] has started.
+fn handle() -> Handle {
+    try_handle().expect("cachu: the tokio runtime was started by awaitable()")
 }
 
 /// Runs blocking work (SQLite) on the runtime's blocking pool.
@@ -106,5 +116,8 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
+    // Started here, where a failure can still be an exception, so that the runtime's
+    // `spawn` (which cannot fail) finds it running.
+    try_handle()?;
     generic::future_into_py::<CachuRuntime, F, T>(py, fut)
 }
