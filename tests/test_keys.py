@@ -11,6 +11,7 @@ FUNCTIONS = """
 import datetime, decimal
 def plain(a, b): pass
 def defaults(a, b=2, c="x"): pass
+def more_defaults(a, b=None, c=True, d=-5, e="s", f=(1,), g=[1], h=1.5): pass
 def varargs(a, *args): pass
 def kwargs_fn(a, **kw): pass
 def kwonly(a, *, b=3): pass
@@ -28,6 +29,8 @@ CALLS = [
     ("defaults", "(1,)", "{}"),
     ("defaults", "(1, None, True)", "{}"),
     ("defaults", "(1,)", "{'c': 'it\\'s'}"),
+    ("more_defaults", "(1,)", "{}"),
+    ("more_defaults", "(1, 2)", "{'h': 2}"),
     ("varargs", "(1, 2, 3)", "{}"),
     ("kwargs_fn", "(1,)", "{'z': 1.5, 'y': [1, 2], '_hidden': 3}"),
     ("kwonly", "(1,)", "{}"),
@@ -137,3 +140,23 @@ def test_a_repr_that_calls_a_cached_function_does_not_mix_keys():
     assert outer(1, Nested()) == "outer1"
     assert cachu.cache_info(outer).hits == 1
     assert cachu.cache_info(inner).hits >= 2
+
+
+def test_defaults_are_written_as_the_same_arguments_given_explicitly():
+    @cachu.cache(ttl=60, package="defaults_pkg")
+    def f(a, sep="a|b", n=None, flag=False, word="x a=1", big=2**70):  # noqa: ANN001, ANN202
+        return a
+
+    explicit = f.cache_key(1, "a|b", None, False, "x a=1", 2**70)
+    assert f.cache_key(1) == explicit
+    assert f.cache_key(a=1, sep="a|b", n=None, flag=False, word="x a=1", big=2**70) == explicit
+
+    items: list[int] = []
+
+    @cachu.cache(ttl=60, package="defaults_pkg")
+    def g(a, xs=items):  # noqa: ANN001, ANN202, B006
+        return a
+
+    assert g.cache_key(1) == "1m:g|a=1 xs=[]"
+    items.append(5)  # a mutable default is written as it is at the call
+    assert g.cache_key(1) == "1m:g|a=1 xs=[5]"
