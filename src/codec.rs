@@ -361,6 +361,15 @@ impl Stored {
     /// Takes a value in, copying or pickling it so that later changes to `value` do not
     /// reach the cache. Fails only if the value must be pickled and cannot be.
     pub fn capture(value: &Bound<'_, PyAny>) -> PyResult<Stored> {
+        Self::capture_as(value, true)
+    }
+
+    /// As [`Stored::capture`]; without `copy`, the value itself is kept and handed to
+    /// every caller (`memory_copy=False`).
+    pub fn capture_as(value: &Bound<'_, PyAny>, copy: bool) -> PyResult<Stored> {
+        if !copy {
+            return Ok(Stored::Shared(value.clone().unbind()));
+        }
         let shape = shape(value, 0);
         if shape == Shape::Structural {
             if let Ok(d) = value.cast_exact::<PyDict>() {

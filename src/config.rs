@@ -89,6 +89,9 @@ pub struct Config {
     pub raise_lock_timeout: bool,
     /// The most entries the package keeps in memory (`None`: unbounded).
     pub memory_maxsize: Option<usize>,
+    /// `memory_copy=False`: the memory backend keeps results themselves and hands the
+    /// same object to every caller, as `functools.lru_cache` does.
+    pub memory_copy: bool,
     /// The key that signs values of the file and Redis backends (`seal.rs`).
     pub signing_key: Option<Secret>,
 }
@@ -114,6 +117,7 @@ impl Default for Config {
             raise_backend_errors: false,
             raise_lock_timeout: false,
             memory_maxsize: None,
+            memory_copy: true,
             signing_key: None,
         }
     }
@@ -317,6 +321,18 @@ fn parse_signing_key(value: &Bound<'_, PyAny>) -> CacheResult<Option<Secret>> {
     }
 }
 
+/// `True` or `False` (not a number or a string).
+fn parse_bool(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<bool> {
+    match value.cast_exact::<pyo3::types::PyBool>() {
+        Ok(b) => Ok(b.is_true()),
+        Err(_) => Err(CacheError::config(
+            param,
+            repr_of(value),
+            "expected True or False",
+        )),
+    }
+}
+
 /// A number of entries; 0 removes the bound.
 fn parse_maxsize(value: &Bound<'_, PyAny>) -> CacheResult<Option<usize>> {
     let is_int = value.is_instance_of::<PyInt>() && !value.is_instance_of::<pyo3::types::PyBool>();
@@ -402,6 +418,10 @@ impl PyConfig {
     fn memory_maxsize(&self) -> Option<usize> {
         self.inner.memory_maxsize
     }
+    #[getter]
+    fn memory_copy(&self) -> bool {
+        self.inner.memory_copy
+    }
     /// Whether values are signed (the key itself is never shown).
     #[getter]
     fn signing_key(&self) -> Option<&'static str> {
@@ -424,7 +444,7 @@ impl PyConfig {
         Python::attach(|py| {
             let r = |s: &str| repr_of(&PyString::new(py, s).into_any());
             format!(
-                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?}, on_backend_error={}, on_lock_timeout={}, memory_maxsize={}, signing_key={})",
+                "CacheConfig(backend={}, key_prefix={}, file_dir={}, redis_url={}, lock_timeout={:?}, on_backend_error={}, on_lock_timeout={}, memory_maxsize={}, memory_copy={}, signing_key={})",
                 r(c.backend.name()),
                 r(&c.key_prefix),
                 r(&c.file_dir),
@@ -433,6 +453,7 @@ impl PyConfig {
                 r(c.on_backend_error()),
                 r(c.on_lock_timeout()),
                 c.memory_maxsize.map_or_else(|| "None".to_owned(), |n| n.to_string()),
+                if c.memory_copy { "True" } else { "False" },
                 if c.signing_key.is_some() { "'<secret>'" } else { "None" },
             )
         })
@@ -449,6 +470,7 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("on_backend_error", c.on_backend_error())?;
     d.set_item("on_lock_timeout", c.on_lock_timeout())?;
     d.set_item("memory_maxsize", c.memory_maxsize)?;
+    d.set_item("memory_copy", c.memory_copy)?;
     d.set_item("signing_key", c.signing_key.as_ref().map(|_| "<secret>"))?;
     Ok(d)
 }
@@ -461,7 +483,7 @@ fn present_arg<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> 
 /// current value; an unknown option or a bad value raises `ConfigurationError` and
 /// changes nothing.
 #[pyfunction]
-#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, on_backend_error=None, on_lock_timeout=None, memory_maxsize=None, signing_key=None, *, package=None, **unknown))]
+#[pyo3(signature = (backend=None, key_prefix=None, file_dir=None, redis_url=None, lock_timeout=None, on_backend_error=None, on_lock_timeout=None, memory_maxsize=None, memory_copy=None, signing_key=None, *, package=None, **unknown))]
 pub fn configure(
     py: Python<'_>,
     backend: Option<&Bound<'_, PyAny>>,
@@ -472,6 +494,7 @@ pub fn configure(
     on_backend_error: Option<&Bound<'_, PyAny>>,
     on_lock_timeout: Option<&Bound<'_, PyAny>>,
     memory_maxsize: Option<&Bound<'_, PyAny>>,
+    memory_copy: Option<&Bound<'_, PyAny>>,
     signing_key: Option<&Bound<'_, PyAny>>,
     package: Option<String>,
     unknown: Option<&Bound<'_, PyDict>>,
@@ -481,7 +504,7 @@ pub fn configure(
         return Err(CacheError::config(
             name.clone(),
             repr_of(&value),
-            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error, on_lock_timeout, memory_maxsize and signing_key"),
+            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error, on_lock_timeout, memory_maxsize, memory_copy and signing_key"),
         )
         .into());
     }
@@ -505,6 +528,9 @@ pub fn configure(
         .transpose()?;
     let memory_maxsize = present_arg(memory_maxsize)
         .map(|v| parse_maxsize(&v))
+        .transpose()?;
+    let memory_copy = present_arg(memory_copy)
+        .map(|v| parse_bool("memory_copy", &v))
         .transpose()?;
     let signing_key = present_arg(signing_key)
         .map(|v| parse_signing_key(&v))
@@ -541,6 +567,9 @@ pub fn configure(
     }
     if let Some(v) = memory_maxsize {
         cfg.memory_maxsize = v;
+    }
+    if let Some(v) = memory_copy {
+        cfg.memory_copy = v;
     }
     if let Some(v) = signing_key {
         cfg.signing_key = v;

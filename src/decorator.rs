@@ -212,6 +212,9 @@ pub(crate) struct Resolved {
     raise_backend_errors: bool,
     /// `on_lock_timeout='raise'`.
     pub(crate) raise_lock_timeout: bool,
+    /// Whether results are kept as copies (`memory_copy=False` on the memory backend:
+    /// the results themselves).
+    copy: bool,
 }
 
 impl Resolved {
@@ -599,6 +602,7 @@ impl CachedFunction {
             lock_timeout: Duration::from_secs_f64(cfg.lock_timeout),
             raise_backend_errors: cfg.raise_backend_errors,
             raise_lock_timeout: cfg.raise_lock_timeout,
+            copy: cfg.memory_copy || kind != BackendKind::Memory,
         });
         *self.resolved.write() = Some(r.clone());
         r
@@ -747,8 +751,8 @@ impl CachedFunction {
 
     /// What the cache keeps of a result, or `None` (said once) if it can be neither
     /// copied nor pickled: the caller still gets the result.
-    fn capture(&self, result: &Bound<'_, PyAny>) -> Option<Stored> {
-        match Stored::capture(result) {
+    fn capture(&self, r: &Resolved, result: &Bound<'_, PyAny>) -> Option<Stored> {
+        match Stored::capture_as(result, r.copy) {
             Ok(s) => Some(s),
             Err(e) => {
                 warn::not_cached(result.py(), &self.name, &e);
@@ -771,7 +775,7 @@ impl CachedFunction {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let result = self.call_func(py, args, kwargs)?;
         let ttl = self.ttl_if_wanted(&result)?;
-        let Some(stored) = self.capture(&result) else {
+        let Some(stored) = self.capture(r, &result) else {
             return Ok((result, None));
         };
         if let Some(ttl) = ttl {
@@ -961,7 +965,7 @@ impl CachedFunction {
                 return Err(e);
             }
         };
-        let stored = self.capture(&result);
+        let stored = self.capture(r, &result);
         if let Some(l) = leader {
             l.finish(Ok(stored.as_ref().map_or_else(
                 || Stored::Shared(result.clone().unbind()),
@@ -1162,7 +1166,7 @@ impl CachedFunction {
     /// that waited is).
     fn _copy<'py>(&self, value: &Bound<'py, PyAny>) -> Bound<'py, PyAny> {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        Stored::capture(value)
+        Stored::capture_as(value, self.resolve().copy)
             .and_then(|s| s.materialize(value.py()))
             .unwrap_or_else(|_| value.clone())
     }

@@ -83,6 +83,60 @@ def test_evicted_values_are_released():
         cachu.configure(package="release", memory_maxsize=0)
 
 
+def test_memory_copy_false_hands_out_the_cached_object_itself(tmp_path):
+    cachu.configure(package="refs", memory_copy=False, file_dir=str(tmp_path))
+    try:
+        assert cachu.get_config(package="refs").memory_copy is False
+        calls = []
+
+        @cachu.cache(ttl=300, package="refs")
+        def user(i: int) -> dict:
+            calls.append(i)
+            return {"id": i, "tags": ["a"]}
+
+        first = user(1)
+        assert user(1) is first and user(1) is first  # the object itself, no copy
+        first["tags"].append("changed")  # and so a mutation reaches the cache
+        assert user(1)["tags"] == ["a", "changed"] and calls == [1]
+
+        # Objects that can be neither copied nor pickled are cached too.
+        @cachu.cache(ttl=300, package="refs")
+        def make(i: int):  # noqa: ANN202
+            return lambda: i
+
+        assert make(2) is make(2)
+        cachu.cache_set(make, first, i=3)
+        assert make(3) is first
+
+        # The file backend still stores pickles: callers get their own objects.
+        @cachu.cache(ttl=300, backend="file", package="refs")
+        def from_file(i: int) -> dict:
+            return {"id": i}
+
+        assert from_file(1) == from_file(1) and from_file(1) is not from_file(1)
+
+        # Coroutines too, and tasks that waited for the computation get the same object.
+        import asyncio
+
+        @cachu.cache(ttl=300, package="refs")
+        async def fetch(i: int) -> dict:
+            await asyncio.sleep(0.01)
+            return {"id": i}
+
+        async def together() -> list:
+            return await asyncio.gather(*(fetch(5) for _ in range(3)), fetch(5))
+
+        got = asyncio.run(together())
+        assert all(g is got[0] for g in got)
+
+        # Back to copies: new entries are copied again.
+        cachu.configure(package="refs", memory_copy=True)
+        second = user(2)
+        assert user(2) == second and user(2) is not second
+    finally:
+        cachu.configure(package="refs", memory_copy=True)
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "100", True, [10]])
 def test_bad_memory_maxsize_is_refused(bad):
     with pytest.raises(ConfigurationError, match="memory_maxsize"):
@@ -221,6 +275,8 @@ def test_tags_with_separators_and_glob_characters_clear_only_their_own():
         ("on_backend_error", "ignore"),
         ("on_lock_timeout", 1),
         ("memory_maxsize", -5),
+        ("memory_copy", 0),
+        ("memory_copy", "no"),
         ("no_such_option", 1),
     ],
 )

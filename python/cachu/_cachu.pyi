@@ -47,6 +47,8 @@ class CacheConfig:
     @property
     def memory_maxsize(self) -> Optional[int]: ...
     @property
+    def memory_copy(self) -> bool: ...
+    @property
     def signing_key(self) -> Optional[str]: ...
     def as_dict(self) -> dict[str, Any]: ...
 
@@ -142,6 +144,7 @@ def configure(
     on_backend_error: Optional[Literal["miss", "raise"]] = None,
     on_lock_timeout: Optional[Literal["run", "raise"]] = None,
     memory_maxsize: Optional[int] = None,
+    memory_copy: Optional[bool] = None,
     signing_key: Optional[Union[str, bytes]] = None,
     *,
     package: Optional[str] = None,

@@ -299,7 +299,8 @@ impl Backend {
         let py = value.py();
         match &self.store {
             Store::Memory(m) => {
-                let stored = Stored::capture(value)?;
+                let copy = crate::config::config_of(self.package.as_deref()).memory_copy;
+                let stored = Stored::capture_as(value, copy)?;
                 let replaced = m.insert(key, stored, ttl);
                 drop(replaced);
                 self.keep_budget(m);
