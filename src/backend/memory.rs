@@ -1,8 +1,11 @@
 //! The in-process store: a sharded map from key to value with a per-entry deadline,
 //! optionally bounded by a [`Budget`] of entries shared by every store of a package.
 //!
-//! Bounded stores evict their least recently used entries, a batch of 1/32 of the
-//! store at a time, so that the scan that finds them is paid once per batch. Recency is
+//! Bounded stores evict their least recently used entries (expired ones first), a
+//! batch of 1/32 of the store at a time, so that the scan that finds them is paid once
+//! per batch. Expired entries are swept by the insert that finds its shard twice as
+//! full as after the last sweep: a sweep's scan is paid for by as many inserts, and a
+//! shard holds at most about as many expired entries as live ones. Recency is
 //! a logical clock that every insert advances; a hit stamps its entry with the clock's
 //! current value (a plain load and store, no read-modify-write on the hit path).
 //!
@@ -12,7 +15,7 @@
 //! because dropping a Python object can run arbitrary `__del__` code.
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,8 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 const SHARDS: usize = 16;
-/// Inserts into one shard between two sweeps of its expired entries.
-const SWEEP_EVERY: u32 = 1024;
+/// A shard is swept of its expired entries when it holds twice as many as after its
+/// last sweep, and at least this many: each sweep's scan is paid for by as many inserts.
+const SWEEP_FLOOR: usize = 1024;
 
 /// Nanoseconds on a coarse monotonic clock (a few milliseconds of resolution): the
 /// deadline check of every hit reads it, and the coarse clock costs a fraction of the
@@ -130,23 +134,40 @@ fn hash_of(key: &str) -> u64 {
 
 /// One shard's entries: a hash table of (key, slot) on the precomputed hash.
 struct Table<V> {
-    table: hashbrown::HashTable<(Box<str>, Slot<V>)>,
+    entries: hashbrown::HashTable<(Box<str>, Slot<V>)>,
+    /// The size at which the next insert sweeps expired entries.
+    sweep_at: usize,
+    /// Sweeps so far.
+    sweeps: u32,
 }
 
 impl<V> Table<V> {
     fn new() -> Self {
         Table {
-            table: hashbrown::HashTable::new(),
+            entries: hashbrown::HashTable::new(),
+            sweep_at: SWEEP_FLOOR,
+            sweeps: 0,
         }
     }
 
+    /// Moves the entries that `doomed` picks out of the table, their values into `out`.
+    fn extract(&mut self, mut doomed: impl FnMut(&str, &Slot<V>) -> bool, out: &mut Vec<V>) {
+        out.extend(
+            self.entries
+                .extract_if(|(k, s)| doomed(k, s))
+                .map(|(_, s)| s.value),
+        );
+    }
+
     fn get(&self, hash: u64, key: &str) -> Option<&Slot<V>> {
-        self.table.find(hash, |(k, _)| &**k == key).map(|(_, s)| s)
+        self.entries
+            .find(hash, |(k, _)| &**k == key)
+            .map(|(_, s)| s)
     }
 
     fn insert(&mut self, hash: u64, key: &str, slot: Slot<V>) -> Option<Slot<V>> {
         match self
-            .table
+            .entries
             .entry(hash, |(k, _)| &**k == key, |(k, _)| hash_of(k))
         {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
@@ -160,32 +181,27 @@ impl<V> Table<V> {
     }
 
     fn remove(&mut self, hash: u64, key: &str) -> Option<Slot<V>> {
-        self.table
+        self.entries
             .find_entry(hash, |(k, _)| &**k == key)
             .ok()
             .map(|e| e.remove().0 .1)
     }
 
     fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Slot<V>)> {
-        self.table.iter().map(|(k, s)| (k, s))
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &Box<str>> {
-        self.table.iter().map(|(k, _)| k)
+        self.entries.iter().map(|(k, s)| (k, s))
     }
 
     fn len(&self) -> usize {
-        self.table.len()
+        self.entries.len()
     }
 
     fn capacity(&self) -> usize {
-        self.table.capacity()
+        self.entries.capacity()
     }
 }
 
 struct Shard<V> {
     map: RwLock<Table<V>>,
-    inserts: AtomicU32,
 }
 
 /// A concurrent map with a time to live on every entry.
@@ -221,7 +237,6 @@ impl<V> MemoryStore<V> {
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 map: RwLock::new(Table::new()),
-                inserts: AtomicU32::new(0),
             })
             .collect();
         MemoryStore {
@@ -276,7 +291,6 @@ impl<V> MemoryStore<V> {
         };
         let hash = hash_of(key);
         let shard = self.shard(hash);
-        let sweep = shard.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1;
         let mut out = Vec::new();
         let mut map = shard.map.write();
         match map.insert(hash, key, slot) {
@@ -286,7 +300,7 @@ impl<V> MemoryStore<V> {
             }
         }
         let before = out.len();
-        if sweep {
+        if map.len() >= map.sweep_at {
             sweep_map(&mut map, now, &mut out);
         }
         self.budget.freed(out.len() - before);
@@ -319,14 +333,14 @@ impl<V> MemoryStore<V> {
         let mut out = Vec::new();
         let mut live = 0;
         for shard in &*self.shards {
-            let mut map = shard.map.write();
-            let doomed: Vec<Box<str>> = map.keys().filter(|k| pred(k)).cloned().collect();
-            for k in doomed {
-                if let Some(slot) = map.remove(hash_of(&k), &k) {
-                    live += usize::from(slot.is_live(now));
-                    out.push(slot.value);
-                }
-            }
+            shard.map.write().extract(
+                |k, s| {
+                    let doomed = pred(k);
+                    live += usize::from(doomed && s.is_live(now));
+                    doomed
+                },
+                &mut out,
+            );
         }
         self.budget.freed(out.len());
         (out, live)
@@ -393,13 +407,22 @@ impl<V> MemoryStore<V> {
     /// Removes the least recently used 1/32 of the store (at least one entry), never
     /// `keep`. One scan of the access times finds the cut-off; the batch pays for it.
     fn evict_least_recent(&self, keep: Option<&str>, out: &mut Vec<V>) {
+        let now = now_ns();
+        // Expired entries count as the least recently used of all.
+        let recency = |s: &Slot<V>| {
+            if s.is_live(now) {
+                s.touched.load(Ordering::Relaxed)
+            } else {
+                0
+            }
+        };
         let mut times: Vec<u64> = Vec::new();
         for shard in &*self.shards {
             let map = shard.map.read();
             times.extend(
                 map.iter()
                     .filter(|(k, _)| keep != Some(&***k))
-                    .map(|(_, s)| s.touched.load(Ordering::Relaxed)),
+                    .map(|(_, s)| recency(s)),
             );
         }
         if times.is_empty() {
@@ -413,19 +436,14 @@ impl<V> MemoryStore<V> {
             if left == 0 {
                 break;
             }
-            let mut map = shard.map.write();
-            let doomed: Vec<Box<str>> = map
-                .iter()
-                .filter(|(k, s)| keep != Some(&***k) && s.touched.load(Ordering::Relaxed) <= cutoff)
-                .map(|(k, _)| k.clone())
-                .take(left)
-                .collect();
-            for k in doomed {
-                if let Some(slot) = map.remove(hash_of(&k), &k) {
-                    out.push(slot.value);
-                    left -= 1;
-                }
-            }
+            shard.map.write().extract(
+                |k, s| {
+                    let doomed = left > 0 && keep != Some(k) && recency(s) <= cutoff;
+                    left -= usize::from(doomed);
+                    doomed
+                },
+                out,
+            );
         }
         self.budget.freed(batch - left);
     }
@@ -471,16 +489,9 @@ impl<V> MemoryStore<V> {
 }
 
 fn sweep_map<V>(map: &mut Table<V>, now: u64, out: &mut Vec<V>) {
-    let expired: Vec<Box<str>> = map
-        .iter()
-        .filter(|(_, s)| !s.is_live(now))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in expired {
-        if let Some(slot) = map.remove(hash_of(&k), &k) {
-            out.push(slot.value);
-        }
-    }
+    map.extract(|_, s| !s.is_live(now), out);
+    map.sweep_at = (map.len() * 2).max(SWEEP_FLOOR);
+    map.sweeps += 1;
 }
 
 #[cfg(test)]
@@ -542,15 +553,39 @@ mod tests {
     #[test]
     fn inserts_sweep_expired_entries_on_the_way() {
         let s = MemoryStore::default();
-        for i in 0..(SWEEP_EVERY as usize * SHARDS) {
-            let _ = s.insert(&format!("old{i}"), i, 0.0);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        let n = SWEEP_FLOOR * SHARDS;
         let mut swept = 0;
-        for i in 0..(SWEEP_EVERY as usize * SHARDS) {
+        for i in 0..n {
+            swept += s.insert(&format!("old{i}"), i, 0.0).len(); // expired at once
+        }
+        for i in 0..n {
             swept += s.insert(&format!("new{i}"), i, 300.0).len();
         }
-        assert!(swept > 0, "no expired entry was swept by inserts");
+        assert!(
+            swept > n / 2,
+            "only {swept} of {n} expired entries swept by inserts"
+        );
+        assert!(s.len() < n * 3 / 2, "{} entries held", s.len());
+    }
+
+    #[test]
+    fn sweeps_are_rare_however_large_the_store() {
+        // A sweep scans its shard, so it comes only after the shard doubled since the
+        // last one: a million live entries do not make every insert slower.
+        let s = MemoryStore::default();
+        let n = 1 << 20;
+        for i in 0..n {
+            let _ = s.insert(&format!("k{i}"), i, 300.0);
+        }
+        assert_eq!(s.len(), n);
+        let per_shard = n / SHARDS / SWEEP_FLOOR; // 64: what a sweep per 1024 inserts did
+        for shard in &*s.shards {
+            let sweeps = shard.map.read().sweeps;
+            assert!(
+                sweeps <= per_shard.ilog2() + 1,
+                "{sweeps} sweeps of one shard"
+            );
+        }
     }
 
     #[test]
@@ -605,6 +640,25 @@ mod tests {
         assert_eq!(s.remove("k199"), Some(199));
         let (removed, _) = s.remove_matching(|_| true);
         assert_eq!((removed.len(), budget.used()), (s.len() + removed.len(), 0));
+    }
+
+    #[test]
+    fn a_budget_evicts_expired_entries_before_live_ones() {
+        let budget = Arc::new(Budget::new(Some(64)));
+        let s = MemoryStore::new(budget.clone());
+        for i in 0..32 {
+            let _ = s.insert(&format!("live{i}"), i, 300.0);
+        }
+        for i in 0..32 {
+            let _ = s.insert(&format!("gone{i}"), 100 + i, 0.0); // newer, but expired
+        }
+        let mut evicted = Vec::new();
+        for i in 32..64 {
+            evicted.extend(s.insert(&format!("live{i}"), i, 300.0));
+        }
+        evicted.sort_unstable();
+        assert_eq!(evicted, (100..132).collect::<Vec<_>>());
+        assert_eq!(s.count_matching(|k| k.starts_with("live")), 64);
     }
 
     #[test]
