@@ -392,7 +392,25 @@ impl Connector {
     /// Runs `f` on the connection, opening it if needed. A connection that turns out
     /// closed (the server restarted) is replaced once; a transport failure opens the
     /// breaker. The caller's thread drives the I/O while it waits.
-    fn run<T>(
+    fn run<T: Send>(
+        &self,
+        f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError> + Send,
+    ) -> CacheResult<T> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // A thread of a tokio runtime (a server written in Rust that runs Python
+            // handlers on its workers) must not block on another runtime: the call is
+            // made from a thread of its own.
+            return std::thread::scope(|scope| {
+                scope
+                    .spawn(|| self.run_here(f))
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+        }
+        self.run_here(f)
+    }
+
+    fn run_here<T>(
         &self,
         mut f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError>,
     ) -> CacheResult<T> {
@@ -448,9 +466,9 @@ impl RedisStore {
         })
     }
 
-    fn run<T>(
+    fn run<T: Send>(
         &self,
-        f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError>,
+        f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError> + Send,
     ) -> CacheResult<T> {
         self.conn.run(f)
     }
@@ -808,6 +826,29 @@ mod tests {
         assert_eq!(ep.command_timeout, Duration::from_millis(250));
         let ep = Endpoint::parse("rediss://h?ssl_cert_reqs=none").unwrap();
         assert_eq!(ep.url, "rediss://h#insecure");
+    }
+
+    #[test]
+    fn calls_from_a_thread_of_a_tokio_runtime_do_not_panic() {
+        // Nothing listens on the port: the call fails, with an error, from a worker of
+        // another runtime as from any thread.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = RedisStore::open(
+            &format!("redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5"),
+            None,
+            "5m",
+        )
+        .unwrap();
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = other.block_on(async { store.get("5m:f|x=1") }).unwrap_err();
+        assert!(err.to_string().contains("unreachable"), "{err}");
     }
 
     #[test]
