@@ -166,8 +166,9 @@ pub enum Stored {
     /// A dict or list whose items are all immutable: one shallow copy isolates it.
     Flat(Py<PyAny>),
     Copied(Py<PyAny>),
-    /// A dict whose mutable members are all flat containers (the shape of most JSON
-    /// records): a hit copies the dict, then those members only, with no type checks.
+    /// A dict too large for a record (or with other keys than strings) whose mutable
+    /// members are all flat containers: a hit copies the dict, then those members only,
+    /// with no type checks.
     Nested(Py<NestedDict>),
     /// A small dict with string keys: `(keys, value, value, ...)`, `keys` a tuple that
     /// records of one shape share. Values are immutable or flat containers.
@@ -256,10 +257,10 @@ fn dict_of_record<'py>(record: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAn
     let py = record.py();
     let out = PyDict::new(py);
     let n = record.len() - 1;
-    // SAFETY: `record` was made by `record_of` and no one else holds it: item 0 is a
-    // tuple of `n` keys, items 1..=n the values, and tuples do not change. The items are
-    // borrowed from tuples that `record` keeps alive for the whole loop. Every test of a
-    // memory hit on a small dict runs this.
+    // SAFETY: `record` was made by `record_of`: item 0 is a tuple of `n` keys, items
+    // 1..=n the values, and tuples never change. The items are borrowed from tuples that
+    // `record` keeps alive for the whole loop. Every test of a memory hit on a small dict
+    // runs this.
     unsafe {
         let shape = record.get_borrowed_item_unchecked(0);
         for i in 0..n {
