@@ -93,6 +93,8 @@ def test_threads_share_one_multiplexed_connection(redis_server, redis_url):
         time.sleep(0.01)
         return 2 * x
 
+    probe = redis_server.client()
+    connections_before = probe.info("stats")["total_connections_received"]
     start = threading.Barrier(8)
     results: dict[int, list[int]] = {}
 
@@ -106,8 +108,48 @@ def test_threads_share_one_multiplexed_connection(redis_server, redis_url):
     for t in threads:
         t.join(timeout=60)
     assert results == {i: [2 * (i % 3)] * 50 for i in range(8)}
-    clients = redis_server.client().client_list()
+    clients = probe.client_list()
     assert [c["db"] for c in clients].count("7") == 1, (url, clients)
+    # Threads that found no connection waited for the one being made.
+    assert probe.info("stats")["total_connections_received"] == connections_before + 1
+
+
+def test_threads_starting_against_a_silent_server_fail_fast_together():
+    """A server that accepts but never answers: the first thread pays the connect
+    timeout, the others that waited for its connection fail with it at once."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5&socket_timeout=0.5"
+    configure_redis_package("silent", url)
+
+    @cachu.cache(ttl=300, package="silent")
+    def ident(x: int) -> int:
+        return x
+
+    start = threading.Barrier(8)
+    results: dict[int, int] = {}
+
+    def work(i: int) -> None:
+        start.wait()
+        results[i] = ident(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    elapsed = time.perf_counter() - t0
+    silent.close()
+    assert results == {i: i for i in range(8)}  # each call ran its function: a miss
+    assert elapsed < 2.5, f"8 threads took {elapsed:.1f} s: they paid the timeout in turn"
+    assert any("unreachable" in str(w.message) for w in said), [str(w.message) for w in said]
 
 
 def test_values_are_shared_with_the_published_package_both_ways(

@@ -299,6 +299,8 @@ pub struct Connector {
     endpoint: Endpoint,
     client: redis::Client,
     mux: Mutex<Option<Mux>>,
+    /// Held while a connection is made, so that threads that find none open one.
+    connecting: Mutex<()>,
     health: Health,
 }
 
@@ -317,6 +319,7 @@ pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
         endpoint,
         client,
         mux: Mutex::new(None),
+        connecting: Mutex::new(()),
         health: Health::new(),
     });
     Ok(CONNECTORS
@@ -416,6 +419,21 @@ impl Connector {
     ) -> CacheResult<T> {
         self.health.admit()?;
         let (runtime, mut open) = self.current()?;
+        let mut _connecting = None;
+        if open.is_none() {
+            // Threads that find no connection wait for the one that makes it (the GIL
+            // is released around backend calls). If that one found the server down,
+            // they fail with it rather than each pay the connect timeout in turn.
+            let outages = self.health.outages.load(Ordering::Acquire);
+            let guard = self.connecting.lock();
+            open = self.current()?.1;
+            if open.is_none() {
+                if self.health.outages.load(Ordering::Acquire) != outages {
+                    return Err(CacheError::Backend(self.health.message.lock().clone()));
+                }
+                _connecting = Some(guard);
+            }
+        }
         runtime.block_on(async {
             loop {
                 let reused = open.is_some();
