@@ -204,6 +204,48 @@ def test_a_killed_writer_leaves_a_usable_file(file_dir, this_python):
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="file leases are taken on Linux only")
+def test_a_killed_file_lease_holder_delays_nobody(file_dir, this_python):
+    """A process killed while it computes a key under the file lease: the kernel drops
+    its lock, and the next caller computes at once instead of waiting lock_timeout."""
+    started = file_dir / "started"
+    holder = (
+        "import cachu, pathlib, time\n"
+        f"cachu.configure(file_dir={str(file_dir)!r}, package='leases')\n"
+        "@cachu.cache(ttl=300, backend='file', package='leases')\n"
+        "def slow(x):\n"
+        f"    pathlib.Path({str(started)!r}).write_text('computing')\n"
+        "    time.sleep(60)\n"
+        "    return x\n"
+        "slow(1)\n"
+    )
+    p = subprocess.Popen([this_python, "-c", holder], stderr=subprocess.PIPE)
+    deadline = time.time() + 30
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    assert started.exists(), p.stderr.read() if p.poll() is not None else "no start"
+
+    cachu.configure(file_dir=str(file_dir), package="leases", lock_timeout=10)
+
+    @cache(ttl=300, backend="file", package="leases")
+    def slow(x):  # noqa: ANN001, ANN202
+        return x * 10
+
+    # While the holder lives, a caller waits for it (and gives up after lock_timeout).
+    cachu.configure(package="leases", lock_timeout=0.3)
+    t = time.perf_counter()
+    assert slow(1) == 10
+    assert time.perf_counter() - t >= 0.25, "the lease of a live holder was not seen"
+    slow.invalidate(x=1)
+
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=10)
+    cachu.configure(package="leases", lock_timeout=10)
+    t = time.perf_counter()
+    assert slow(1) == 10
+    assert time.perf_counter() - t < 2, "a dead holder's lease was still held"
+
+
 def test_a_file_that_is_not_a_database_is_a_miss_and_kept(file_dir):
     junk = file_dir / "filepkg_cache5min.db"
     junk.write_bytes(b"my precious notes " * 500)

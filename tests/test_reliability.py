@@ -467,7 +467,7 @@ def test_stampede_of_8_threads_in_4_processes_on_100_cold_keys(
     )
     assert len(per_key) == 100
     assert max(per_process.values()) == 1, "a process computed a key twice"
-    if backend == "redis":
+    if backend == "redis" or (backend == "file" and sys.platform == "linux"):
         assert max(per_key.values()) == 1, "two processes computed one key"
 
 

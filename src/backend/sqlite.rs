@@ -6,6 +6,11 @@
 //! read and write one file at once, and a process killed mid-write leaves a file the
 //! next one opens. A file that is not a SQLite database, or holds a foreign `cache`
 //! table, is reported and left untouched: reads miss, writes are skipped.
+//!
+//! On Linux, a miss takes a lease on computing its key that other processes see: a
+//! lock on one byte of `{file}-lease` (an open file description lock), at an offset
+//! picked by a stable hash of the key. The kernel drops it when its holder exits, so a
+//! lease never outlives the process that took it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,6 +43,9 @@ pub struct SqliteStore {
     path: PathBuf,
     pool: Mutex<Pool>,
     writes: AtomicU32,
+    /// The leases this process holds, and its handle on the lease file.
+    #[cfg(target_os = "linux")]
+    leases: Mutex<Leases>,
 }
 
 struct Pool {
@@ -59,6 +67,8 @@ impl SqliteStore {
                 idle: Vec::new(),
             }),
             writes: AtomicU32::new(0),
+            #[cfg(target_os = "linux")]
+            leases: Mutex::new(Leases::default()),
         };
         // Fail now, with the file's name, if it cannot be opened at all.
         let conn = store.connect()?;
@@ -124,6 +134,108 @@ impl SqliteStore {
         self.release(conn);
         result.map_err(|e| backend_err(&self.path, what, e))
     }
+
+    /// Takes the lease of `key` for `token`; `false` if another caller holds it, in
+    /// this process or another. A lease file that cannot be opened leaves only the
+    /// exclusion within this process: every process then computes for itself, as
+    /// without leases.
+    #[cfg(target_os = "linux")]
+    fn take_lease(&self, key: &str, token: &str) -> bool {
+        let offset = lease_offset(key);
+        let mut leases = self.leases.lock();
+        leases.of_this_process(&self.path);
+        if leases.held.contains_key(&offset) {
+            return false;
+        }
+        if !leases.lock(offset, true) {
+            return false;
+        }
+        leases.held.insert(offset, token.to_owned());
+        true
+    }
+
+    /// Gives back the lease of `key` if `token` holds it.
+    #[cfg(target_os = "linux")]
+    fn give_lease(&self, key: &str, token: &str) {
+        let offset = lease_offset(key);
+        let mut leases = self.leases.lock();
+        leases.of_this_process(&self.path);
+        if leases.held.get(&offset).is_some_and(|t| t == token) {
+            leases.held.remove(&offset);
+            leases.lock(offset, false);
+        }
+    }
+}
+
+/// The leases of one file that this process holds: the offsets and their tokens, and
+/// the lease file whose byte locks other processes see.
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+struct Leases {
+    pid: u32,
+    file: Option<std::fs::File>,
+    held: std::collections::HashMap<i64, String>,
+}
+
+#[cfg(target_os = "linux")]
+impl Leases {
+    /// Opens the lease file in this process. A child of `fork()` shares the parent's
+    /// file description, and with it the parent's locks: it opens its own, and holds
+    /// none of the parent's leases.
+    fn of_this_process(&mut self, db: &std::path::Path) {
+        let pid = std::process::id();
+        if self.pid == pid {
+            return;
+        }
+        std::mem::forget(self.file.take());
+        self.held.clear();
+        self.pid = pid;
+        let mut name = db.to_path_buf().into_os_string();
+        name.push("-lease");
+        self.file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(name)
+            .ok();
+    }
+
+    /// Locks (or unlocks) the byte at `offset`; `false` if another process holds it.
+    fn lock(&self, offset: i64, lock: bool) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(file) = &self.file else {
+            return true;
+        };
+        let kind = if lock { libc::F_WRLCK } else { libc::F_UNLCK };
+        // SAFETY: `flock` is plain data, zero is a valid value of each of its fields,
+        // and `fcntl` only reads it; the descriptor is `file`'s, open for the call. The
+        // stampede tests run this.
+        let rc = unsafe {
+            let mut fl: libc::flock = std::mem::zeroed();
+            fl.l_type = kind as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = offset;
+            fl.l_len = 1;
+            libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &raw const fl)
+        };
+        rc == 0
+            || !matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN | libc::EACCES)
+            )
+    }
+}
+
+/// Where the lease of `key` lives in the lease file: the same in every process (a
+/// stable hash, FNV-1a), below 2^40.
+#[cfg(target_os = "linux")]
+fn lease_offset(key: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 24) as i64
 }
 
 /// The `cache` table must have the four columns of the format.
@@ -194,6 +306,52 @@ impl ByteStore for SqliteStore {
         })
     }
 
+    fn has_leases(&self) -> bool {
+        cfg!(target_os = "linux")
+    }
+
+    #[cfg(target_os = "linux")]
+    fn lease(
+        &self,
+        key: &str,
+        token: &str,
+        _lease: Duration,
+        read: bool,
+    ) -> CacheResult<super::LeaseReply> {
+        use super::LeaseReply;
+        if read {
+            if let Some((value, created)) = self.get(key)? {
+                return Ok(LeaseReply::Found(value, created));
+            }
+        }
+        if !self.take_lease(key, token) {
+            return Ok(LeaseReply::Held);
+        }
+        if read {
+            // Another process may have stored it between the read and the lock.
+            if let Some((value, created)) = self.get(key)? {
+                self.give_lease(key, token);
+                return Ok(LeaseReply::Found(value, created));
+            }
+        }
+        Ok(LeaseReply::Acquired)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn store_and_release(
+        &self,
+        key: &str,
+        value: Option<(&[u8], f64, f64)>,
+        token: &str,
+    ) -> CacheResult<()> {
+        let stored = match value {
+            Some((data, created, ttl)) => self.set(key, data, created, ttl),
+            None => Ok(()),
+        };
+        self.give_lease(key, token);
+        stored
+    }
+
     fn location(&self) -> String {
         self.path.display().to_string()
     }
@@ -222,6 +380,58 @@ mod tests {
         assert_eq!(s.keys(None).unwrap(), vec!["5m:f|x=1".to_owned()]);
         s.delete("5m:f|x=1").unwrap();
         assert_eq!(s.get("5m:f|x=1").unwrap(), None);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_lease_is_seen_by_another_process_and_dies_with_it() {
+        use super::super::LeaseReply;
+        let path = temp_path("lease");
+        let s = SqliteStore::open(path.clone()).unwrap();
+        let lease = Duration::from_secs(10);
+        assert!(matches!(
+            s.lease("5m:f|x=1", "a", lease, true).unwrap(),
+            LeaseReply::Acquired
+        ));
+        // Another caller of this process waits for it.
+        assert!(matches!(
+            s.lease("5m:f|x=1", "b", lease, true).unwrap(),
+            LeaseReply::Held
+        ));
+        // Another open of the lease file stands for another process.
+        let other = SqliteStore::open(path.clone()).unwrap();
+        assert!(matches!(
+            other.lease("5m:f|x=1", "c", lease, true).unwrap(),
+            LeaseReply::Held
+        ));
+        assert!(matches!(
+            other.lease("5m:f|x=2", "c", lease, true).unwrap(),
+            LeaseReply::Acquired
+        ));
+        // Only its holder releases a lease.
+        s.store_and_release("5m:f|x=1", None, "b").unwrap();
+        assert!(matches!(
+            other.lease("5m:f|x=1", "c", lease, true).unwrap(),
+            LeaseReply::Held
+        ));
+        // Stored and released: the other finds the value.
+        s.store_and_release("5m:f|x=1", Some((b"v", unix_now(), 300.0)), "a")
+            .unwrap();
+        match other.lease("5m:f|x=1", "c", lease, true).unwrap() {
+            LeaseReply::Found(v, _) => assert_eq!(v, b"v"),
+            _ => panic!("the stored value was not found"),
+        }
+        // A holder that goes away (its file closed, as at exit) leaves no lease behind.
+        assert!(matches!(
+            s.lease("5m:f|x=3", "a", lease, false).unwrap(),
+            LeaseReply::Acquired
+        ));
+        drop(s);
+        assert!(matches!(
+            other.lease("5m:f|x=3", "c", lease, false).unwrap(),
+            LeaseReply::Acquired
+        ));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
