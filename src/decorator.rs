@@ -35,6 +35,7 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 /// seed drawn once per process (a child of `fork()` shares it, so the process id is
 /// part of the token too) and a counter.
 pub(crate) fn lease_token() -> String {
+    use std::fmt::Write;
     use std::hash::{BuildHasher, Hasher};
     static SEED: LazyLock<u64> = LazyLock::new(|| {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -46,12 +47,20 @@ pub(crate) fn lease_token() -> String {
         h.finish()
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{:016x}-{:x}-{:x}",
-        *SEED,
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    // `{seed}-{pid}-`, written once per process.
+    static PREFIX: Mutex<(u32, String)> = Mutex::new((0, String::new()));
+    let pid = std::process::id();
+    let mut token = {
+        let mut prefix = PREFIX.lock();
+        if prefix.0 != pid || prefix.1.is_empty() {
+            *prefix = (pid, format!("{:016x}-{pid:x}-", *SEED));
+        }
+        let mut token = String::with_capacity(prefix.1.len() + 16);
+        token.push_str(&prefix.1);
+        token
+    };
+    let _ = write!(token, "{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+    token
 }
 
 thread_local! {
