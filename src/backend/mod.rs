@@ -65,6 +65,10 @@ pub trait ByteStore: Send + Sync + 'static {
         token: &str,
     ) -> CacheResult<()> {
         let _ = token;
+        self.store_if_given(key, value)
+    }
+    /// Stores `(value, created_at, ttl)` if given.
+    fn store_if_given(&self, key: &str, value: Option<(&[u8], f64, f64)>) -> CacheResult<()> {
         match value {
             Some((data, created, ttl)) => self.set(key, data, created, ttl),
             None => Ok(()),

@@ -344,10 +344,7 @@ impl ByteStore for SqliteStore {
         value: Option<(&[u8], f64, f64)>,
         token: &str,
     ) -> CacheResult<()> {
-        let stored = match value {
-            Some((data, created, ttl)) => self.set(key, data, created, ttl),
-            None => Ok(()),
-        };
+        let stored = self.store_if_given(key, value);
         self.give_lease(key, token);
         stored
     }
