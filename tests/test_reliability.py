@@ -83,6 +83,43 @@ def test_evicted_values_are_released():
         cachu.configure(package="release", memory_maxsize=0)
 
 
+def test_clear_backends_frees_memory_entries_that_other_threads_called():
+    """A thread keeps its own copy of a function's settings; clear_backends() still
+    frees the entries of the memory region it pointed at, at once."""
+    import queue
+
+    cachu.configure(package="freed", memory_copy=False)  # keeps the objects themselves
+
+    @cachu.cache(ttl=300, package="freed")
+    def make(i: int) -> Tracked:
+        return Tracked()
+
+    asks: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+
+    def worker() -> None:
+        while (n := asks.get()) is not None:
+            for i in range(n):
+                make(i)
+            done.put(True)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        gc.collect()
+        before = Tracked.alive
+        asks.put(50)
+        done.get(timeout=10)
+        gc.collect()
+        assert Tracked.alive - before >= 50
+        cachu.clear_backends(package="freed")  # the worker thread calls nothing after
+        gc.collect()
+        assert Tracked.alive - before <= 1, f"{Tracked.alive - before} entries still alive"
+    finally:
+        asks.put(None)
+        t.join()
+
+
 def test_memory_copy_false_hands_out_the_cached_object_itself(tmp_path):
     cachu.configure(package="refs", memory_copy=False, file_dir=str(tmp_path))
     try:

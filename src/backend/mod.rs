@@ -595,7 +595,14 @@ fn forget_where(doomed: impl Fn(&InstanceKey) -> bool) -> usize {
         let keys: Vec<InstanceKey> = map.keys().filter(|k| doomed(k)).cloned().collect();
         keys.iter().filter_map(|k| map.remove(k)).collect()
     };
-    // Decorated functions re-resolve their backend on the next call.
+    // Decorated functions re-resolve their backend on the next call. A thread may
+    // still hold a forgotten instance in its copy of a function's settings until then:
+    // the entries of memory instances go now, and stop counting against the budget.
     crate::config::bump_generation();
+    for backend in &removed {
+        if let Store::Memory(m) = &backend.store {
+            drop(m.remove_matching(|_| true));
+        }
+    }
     removed.len()
 }
