@@ -309,5 +309,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_lease_params, m)?)?;
     m.add_function(wrap_pyfunction!(_backend_failed, m)?)?;
     m.add_function(wrap_pyfunction!(_lock_timeout_error, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::runtime::_shutdown_runtime, m)?)?;
     Ok(())
 }

@@ -50,6 +50,33 @@ pub fn try_handle() -> CacheResult<Handle> {
     Ok(handle)
 }
 
+/// Stops this process's runtime at interpreter exit (`atexit`), while threads may
+/// still take the GIL: a worker that is handing a result to an event loop finishes that
+/// (with the GIL released here, waiting at most a second), instead of meeting a
+/// finalizing interpreter, which ends such a thread by an unwind that aborts the
+/// process.
+#[pyfunction]
+pub fn _shutdown_runtime(py: Python<'_>) {
+    let pid = std::process::id();
+    let ours = {
+        let mut slot = RUNTIME.lock();
+        match slot.take() {
+            Some((owner, rt)) if owner == pid => Some(rt),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    };
+    if let Some(rt) = ours {
+        py.detach(|| {
+            if let Ok(rt) = Arc::try_unwrap(rt) {
+                rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            }
+        });
+    }
+}
+
 /// The handle of this process's runtime, which [`awaitable`] has started.
 fn handle() -> Handle {
     try_handle().expect("cachu: the tokio runtime was started by awaitable()")

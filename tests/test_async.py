@@ -236,3 +236,27 @@ def test_tasks_and_processes_compute_a_cold_file_key_once(tmp_path, this_python)
     assert outs == ["{42}"] * 3
     count = runs.read_text().count("run")
     assert count == 1, f"3 processes x 20 tasks on one cold key ran the coroutine {count} times"
+
+
+def test_processes_exit_cleanly_right_after_awaiting_the_runtime(tmp_path, this_python):
+    """The last awaits of a program hand their results to the loop from a runtime
+    thread; the interpreter's exit must not catch that thread half-way (it used to
+    abort the process, now and then)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys, cachu
+        cachu.configure(package='exits', backend='file', file_dir={str(tmp_path)!r})
+        @cachu.cache(ttl=300, package='exits')
+        async def f(x):
+            return x
+        async def main():
+            for i in range(100):
+                await f(i % 7)
+            await asyncio.gather(*(f(i) for i in range(20)))
+        start = float(sys.argv[1])
+        asyncio.run(main())
+        print('ok')
+        """
+    )
+    outs = run_at_once(this_python, script, 8, lead=0.5, timeout=60)
+    assert outs == ["ok"] * 8

@@ -13,6 +13,7 @@ once; across processes, the Redis lease does the same.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 from typing import Any, Callable, Optional
 
@@ -31,6 +32,7 @@ from cachu._cachu import (
     _pack,
     _probe,
     _release_soon,
+    _shutdown_runtime,
     cache,
     cache_clear,
     cache_delete,
@@ -42,6 +44,9 @@ from cachu._cachu import (
 )
 
 async_cache = cache
+
+# The core's I/O runtime stops at exit while Python still lets its threads finish.
+atexit.register(_shutdown_runtime)
 
 _MISSING = object()
 
