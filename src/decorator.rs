@@ -460,6 +460,7 @@ pub(crate) struct Flags {
     pub(crate) overwrite: bool,
 }
 
+#[inline]
 pub(crate) fn take_flags<'py>(
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<(Option<Bound<'py, PyDict>>, Flags)> {
@@ -637,6 +638,7 @@ impl CachedFunction {
     }
 
     /// The key of a call, built in this thread's reused buffer.
+    #[inline]
     pub(crate) fn key_in_buffer(
         &self,
         r: &Resolved,
@@ -671,6 +673,7 @@ impl CachedFunction {
     }
 
     /// A cached value valid for `validate=`, or `None`.
+    #[inline]
     pub(crate) fn lookup<'py>(
         &self,
         py: Python<'py>,
@@ -692,6 +695,7 @@ impl CachedFunction {
     }
 
     /// `value` if `validate=` accepts it (or there is none).
+    #[inline]
     pub(crate) fn validated<'py>(
         &self,
         py: Python<'py>,
