@@ -329,7 +329,7 @@ pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
         .clone())
 }
 
-/// Drops the idle connections of every URL; the next call connects again.
+/// Drops the connection of every URL; the next call connects again.
 pub fn forget_connections() {
     let all: Vec<Arc<Connector>> = CONNECTORS.lock().drain().map(|(_, c)| c).collect();
     drop(all);
