@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import venv
@@ -67,6 +68,33 @@ def run_python(python: str, code: str, cwd: Path | None = None, timeout: float =
     )
     assert proc.returncode == 0, f"snippet failed:\n{proc.stderr}"
     return proc.stdout
+
+
+def coroutine_runs_on_a_cold_key(python: str, package: str, options: str, tmp: Path) -> int:
+    """Runs 3 processes of 20 tasks each that await one cold key of a coroutine cached
+    by `package` (configured with `options`, Python keyword source); returns how many
+    times the coroutine ran in all."""
+    runs = tmp / "runs"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys, time, cachu
+        cachu.configure(package={package!r}, {options})
+        @cachu.cache(ttl=300, package={package!r})
+        async def slow(x):
+            with open({str(runs)!r}, 'a') as f:
+                f.write('run\\n')
+            await asyncio.sleep(0.5)
+            return x * 2
+        async def main():
+            start = float(sys.argv[1])
+            await asyncio.sleep(max(0, start - time.time()))
+            return await asyncio.gather(*(slow(21) for _ in range(20)))
+        print(set(asyncio.run(main())))
+        """
+    )
+    outs = run_at_once(python, script, 3, timeout=30)
+    assert outs == ["{42}"] * 3
+    return runs.read_text().count("run")
 
 
 def run_at_once(

@@ -20,7 +20,7 @@ from cachu import (
     async_cache_set,
     cache,
 )
-from conftest import run_at_once
+from conftest import coroutine_runs_on_a_cold_key, run_at_once
 
 
 def test_async_example_of_the_readme():
@@ -214,27 +214,9 @@ def test_disable_applies_to_async():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="file leases are taken on Linux only")
 def test_tasks_and_processes_compute_a_cold_file_key_once(tmp_path, this_python):
-    runs = tmp_path / "runs"
-    script = textwrap.dedent(
-        f"""
-        import asyncio, sys, time, cachu
-        cachu.configure(package='aiofileapp', backend='file', file_dir={str(tmp_path)!r})
-        @cachu.cache(ttl=300, package='aiofileapp')
-        async def slow(x):
-            with open({str(runs)!r}, 'a') as f:
-                f.write('run\\n')
-            await asyncio.sleep(0.5)
-            return x * 2
-        async def main():
-            start = float(sys.argv[1])
-            await asyncio.sleep(max(0, start - time.time()))
-            return await asyncio.gather(*(slow(21) for _ in range(20)))
-        print(set(asyncio.run(main())))
-        """
+    count = coroutine_runs_on_a_cold_key(
+        this_python, "aiofileapp", f"backend='file', file_dir={str(tmp_path)!r}", tmp_path
     )
-    outs = run_at_once(this_python, script, 3, timeout=30)
-    assert outs == ["{42}"] * 3
-    count = runs.read_text().count("run")
     assert count == 1, f"3 processes x 20 tasks on one cold key ran the coroutine {count} times"
 
 

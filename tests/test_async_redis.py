@@ -17,7 +17,7 @@ from cachu import BackendError
 from conftest import (
     RedisServer,
     configure_redis_package,
-    run_at_once,
+    coroutine_runs_on_a_cold_key,
     run_python,
     top_level_commands,
 )
@@ -81,27 +81,9 @@ def test_async_round_trips_are_one_per_hit_and_two_per_miss(app, redis_server):
 
 
 def test_tasks_and_processes_compute_a_cold_key_once(app, tmp_path, this_python):
-    runs = tmp_path / "runs"
-    script = textwrap.dedent(
-        f"""
-        import asyncio, sys, time, cachu
-        cachu.configure(package='aioredisapp', backend='redis', redis_url={app!r})
-        @cachu.cache(ttl=300, package='aioredisapp')
-        async def slow(x):
-            with open({str(runs)!r}, 'a') as f:
-                f.write('run\\n')
-            await asyncio.sleep(0.5)
-            return x * 2
-        async def main():
-            start = float(sys.argv[1])
-            await asyncio.sleep(max(0, start - time.time()))
-            return await asyncio.gather(*(slow(21) for _ in range(20)))
-        print(set(asyncio.run(main())))
-        """
+    count = coroutine_runs_on_a_cold_key(
+        this_python, "aioredisapp", f"backend='redis', redis_url={app!r}", tmp_path
     )
-    outs = run_at_once(this_python, script, 3, timeout=30)
-    assert outs == ["{42}"] * 3
-    count = runs.read_text().count("run")
     print(f"3 processes x 20 tasks, 1 cold key: the coroutine ran {count} time(s)")
     assert count == 1
 
