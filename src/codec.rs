@@ -322,11 +322,6 @@ impl NestedDict {
         })
     }
 
-    /// The stored dict (for sizing).
-    pub fn dict(&self) -> &Py<PyDict> {
-        &self.dict
-    }
-
     fn materialize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let out = self.dict.bind(py).copy()?;
         for (k, v) in &*self.members {
@@ -360,13 +355,9 @@ fn shallow_copy<'py>(v: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 
 impl Stored {
     /// Takes a value in, copying or pickling it so that later changes to `value` do not
-    /// reach the cache. Fails only if the value must be pickled and cannot be.
-    pub fn capture(value: &Bound<'_, PyAny>) -> PyResult<Stored> {
-        Self::capture_as(value, true)
-    }
-
-    /// As [`Stored::capture`]; without `copy`, the value itself is kept and handed to
-    /// every caller (`memory_copy=False`).
+    /// reach the cache; without `copy`, the value itself is kept and handed to every
+    /// caller (`memory_copy=False`). Fails only if the value must be pickled and cannot
+    /// be.
     pub fn capture_as(value: &Bound<'_, PyAny>, copy: bool) -> PyResult<Stored> {
         if !copy {
             return Ok(Stored::Shared(value.clone().unbind()));

@@ -873,11 +873,11 @@ impl CachedFunction {
         .into()
     }
 
-    /// A call on a backend with cross-process leases (Redis): one round trip answers
-    /// "here is the value" or "the lease is yours"; a miss costs one more to store the
-    /// value and release the lease. Callers that find the lease held wait for the
-    /// holder: on its in-process flight if it is a thread of this process, else by
-    /// polling the server, for at most `lock_timeout`.
+    /// A call on a backend with cross-process leases (Redis, and files on Linux): one
+    /// call answers "here is the value" or "the lease is yours"; a miss costs one more to
+    /// store the value and release the lease. Callers that find the lease held wait for
+    /// the holder: on its in-process flight if it is a thread of this process, else by
+    /// polling the backend, for at most `lock_timeout`.
     fn call_leased<'py>(
         &self,
         py: Python<'py>,

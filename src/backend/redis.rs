@@ -241,7 +241,12 @@ impl Health {
         {
             return Ok(()); // this caller probes the server
         }
-        Err(CacheError::Backend(self.message.lock().clone()))
+        Err(self.outage_error())
+    }
+
+    /// The error of the current outage.
+    fn outage_error(&self) -> CacheError {
+        CacheError::Backend(self.message.lock().clone())
     }
 
     fn failed(&self, shown: &str, err: &dyn std::fmt::Display) -> CacheError {
@@ -429,7 +434,7 @@ impl Connector {
             open = self.current()?.1;
             if open.is_none() {
                 if self.health.outages.load(Ordering::Acquire) != outages {
-                    return Err(CacheError::Backend(self.health.message.lock().clone()));
+                    return Err(self.health.outage_error());
                 }
                 _connecting = Some(guard);
             }
