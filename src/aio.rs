@@ -1,9 +1,10 @@
 //! The native half of the async API; `python/cachu/_async.py` drives it.
 //!
-//! `_probe` is the whole hit path of a coroutine function on the memory backend: one
-//! call that takes the per-call switches out, builds the key and answers from memory,
-//! so the `async def` wrapper returns without a task switch or a thread hop. Anything
-//! else comes back as a [`Probe`] that says what the slow path must do. For the file
+//! [`AsyncCachedFunction`] is a decorated coroutine function. Its call is the whole hit
+//! path on the memory backend: it takes the per-call switches out, builds the key and
+//! answers from memory with an already completed awaitable ([`Ready`]), so a hit makes
+//! no coroutine and needs no task switch or thread hop. Anything else returns the
+//! coroutine of the slow path, given a [`Probe`] that says what to do. For the file
 //! backend, the slow path awaits `_afetch` / `_astore`: SQLite work on the blocking pool
 //! of the runtime (`runtime.rs`). Redis is spoken from the event loop itself
 //! (`python/cachu/_aioredis.py`, a thread hop costs as much as the round trip), with
@@ -16,13 +17,15 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::backend::memory::unix_now;
 use crate::backend::redis::{pack_value, setex_seconds};
 use crate::backend::{decode, Backend, ByteStore, Decoded, LeaseReply};
 use crate::codec;
 use crate::config::{self, BackendKind};
-use crate::decorator::{lease_token, take_flags, CachedFunction, Resolved};
+use crate::decorator::{bind_method, lease_token, take_flags, CachedFunction, Resolved};
+use crate::ready::Ready;
 use crate::runtime;
 use crate::warn;
 
@@ -48,14 +51,23 @@ pub struct Probe {
     redis_url: Option<String>,
 }
 
-/// The value of a memory hit, or a [`Probe`].
-#[pyfunction]
-#[pyo3(signature = (cached, args, kwargs=None))]
-pub fn _probe<'py>(
+/// What a call of a coroutine function finds first.
+enum Probed<'py> {
+    /// The value, answered from memory.
+    Hit(Bound<'py, PyAny>),
+    /// What the slow path must do.
+    Slow(Probe),
+}
+
+/// The whole hit path of an async call on the memory backend (the per-call switches
+/// taken out, the key built in the thread's buffer, the value looked up, validated and
+/// copied), else what the slow path needs.
+#[inline]
+fn probe<'py>(
     cached: &Bound<'py, CachedFunction>,
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<Probed<'py>> {
     let py = cached.py();
     let this = cached.get();
     let (kwargs, flags) = take_flags(kwargs)?;
@@ -68,14 +80,14 @@ pub fn _probe<'py>(
         redis_url: None,
     };
     if flags.skip || config::is_disabled_now() {
-        return Ok(Bound::new(py, probe(true, true, String::new()))?.into_any());
+        return Ok(Probed::Slow(probe(true, true, String::new())));
     }
     let r = this.resolve_here();
     let backend = match &r.backend {
         Ok(b) => b,
         Err((e, _)) => {
             CachedFunction::backend_failed(py, &r, e.clone_ref(py))?;
-            return Ok(Bound::new(py, probe(true, true, String::new()))?.into_any());
+            return Ok(Probed::Slow(probe(true, true, String::new())));
         }
     };
     let key = this.key_in_buffer(&r, args, kwargs.as_ref())?;
@@ -83,7 +95,7 @@ pub fn _probe<'py>(
     if local && !flags.overwrite {
         if let Some(v) = this.lookup(py, &r, backend, &key)? {
             this.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(v);
+            return Ok(Probed::Hit(v));
         }
     }
     let mut slow = probe(false, local, key.to_owned());
@@ -94,7 +106,69 @@ pub fn _probe<'py>(
                 .clone(),
         );
     }
-    Ok(Bound::new(py, slow)?.into_any())
+    Ok(Probed::Slow(slow))
+}
+
+/// A coroutine function decorated with `@cache(...)` / `@async_cache(...)`.
+///
+/// Calling it answers a memory hit with a completed awaitable ([`Ready`]): no
+/// coroutine is made and the event loop is not involved. Anything else returns the
+/// coroutine of the slow path (`_async.py`), given the [`Probe`] and the arguments.
+/// `_async.wrap` makes it and gives it what makes `inspect.iscoroutinefunction` true
+/// (`__code__`, `__defaults__`, `__kwdefaults__`), the function's name and docs, and
+/// the async helpers.
+#[pyclass(frozen, dict, weakref, module = "cachu._cachu")]
+pub struct AsyncCachedFunction {
+    cached: Py<CachedFunction>,
+    /// `slow(probe, args)`: the coroutine of a call that is not a memory hit.
+    slow: Py<PyAny>,
+}
+
+#[pymethods]
+impl AsyncCachedFunction {
+    #[new]
+    fn py_new(cached: Py<CachedFunction>, slow: Py<PyAny>) -> Self {
+        AsyncCachedFunction { cached, slow }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = args.py();
+        match probe(self.cached.bind(py), args, kwargs)? {
+            Probed::Hit(value) => Ok(Ready::new(value)?.into_any()),
+            Probed::Slow(p) => self.slow.bind(py).call1((p, args)),
+        }
+    }
+
+    fn __get__(
+        slf: &Bound<'_, Self>,
+        obj: Option<&Bound<'_, PyAny>>,
+        _owner: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        bind_method(slf.as_any(), obj)
+    }
+
+    /// The decorated function's core: keys, storage, statistics.
+    #[getter]
+    fn __cachu__(&self, py: Python<'_>) -> Py<CachedFunction> {
+        self.cached.clone_ref(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "<cached coroutine function {}>",
+            self.cached.bind(py).get().name()
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.cached)?;
+        visit.call(&self.slow)
+    }
 }
 
 /// The settings in force, the backend, and its store of pickled values.
@@ -300,7 +374,7 @@ pub fn _lock_timeout_error(cached: &Bound<'_, CachedFunction>, key: &str) -> PyE
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Probe>()?;
-    m.add_function(wrap_pyfunction!(_probe, m)?)?;
+    m.add_class::<AsyncCachedFunction>()?;
     m.add_function(wrap_pyfunction!(_afetch, m)?)?;
     m.add_function(wrap_pyfunction!(_accept, m)?)?;
     m.add_function(wrap_pyfunction!(_astore, m)?)?;

@@ -1046,14 +1046,7 @@ impl CachedFunction {
         obj: Option<&Bound<'_, PyAny>>,
         _owner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        match obj.filter(|o| !o.is_none()) {
-            None => Ok(slf.clone().into_any().unbind()),
-            Some(obj) => {
-                let method_type = METHOD_TYPE.import(py, "types", "MethodType")?;
-                Ok(method_type.call1((slf, obj))?.unbind())
-            }
-        }
+        bind_method(slf.as_any(), obj)
     }
 
     /// The cached value for these arguments, without calling the function; `default`
@@ -1229,6 +1222,20 @@ impl CachedFunction {
             visit.call(f)?;
         }
         Ok(())
+    }
+}
+
+/// A decorated function looked up on an instance: a bound method, as for a function.
+pub(crate) fn bind_method(
+    func: &Bound<'_, PyAny>,
+    obj: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    match obj.filter(|o| !o.is_none()) {
+        None => Ok(func.clone().unbind()),
+        Some(obj) => {
+            let method_type = METHOD_TYPE.import(func.py(), "types", "MethodType")?;
+            Ok(method_type.call1((func, obj))?.unbind())
+        }
     }
 }
 

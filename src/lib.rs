@@ -12,6 +12,7 @@ pub mod errors;
 pub mod flight;
 pub mod key;
 pub mod pattern;
+pub mod ready;
 pub mod runtime;
 pub mod seal;
 pub mod warn;
@@ -47,6 +48,7 @@ fn _cachu(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crud::clear_all_backends, m)?)?;
     m.add_function(wrap_pyfunction!(backend::python::get_backend, m)?)?;
     aio::register(m)?;
+    ready::register(m)?;
     backend::redis::for_asyncio::register(m)?;
     Ok(())
 }

@@ -20,6 +20,7 @@ from cachu import (
     async_cache_set,
     cache,
 )
+from cachu._cachu import Ready
 from conftest import coroutine_runs_on_a_cold_key, run_at_once
 
 
@@ -78,6 +79,132 @@ def test_async_helpers():
     asyncio.run(main())
     assert asyncio.iscoroutinefunction(get_user)
     assert get_user.__name__ == "get_user"
+
+
+def test_a_memory_hit_is_a_completed_awaitable_that_never_yields_to_the_loop():
+    @cache(ttl=300)
+    async def get_user(user_id: int) -> dict:
+        await asyncio.sleep(0)
+        return {"id": user_id, "roles": ["admin"]}
+
+    async def main():
+        first = await get_user(1)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        t = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        for _ in range(1000):
+            hit = get_user(1)
+            assert type(hit) is Ready
+            assert await hit == first
+        # No await of a hit let the ticker run: no task switch.
+        assert ticks == before
+        t.cancel()
+        # A miss is a coroutine that does yield.
+        miss = get_user(2)
+        assert asyncio.iscoroutine(miss) and type(miss).__name__ == "coroutine"
+        assert await miss == {"id": 2, "roles": ["admin"]}
+        # Each hit hands out its own copy.
+        a, b = await get_user(1), await get_user(1)
+        assert a == b and a is not b and a["roles"] is not b["roles"]
+
+    asyncio.run(main())
+    info = cachu.cache_info(get_user)
+    assert (info.hits, info.misses) == (1002, 2)
+
+
+def test_a_hit_is_a_coroutine_for_asyncio():
+    @cache(ttl=300)
+    async def pair(x):
+        return (x, "y")
+
+    async def main():
+        await pair(1)
+        # Task, gather and ensure_future take it as they take a coroutine.
+        assert await asyncio.create_task(pair(1)) == (1, "y")
+        assert await asyncio.gather(pair(1), pair(1)) == [(1, "y"), (1, "y")]
+        assert await asyncio.ensure_future(pair(1)) == (1, "y")
+        hit = pair(1)
+        assert asyncio.iscoroutine(hit)
+        assert isinstance(hit, __import__("collections").abc.Coroutine)
+        assert "not yet awaited" in repr(hit)
+        assert await hit == (1, "y")
+        with pytest.raises(RuntimeError, match="already awaited"):
+            await hit
+        # The coroutine protocol, driven by hand: a tuple comes back whole.
+        hit = pair(1)
+        with pytest.raises(StopIteration) as stop:
+            hit.send(None)
+        assert stop.value.value == (1, "y")
+        with pytest.raises(TypeError, match="non-None"):
+            pair(1).send(5)
+        with pytest.raises(KeyError, match="thrown"):
+            pair(1).throw(KeyError("thrown"))
+        with pytest.raises(ValueError):
+            pair(1).throw(ValueError)
+        closed = pair(1)
+        closed.close()
+        with pytest.raises(RuntimeError, match="already awaited"):
+            await closed
+
+    asyncio.run(main())
+    # asyncio.run takes a hit as its main coroutine.
+    assert asyncio.run(pair(1)) == (1, "y")
+
+
+def test_decorated_coroutine_functions_look_like_coroutine_functions():
+    import inspect
+
+    async def plain(user_id: int, verbose: bool = False, *, lang: str = "en") -> dict:
+        """Docs."""
+        return {"id": user_id}
+
+    get_user = cache(ttl=300)(plain)
+    for check in (inspect.iscoroutinefunction, asyncio.iscoroutinefunction):
+        assert check(get_user), check
+    assert not inspect.iscoroutinefunction(cache(ttl=300)(lambda x: x))
+    assert inspect.signature(get_user) == inspect.signature(plain)
+    assert get_user.__name__ == "plain" and get_user.__doc__ == "Docs."
+    assert get_user.__wrapped__ is plain
+    assert get_user.__module__ == plain.__module__
+    assert get_user.__globals__ is plain.__globals__
+
+    class Service:
+        @cache(ttl=300)
+        async def lookup(self, x):
+            return x * 2
+
+    s = Service()
+    assert inspect.iscoroutinefunction(s.lookup)
+    # Decorated twice: the outer one sees a coroutine function too.
+    twice = cache(ttl=60)(cache(ttl=300)(plain))
+    assert inspect.iscoroutinefunction(twice)
+
+    async def main():
+        assert await s.lookup(4) == await s.lookup(4) == 8
+        assert await twice(3) == await twice(3) == {"id": 3}
+
+    asyncio.run(main())
+    assert cachu.cache_info(Service.lookup).hits == 1
+    assert cachu.cache_info(twice).hits == 1
+    if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12 and later
+
+        class Handler:
+            __name__ = "handler"
+
+            async def __call__(self, x):
+                return x
+
+        marked = cache(ttl=300)(inspect.markcoroutinefunction(Handler()))
+        assert inspect.iscoroutinefunction(marked)
+        assert asyncio.run(marked(1)) == 1
 
 
 def test_concurrent_tasks_run_the_coroutine_once():

@@ -2,8 +2,9 @@
 ``async_cache_*`` operations.
 
 Keys, validation, copies and storage are the Rust core's (the same as for sync
-functions); this module only awaits. A memory hit is one native call inside the
-``async def`` wrapper (no task switch, no thread hop). SQLite work is awaited on the
+functions); this module only awaits. A memory hit is answered by the native call of
+the decorated function with an already completed awaitable (no coroutine, no task
+switch, no thread hop); anything else awaits ``_slow``. SQLite work is awaited on the
 blocking pool of the core's tokio runtime; Redis is spoken from the event loop itself
 (``_aioredis``), with the lease protocol of the sync path: one round trip for a hit,
 two for a miss. Concurrent misses of one key within an event loop run the coroutine
@@ -15,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import inspect
+import types
 from typing import Any, Callable, Optional
 
 from cachu import _aioredis
 from cachu._cachu import (
+    AsyncCachedFunction,
     BackendError,
     CachedFunction,
     Probe,
@@ -30,7 +34,6 @@ from cachu._cachu import (
     _lease_params,
     _lock_timeout_error,
     _pack,
-    _probe,
     _release_soon,
     _shutdown_runtime,
     cache,
@@ -220,24 +223,34 @@ async def _io_call(
     return await _lead(flights, slot, ask)
 
 
-def wrap(cached: CachedFunction) -> Callable[..., Any]:
+async def _slow(
+    cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
+) -> Any:
+    """A call that is not a memory hit, as the probe says."""
+    if probe.skip:
+        return await cached.__wrapped__(*args, **(probe.kwargs or {}))
+    if probe.local:
+        return await _local_miss(cached, flights, probe, args)
+    return await _io_call(cached, flights, probe, args)
+
+
+def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     """The coroutine function that stands for ``cached`` (a coroutine function)."""
     func = cached.__wrapped__
     flights: _Flights = {}
-
-    probe, probe_type = _probe, Probe  # closure cells: cheaper than globals per call
-
-    @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        # A memory hit is answered by this one native call.
-        got = probe(cached, args, kwargs)
-        if type(got) is not probe_type:
-            return got
-        if got.skip:
-            return await func(*args, **(got.kwargs or {}))
-        if got.local:
-            return await _local_miss(cached, flights, got, args)
-        return await _io_call(cached, flights, got, args)
+    # A memory hit is answered by the native call; anything else awaits _slow.
+    wrapper = AsyncCachedFunction(cached, functools.partial(_slow, cached, flights))
+    functools.update_wrapper(wrapper, func)
+    # What inspect.iscoroutinefunction (and asyncio's, FastAPI's, Starlette's) reads
+    # on a callable that is not a Python function, as for Cython's functions.
+    code = getattr(func, "__code__", None)
+    if isinstance(code, types.CodeType) and code.co_flags & inspect.CO_COROUTINE:
+        wrapper.__code__ = code  # type: ignore[attr-defined]
+        wrapper.__defaults__ = getattr(func, "__defaults__", None)  # type: ignore[attr-defined]
+        wrapper.__kwdefaults__ = getattr(func, "__kwdefaults__", None)  # type: ignore[attr-defined]
+    else:  # a callable marked as a coroutine function (Python 3.12 and later)
+        inspect.markcoroutinefunction(wrapper)  # type: ignore[attr-defined]
+    wrapper.__globals__ = getattr(func, "__globals__", {})  # type: ignore[attr-defined]
 
     async def get(*args: Any, **kwargs: Any) -> Any:
         return await _offload(cached, functools.partial(cached.get, *args, **kwargs))
@@ -261,7 +274,6 @@ def wrap(cached: CachedFunction) -> Callable[..., Any]:
     wrapper.refresh = refresh  # type: ignore[attr-defined]
     wrapper.original = original  # type: ignore[attr-defined]
     wrapper.cache_key = cached.cache_key  # type: ignore[attr-defined]
-    wrapper.__cachu__ = cached  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -1,7 +1,7 @@
 """Type stubs of the native module ``cachu._cachu``."""
 
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, Callable, Final, Literal, Optional, TypeVar, Union, final
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -198,9 +198,30 @@ class Probe:
     @property
     def redis_url(self) -> Optional[str]: ...
 
-def _probe(
-    cached: CachedFunction, args: tuple[Any, ...], kwargs: Optional[dict[str, Any]] = None
-) -> Any: ...
+@final
+class AsyncCachedFunction:
+    """A coroutine function decorated with ``@cache(...)`` / ``@async_cache(...)``: a
+    memory hit returns a ``Ready``, anything else a coroutine."""
+
+    __wrapped__: Callable[..., Any]
+    def __new__(
+        cls, cached: CachedFunction, slow: Callable[[Probe, tuple[Any, ...]], Awaitable[Any]]
+    ) -> AsyncCachedFunction: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
+    def __get__(self, instance: Any, owner: Optional[type] = None, /) -> Any: ...
+    @property
+    def __cachu__(self) -> CachedFunction: ...
+
+@final
+class Ready(Coroutine[Any, Any, Any]):
+    """The completed awaitable of a memory hit; awaited once, like a coroutine."""
+
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any: ...
+    def close(self) -> None: ...
+
 def _afetch(
     cached: CachedFunction, key: str, token: str, read: bool
 ) -> Awaitable[tuple[int, Optional[bytes], float]]: ...

@@ -1,0 +1,179 @@
+//! [`Ready`]: the awaitable of an async call answered from memory.
+//!
+//! A memory hit of a coroutine function needs no event loop at all: the value is known
+//! when the call returns. So the call returns this already completed awaitable instead
+//! of a coroutine. `await` finishes it at once, without a task switch: on Python 3.10
+//! and 3.11 through the `am_send` slot (the value is handed back, no `StopIteration`
+//! is made); elsewhere through `__next__` raising `StopIteration(value)`, as a finished
+//! coroutine does.
+//!
+//! It is a coroutine for the standard library (`__await__`, `send`, `throw`, `close`:
+//! `asyncio.iscoroutine`, `asyncio.run`, `create_task` and `gather` take it), and like
+//! a coroutine it can be awaited once.
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+/// An awaitable whose value is already known.
+#[pyclass(frozen, freelist = 32, module = "cachu._cachu")]
+pub struct Ready {
+    /// The value until it is handed out.
+    value: Mutex<Option<Py<PyAny>>>,
+}
+
+impl Ready {
+    /// The awaitable that answers `value`.
+    pub fn new(value: Bound<'_, PyAny>) -> PyResult<Bound<'_, Ready>> {
+        Bound::new(
+            value.py(),
+            Ready {
+                value: Mutex::new(Some(value.unbind())),
+            },
+        )
+    }
+
+    /// The value, once: a second await is an error, as for a coroutine.
+    fn take(&self) -> PyResult<Py<PyAny>> {
+        self.value
+            .lock()
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("cannot reuse already awaited coroutine"))
+    }
+
+    /// `StopIteration(value)`, made as CPython makes it for a returning coroutine (a
+    /// tuple is the one argument, not the argument list).
+    fn finished(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+        match py.get_type::<PyStopIteration>().call1((value,)) {
+            Ok(stop) => PyErr::from_value(stop),
+            Err(e) => e,
+        }
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Err(Self::finished(py, self.take()?))
+    }
+
+    /// `send(None)` finishes; as for a coroutine that has not started, another value is
+    /// a `TypeError`.
+    #[pyo3(signature = (value, /))]
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if !value.is_none() {
+            return Err(PyTypeError::new_err(
+                "can't send non-None value to a just-started coroutine",
+            ));
+        }
+        self.__next__(py)
+    }
+
+    /// Raises the exception given, as a coroutine that has not started does; the value
+    /// is dropped.
+    #[pyo3(signature = (typ, val=None, tb=None, /))]
+    fn throw(
+        &self,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.value.lock().take();
+        let py = typ.py();
+        let error = if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            typ.clone()
+        } else if typ.cast::<pyo3::types::PyType>().is_ok_and(|t| {
+            t.is_subclass_of::<pyo3::exceptions::PyBaseException>()
+                .unwrap_or(false)
+        }) {
+            match val.filter(|v| !v.is_none()) {
+                Some(v) if v.is_instance(typ)? => v.clone(),
+                Some(v) if v.is_instance_of::<PyTuple>() => typ.call1(v.cast::<PyTuple>()?)?,
+                Some(v) => typ.call1((v,))?,
+                None => typ.call0()?,
+            }
+        } else {
+            return Err(PyTypeError::new_err(
+                "exceptions must be classes or instances deriving from BaseException",
+            ));
+        };
+        let error = PyErr::from_value(error);
+        if let Some(tb) = tb.filter(|t| !t.is_none()) {
+            error.set_traceback(py, Some(tb.cast::<pyo3::types::PyTraceback>()?.clone()));
+        }
+        Err(error)
+    }
+
+    fn close(&self) {
+        self.value.lock().take();
+    }
+
+    fn __repr__(&self) -> &'static str {
+        if self.value.lock().is_some() {
+            "<cachu Ready: a cached value, not yet awaited>"
+        } else {
+            "<cachu Ready: awaited>"
+        }
+    }
+}
+
+/// The `am_send` slot: `await` takes the value without an exception.
+#[cfg(Py_3_10)]
+unsafe extern "C" fn send_slot(
+    slf: *mut pyo3::ffi::PyObject,
+    arg: *mut pyo3::ffi::PyObject,
+    result: *mut *mut pyo3::ffi::PyObject,
+) -> pyo3::ffi::PySendResult {
+    use pyo3::ffi::PySendResult::{PYGEN_ERROR, PYGEN_RETURN};
+    // SAFETY: CPython calls this slot with the GIL held, on an object of the type it
+    // was installed on (`Ready`), with a borrowed `arg` and a valid `result` pointer.
+    unsafe {
+        let py = Python::assume_attached();
+        let ready = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Ready>();
+        let outcome = if arg == pyo3::ffi::Py_None() {
+            ready.get().take()
+        } else {
+            ready.get().send(py, &Bound::from_borrowed_ptr(py, arg))
+        };
+        match outcome {
+            Ok(value) => {
+                *result = value.into_ptr();
+                PYGEN_RETURN
+            }
+            Err(e) => {
+                e.restore(py);
+                PYGEN_ERROR
+            }
+        }
+    }
+}
+
+/// `Py_TPFLAGS_HAVE_AM_SEND` of CPython 3.10 and later.
+#[cfg(Py_3_10)]
+const HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
+
+/// Adds the type to the module, with its `am_send` slot where Python has one.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Ready>()?;
+    #[cfg(Py_3_10)]
+    {
+        use pyo3::PyTypeInfo;
+        let tp = Ready::type_object(m.py()).as_type_ptr();
+        // SAFETY: the type was made by `PyType_FromSpec` just now; no instance exists
+        // yet. A heap type's `tp_as_async` points into its own `PyHeapTypeObject`, so
+        // the slot may be written; `PyType_Modified` drops any cached lookups.
+        unsafe {
+            if let Some(methods) = (*tp).tp_as_async.as_mut() {
+                methods.am_send = Some(send_slot);
+                (*tp).tp_flags |= HAVE_AM_SEND;
+                pyo3::ffi::PyType_Modified(tp);
+            }
+        }
+    }
+    Ok(())
+}
