@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
-from collections.abc import Awaitable
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bench_redis import start_server
 

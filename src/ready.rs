@@ -2,10 +2,14 @@
 //!
 //! A memory hit of a coroutine function needs no event loop at all: the value is known
 //! when the call returns. So the call returns this already completed awaitable instead
-//! of a coroutine. `await` finishes it at once, without a task switch: on Python 3.10
-//! and 3.11 through the `am_send` slot (the value is handed back, no `StopIteration`
-//! is made); elsewhere through `__next__` raising `StopIteration(value)`, as a finished
-//! coroutine does.
+//! of a coroutine, and `await` finishes it at once, without a task switch, through the
+//! `am_send` slot: the value is handed back and no `StopIteration` is made.
+//!
+//! From Python 3.12, `await` ends anything but a coroutine by raising `StopIteration`
+//! (it calls `__next__`, not `am_send`); a coroutine that returns at once is cheaper
+//! there, so `_async.py` hands hits over that way on those versions (measured: 0.26 us
+//! per hit with `Ready` on 3.11, 0.45 us with `Ready` and 0.34 us with the coroutine
+//! on 3.12).
 //!
 //! It is a coroutine for the standard library (`__await__`, `send`, `throw`, `close`:
 //! `asyncio.iscoroutine`, `asyncio.run`, `create_task` and `gather` take it), and like
@@ -15,6 +19,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use pyo3::PyTypeInfo;
 
 /// An awaitable whose value is already known.
 #[pyclass(frozen, freelist = 32, module = "cachu._cachu")]
@@ -123,7 +128,6 @@ impl Ready {
 }
 
 /// The `am_send` slot: `await` takes the value without an exception.
-#[cfg(Py_3_10)]
 unsafe extern "C" fn send_slot(
     slf: *mut pyo3::ffi::PyObject,
     arg: *mut pyo3::ffi::PyObject,
@@ -153,27 +157,22 @@ unsafe extern "C" fn send_slot(
     }
 }
 
-/// `Py_TPFLAGS_HAVE_AM_SEND` of CPython 3.10 and later.
-#[cfg(Py_3_10)]
+/// `Py_TPFLAGS_HAVE_AM_SEND`.
 const HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
 
-/// Adds the type to the module, with its `am_send` slot where Python has one.
+/// Adds the type to the module, with its `am_send` slot.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Ready>()?;
-    #[cfg(Py_3_10)]
-    {
-        use pyo3::PyTypeInfo;
-        let tp = Ready::type_object(m.py()).as_type_ptr();
-        // SAFETY: the type was made by `PyType_FromSpec` just now; no instance exists
-        // yet. A heap type's `tp_as_async` points into its own `PyHeapTypeObject`, so
-        // the slot may be written; `PyType_Modified` drops any cached lookups.
-        unsafe {
-            if let Some(methods) = (*tp).tp_as_async.as_mut() {
-                methods.am_send = Some(send_slot);
-                (*tp).tp_flags |= HAVE_AM_SEND;
-                pyo3::ffi::PyType_Modified(tp);
-            }
+    let tp = Ready::type_object(m.py()).as_type_ptr();
+    // SAFETY: the type was made by `PyType_FromSpec` just now; no instance exists yet.
+    // A heap type's `tp_as_async` points into its own `PyHeapTypeObject`, so the slot
+    // may be written; `PyType_Modified` drops any cached lookups.
+    unsafe {
+        if let Some(methods) = (*tp).tp_as_async.as_mut() {
+            methods.am_send = Some(send_slot);
+            (*tp).tp_flags |= HAVE_AM_SEND;
         }
+        pyo3::ffi::PyType_Modified(tp);
     }
     Ok(())
 }

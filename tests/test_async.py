@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import pytest
 
@@ -22,6 +23,10 @@ from cachu import (
 )
 from cachu._cachu import Ready
 from conftest import coroutine_runs_on_a_cold_key, run_at_once
+
+# What a memory hit returns: the native completed awaitable where `await` finishes it
+# without an exception (up to 3.11), else a coroutine that returns at once.
+HIT_TYPE = Ready if sys.version_info < (3, 12) else types.CoroutineType
 
 
 def test_async_example_of_the_readme():
@@ -102,7 +107,7 @@ def test_a_memory_hit_is_a_completed_awaitable_that_never_yields_to_the_loop():
         before = ticks
         for _ in range(1000):
             hit = get_user(1)
-            assert type(hit) is Ready
+            assert type(hit) is HIT_TYPE
             assert await hit == first
         # No await of a hit let the ticker run: no task switch.
         assert ticks == before
@@ -134,7 +139,7 @@ def test_a_hit_is_a_coroutine_for_asyncio():
         hit = pair(1)
         assert asyncio.iscoroutine(hit)
         assert isinstance(hit, __import__("collections").abc.Coroutine)
-        assert "not yet awaited" in repr(hit)
+        assert type(hit) is HIT_TYPE
         assert await hit == (1, "y")
         with pytest.raises(RuntimeError, match="already awaited"):
             await hit

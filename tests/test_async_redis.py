@@ -397,7 +397,7 @@ def test_large_values_and_many_concurrent_requests_on_one_connection(app):
         assert await blob(0) == first  # a 3 MB reply
         results = await asyncio.gather(*(blob(i) for i in range(1, 200)))
         again = await asyncio.gather(*(blob(i) for i in range(1, 200)))
-        for i, (a, b) in enumerate(zip(results, again), start=1):
+        for i, (a, b) in enumerate(zip(results, again, strict=True), start=1):
             assert a == b == bytes([i % 256]) * (1000 + i)
 
     asyncio.run(main())

@@ -90,7 +90,7 @@ def test_keys_match_the_published_package(reference_python):
     theirs = reference_keys(reference_python)
     ours = our_keys()
     assert len(ours) == len(theirs)
-    for mine, ref in zip(ours, theirs):
+    for mine, ref in zip(ours, theirs, strict=True):
         assert mine == ref
 
 

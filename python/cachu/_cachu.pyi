@@ -1,8 +1,8 @@
 """Type stubs of the native module ``cachu._cachu``."""
 
 import os
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import Any, Callable, Final, Literal, Optional, TypeVar, Union, final
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Final, Literal, Optional, TypeVar, Union, final
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
