@@ -6,7 +6,8 @@ Memory: an awaited hit of get_user(123) (a small dict) for this cachu and moka-p
 async cache, with a plain ``await`` of a coroutine as the floor. Redis (on its own
 redis-server, on a free loopback port): a raw ``redis.asyncio`` GET and GET + SET
 (the floors), aiocache's Redis cache, and this cachu, hit and miss + store.
-Microseconds per call, best of several rounds; the machine is noisy: read the ratios.
+Microseconds per call, best of several rounds taken in turns (a round of each, then
+the next), so that a slow spell of the machine falls on every row; read the ratios.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ ROUNDS = 5
 
 
 async def best_us(fn: Callable[[], Awaitable[Any]], n: int) -> float:
-    out = float("inf")
+    return (await interleaved({"": fn}, n))[""]
+
+
+async def interleaved(fns: dict[str, Callable[[], Awaitable[Any]]], n: int) -> dict[str, float]:
+    """Best µs per call of each, measured in turns (round 1 of each, round 2 of each,
+    ...), so that a slow spell of the machine falls on every row alike."""
+    out = dict.fromkeys(fns, float("inf"))
     for _ in range(ROUNDS):
-        t = time.perf_counter()
-        for _ in range(n):
-            await fn()
-        out = min(out, (time.perf_counter() - t) / n)
-    return out * 1e6
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(n):
+                await fn()
+            out[name] = min(out[name], (time.perf_counter() - t) / n)
+    return {name: v * 1e6 for name, v in out.items()}
 
 
 def user(user_id: int) -> dict[str, Any]:
@@ -43,18 +51,17 @@ async def memory() -> dict[str, float]:
         return user(user_id)
 
     cached = cachu.cache(ttl=300, package="bench_async")(plain)
-    rows = {"await of a coroutine": await best_us(lambda: plain(123), 100_000)}
     await cached(123)
-    rows["cachu"] = await best_us(lambda: cached(123), 100_000)
+    fns = {"await of a coroutine": lambda: plain(123), "cachu": lambda: cached(123)}
     try:
         import moka_py
 
         moka = moka_py.cached(maxsize=10_000, ttl=300)(plain)
         await moka(123)
-        rows["moka-py"] = await best_us(lambda: moka(123), 100_000)
+        fns["moka-py"] = lambda: moka(123)
     except ImportError:
         print("(moka-py not installed)")
-    return rows
+    return await interleaved(fns, 100_000)
 
 
 async def redis_rows(url: str) -> dict[str, dict[str, float]]:
@@ -72,12 +79,10 @@ async def redis_rows(url: str) -> dict[str, dict[str, float]]:
         await client.get(key)
         await client.set(key, value, ex=300)
 
-    rows = {
-        "raw redis.asyncio": {
-            "hit": await best_us(lambda: client.get("raw:user:123"), 3000),
-            "miss": await best_us(get_set, 1000),
-        }
+    hits: dict[str, Callable[[], Awaitable[Any]]] = {
+        "raw redis.asyncio": lambda: client.get("raw:user:123")
     }
+    misses: dict[str, Callable[[], Awaitable[Any]]] = {"raw redis.asyncio": get_set}
     try:
         from aiocache import Cache, cached
         from aiocache.serializers import PickleSerializer
@@ -95,10 +100,8 @@ async def redis_rows(url: str) -> dict[str, dict[str, float]]:
             return user(user_id)
 
         await aio_user(123)
-        rows["aiocache"] = {
-            "hit": await best_us(lambda: aio_user(123), 3000),
-            "miss": await best_us(lambda: aio_user(next(counter) + 10**6), 1000),
-        }
+        hits["aiocache"] = lambda: aio_user(123)
+        misses["aiocache"] = lambda: aio_user(next(counter) + 10**6)
     except ImportError:
         print("(aiocache not installed: pip install aiocache)")
 
@@ -109,10 +112,11 @@ async def redis_rows(url: str) -> dict[str, dict[str, float]]:
         return user(user_id)
 
     await get_user(123)
-    rows["cachu"] = {
-        "hit": await best_us(lambda: get_user(123), 3000),
-        "miss": await best_us(lambda: get_user(next(counter) + 2 * 10**6), 1000),
-    }
+    hits["cachu"] = lambda: get_user(123)
+    misses["cachu"] = lambda: get_user(next(counter) + 2 * 10**6)
+    hit_us = await interleaved(hits, 3000)
+    miss_us = await interleaved(misses, 1000)
+    rows = {name: {"hit": hit_us[name], "miss": miss_us[name]} for name in hits}
     await client.aclose()
     return rows
 

@@ -141,6 +141,47 @@ def test_a_paused_server_does_not_stall_the_loop(app, redis_server):
     assert ticks >= 20, f"the loop ran other tasks only {ticks} times while Redis was paused"
 
 
+def test_a_silent_server_times_out_async_requests_without_stalling_the_loop(silent_server):
+    """Requests sent at different moments to a server that never answers: each ends
+    as a miss within the command timeout of the first, the loop keeps running."""
+    cachu.configure(
+        package="aiosilent",
+        backend="redis",
+        redis_url=f"redis://127.0.0.1:{silent_server}/0?socket_timeout=0.4&socket_connect_timeout=1",
+    )
+
+    @cachu.cache(ttl=60, package="aiosilent")
+    async def f(x: int) -> int:
+        return x
+
+    async def main() -> tuple[list[float], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        t = asyncio.create_task(ticker())
+        t0 = time.monotonic()
+
+        async def call(i: int, delay: float) -> float:
+            await asyncio.sleep(delay)
+            assert await f(i) == i
+            return time.monotonic() - t0
+
+        done = await asyncio.wait_for(asyncio.gather(call(1, 0), call(2, 0.1), call(3, 0.2)), 5)
+        t.cancel()
+        return done, ticks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        done, ticks = asyncio.run(main())
+    assert all(0.35 <= d < 1.5 for d in done), done
+    assert ticks >= 20, f"the loop ran other tasks only {ticks} times"
+
+
 def test_redis_down_is_a_miss_for_async_calls(app, redis_server):
     calls = []
 

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 from cachu._cachu import (
     BackendError,
     _redis_admit,
+    _redis_command,
     _redis_endpoint,
     _redis_failed,
     _redis_ok,
@@ -96,15 +97,6 @@ class _Parser:
         raise ReplyError(f"unexpected reply from the server: {bytes(buf[pos - 2 :])[:40]!r}")
 
 
-def _encode(*args: Union[bytes, str, int]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if not isinstance(a, bytes):
-            a = str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 class _Connection(asyncio.Protocol):
     """One pipelined connection: replies come back in the order of the requests."""
 
@@ -112,7 +104,9 @@ class _Connection(asyncio.Protocol):
         self._loop = loop
         self._timeout = timeout
         self._parser = _Parser()
-        self._waiters: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        # (deadline, future) per request, in the order of the replies.
+        self._waiters: collections.deque[tuple[float, asyncio.Future[Reply]]] = collections.deque()
+        self._watchdog: Optional[asyncio.TimerHandle] = None
         self._transport: Optional[asyncio.Transport] = None
         self.broken: Optional[BaseException] = None
         self.pid = os.getpid()
@@ -129,7 +123,7 @@ class _Connection(asyncio.Protocol):
                 complete, reply = parser.next()
                 if not complete:
                     break
-                fut = self._waiters.popleft()
+                _, fut = self._waiters.popleft()
                 if fut.done():
                     continue
                 if isinstance(reply, ReplyError):
@@ -146,28 +140,37 @@ class _Connection(asyncio.Protocol):
         if self.broken is None:
             self.broken = exc
         while self._waiters:
-            fut = self._waiters.popleft()
+            _, fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_exception(ConnectionError(str(exc)))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._transport is not None:
             self._transport.abort()
 
-    def _expire(self, fut: asyncio.Future[Reply]) -> None:
-        if not fut.done():
-            # The reply may still come: the stream is out of step, so it is closed.
+    def _watch(self) -> None:
+        """One timer per connection, not one per request: due when the oldest request
+        is; if that one is still unanswered, the connection fails (its reply may still
+        come, so the stream is out of step); else it waits for the next oldest."""
+        self._watchdog = None
+        if not self._waiters:
+            return
+        deadline = self._waiters[0][0]
+        if self._loop.time() >= deadline:
             self._fail(TimeoutError(f"no reply within {self._timeout}s"))
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._watch)
 
     async def request(self, payload: bytes) -> Reply:
         if self.broken is not None or self._transport is None:
             raise ConnectionError(f"connection is closed ({self.broken})")
         fut = self._loop.create_future()
-        self._waiters.append(fut)
+        self._waiters.append((self._loop.time() + self._timeout, fut))
         self._transport.write(payload)
-        timer = self._loop.call_later(self._timeout, self._expire, fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(self._waiters[0][0], self._watch)
+        return await fut
 
     def close(self) -> None:
         if self._transport is not None:
@@ -208,10 +211,10 @@ async def _connect(url: str) -> _Connection:
     setup = []
     if parts.password is not None:
         user = unquote(parts.username) if parts.username else None
-        setup.append(_encode("AUTH", *([user] if user else []), unquote(parts.password)))
+        setup.append(_redis_command("AUTH", *([user] if user else []), unquote(parts.password)))
     db = parts.path.strip("/") if parts.scheme != "unix" else ""
     if db and db != "0":
-        setup.append(_encode("SELECT", db))
+        setup.append(_redis_command("SELECT", db))
     for payload in setup:
         reply = await asyncio.wait_for(conn.request(payload), timeout)
         if isinstance(reply, ReplyError):
@@ -289,7 +292,7 @@ async def _call(url: str, payload: bytes, script: Optional[tuple[str, bytes]] = 
         except ReplyError as e:
             if script is None or not str(e).startswith("NOSCRIPT"):
                 raise
-            await conn.request(_encode("SCRIPT", "LOAD", script[1]))
+            await conn.request(_redis_command("SCRIPT", "LOAD", script[1]))
             reply = await conn.request(payload)
     except ReplyError as e:
         raise BackendError(f"Redis at {_redis_endpoint(url)['shown']}: {e}") from None
@@ -309,7 +312,7 @@ async def fetch(
     """``(0, pickle, created_at)`` found; ``(1, None, 0)`` the lease is ours;
     ``(2, None, 0)`` another caller holds it. One round trip."""
     millis = max(1, int(lease_seconds * 1000))
-    payload = _encode(
+    payload = _redis_command(
         "EVALSHA", _LEASE_SHA, 2, key, "lock:" + key, token, millis, "1" if read else "0"
     )
     reply = await _call(url, payload, _LEASE)
@@ -325,7 +328,7 @@ async def store_release(
 ) -> None:
     """Stores ``(seconds, value)`` if given and releases the lease of ``token``."""
     seconds, value = packed if packed is not None else (0, b"")
-    payload = _encode("EVALSHA", _STORE_SHA, 2, key, "lock:" + key, seconds, value, token)
+    payload = _redis_command("EVALSHA", _STORE_SHA, 2, key, "lock:" + key, seconds, value, token)
     await _call(url, payload, _STORE)
 
 

@@ -767,8 +767,9 @@ impl ByteStore for RedisStore {
 /// What the asyncio client of the async API (`python/cachu/_aioredis.py`) needs
 /// from this module: the same scripts, URL options and server health.
 pub mod for_asyncio {
+    use pyo3::exceptions::PyTypeError;
     use pyo3::prelude::*;
-    use pyo3::types::PyDict;
+    use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
     use super::{connector, Endpoint, LEASE, LEASE_SRC, STORE_RELEASE, STORE_RELEASE_SRC};
     use crate::errors::CacheError;
@@ -799,6 +800,29 @@ pub mod for_asyncio {
         )
     }
 
+    /// One request in the protocol's bytes, encoded by redis-rs as the sync path's are:
+    /// each argument is `bytes`, `str` or `int`.
+    #[pyfunction]
+    #[pyo3(signature = (*args))]
+    pub fn _redis_command<'py>(args: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyBytes>> {
+        let mut cmd = redis::Cmd::new();
+        for a in args {
+            if let Ok(b) = a.cast::<PyBytes>() {
+                cmd.arg(b.as_bytes());
+            } else if let Ok(s) = a.cast::<PyString>() {
+                cmd.arg(s.to_str()?);
+            } else if let Ok(i) = a.extract::<i64>() {
+                cmd.arg(i);
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "a Redis argument is bytes, str or int, not {}",
+                    a.get_type().name()?
+                )));
+            }
+        }
+        Ok(PyBytes::new(args.py(), &cmd.get_packed_command()))
+    }
+
     /// `None` if a call to `url` may go ahead, else the message of the current outage
     /// (the breaker is open).
     #[pyfunction]
@@ -823,6 +847,7 @@ pub mod for_asyncio {
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(_redis_endpoint, m)?)?;
         m.add_function(wrap_pyfunction!(_redis_scripts, m)?)?;
+        m.add_function(wrap_pyfunction!(_redis_command, m)?)?;
         m.add_function(wrap_pyfunction!(_redis_admit, m)?)?;
         m.add_function(wrap_pyfunction!(_redis_failed, m)?)?;
         m.add_function(wrap_pyfunction!(_redis_ok, m)?)?;
