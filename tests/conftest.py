@@ -3,6 +3,7 @@ cachu 0.2.7 in a virtual environment of its own, for compatibility tests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -163,6 +164,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class LoopTurns:
+    """``async with LoopTurns() as turns``: ``turns.count`` is how often the event loop
+    ran another task (one that only counts and yields) meanwhile."""
+
+    def __init__(self, pause: float = 0) -> None:
+        self.pause = pause
+        self.count = 0
+
+    async def _run(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(self.pause)
+
+    async def __aenter__(self) -> LoopTurns:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)  # it starts
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from cachu import (
     cache,
 )
 from cachu._cachu import Ready
-from conftest import coroutine_runs_on_a_cold_key, run_at_once
+from conftest import LoopTurns, coroutine_runs_on_a_cold_key, run_at_once
 
 # What a memory hit returns: the native completed awaitable where `await` finishes it
 # without an exception (up to 3.11), else a coroutine that returns at once.
@@ -94,24 +94,14 @@ def test_a_memory_hit_is_a_completed_awaitable_that_never_yields_to_the_loop():
 
     async def main():
         first = await get_user(1)
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        t = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
-        before = ticks
-        for _ in range(1000):
-            hit = get_user(1)
-            assert type(hit) is HIT_TYPE
-            assert await hit == first
-        # No await of a hit let the ticker run: no task switch.
-        assert ticks == before
-        t.cancel()
+        async with LoopTurns() as turns:
+            before = turns.count
+            for _ in range(1000):
+                hit = get_user(1)
+                assert type(hit) is HIT_TYPE
+                assert await hit == first
+            # No await of a hit let another task run: no task switch.
+            assert turns.count == before
         # A miss is a coroutine that does yield.
         miss = get_user(2)
         assert asyncio.iscoroutine(miss) and type(miss).__name__ == "coroutine"
@@ -275,20 +265,11 @@ def test_file_backend_does_not_block_the_loop(tmp_path):
         return "v" * 1000
 
     async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        t = asyncio.create_task(ticker())
-        for i in range(50):
-            await f(i)
-            await f(i)
-        t.cancel()
-        return ticks
+        async with LoopTurns() as turns:
+            for i in range(50):
+                await f(i)
+                await f(i)
+        return turns.count
 
     assert asyncio.run(main()) > 50
 

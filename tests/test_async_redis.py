@@ -15,6 +15,7 @@ import pytest
 import cachu
 from cachu import BackendError
 from conftest import (
+    LoopTurns,
     RedisServer,
     configure_redis_package,
     coroutine_runs_on_a_cold_key,
@@ -121,21 +122,12 @@ def test_a_paused_server_does_not_stall_the_loop(app, redis_server):
 
     async def main() -> int:
         await value(1)
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        t = asyncio.create_task(ticker())
-        redis_server.client().execute_command("CLIENT", "PAUSE", 400)
-        t0 = time.monotonic()
-        assert await value(1) == 1
-        assert time.monotonic() - t0 > 0.3
-        t.cancel()
-        return ticks
+        async with LoopTurns(pause=0.01) as turns:
+            redis_server.client().execute_command("CLIENT", "PAUSE", 400)
+            t0 = time.monotonic()
+            assert await value(1) == 1
+            assert time.monotonic() - t0 > 0.3
+        return turns.count
 
     ticks = asyncio.run(main())
     assert ticks >= 20, f"the loop ran other tasks only {ticks} times while Redis was paused"
@@ -155,25 +147,17 @@ def test_a_silent_server_times_out_async_requests_without_stalling_the_loop(sile
         return x
 
     async def main() -> tuple[list[float], int]:
-        ticks = 0
+        async with LoopTurns(pause=0.01) as turns:
+            t0 = time.monotonic()
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
+            async def call(i: int, delay: float) -> float:
+                await asyncio.sleep(delay)
+                assert await f(i) == i
+                return time.monotonic() - t0
 
-        t = asyncio.create_task(ticker())
-        t0 = time.monotonic()
-
-        async def call(i: int, delay: float) -> float:
-            await asyncio.sleep(delay)
-            assert await f(i) == i
-            return time.monotonic() - t0
-
-        done = await asyncio.wait_for(asyncio.gather(call(1, 0), call(2, 0.1), call(3, 0.2)), 5)
-        t.cancel()
-        return done, ticks
+            calls = asyncio.gather(call(1, 0), call(2, 0.1), call(3, 0.2))
+            done = await asyncio.wait_for(calls, 5)
+        return done, turns.count
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
