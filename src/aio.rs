@@ -24,7 +24,9 @@ use crate::backend::redis::{pack_value, setex_seconds};
 use crate::backend::{decode, Backend, ByteStore, Decoded, LeaseReply};
 use crate::codec;
 use crate::config::{self, BackendKind};
-use crate::decorator::{bind_method, lease_token, take_flags, CachedFunction, Resolved};
+use crate::decorator::{
+    bind_method, lease_token, pickled_by_name, take_flags, CachedFunction, Resolved,
+};
 use crate::ready::Ready;
 use crate::runtime;
 use crate::warn;
@@ -158,6 +160,11 @@ impl AsyncCachedFunction {
         _owner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         bind_method(slf.as_any(), obj)
+    }
+
+    /// Pickled by reference, as a function is.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        pickled_by_name(slf.as_any())
     }
 
     /// The decorated function's core: keys, storage, statistics.

@@ -1049,6 +1049,11 @@ impl CachedFunction {
         bind_method(slf.as_any(), obj)
     }
 
+    /// Pickled by reference, as a function is (for process pools).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        pickled_by_name(slf.as_any())
+    }
+
     /// The cached value for these arguments, without calling the function; `default`
     /// if there is none, else `KeyError`.
     #[pyo3(signature = (*args, **kwargs))]
@@ -1237,6 +1242,12 @@ pub(crate) fn bind_method(
             Ok(method_type.call1((func, obj))?.unbind())
         }
     }
+}
+
+/// What `__reduce__` of a decorated function returns: its qualified name, which pickle
+/// looks up in its module (and checks to be this very object), as for a function.
+pub(crate) fn pickled_by_name<'py>(func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    func.getattr(intern!(func.py(), "__qualname__"))
 }
 
 /// An optional default, and the keyword arguments without it.

@@ -228,3 +228,41 @@ def test_user_exceptions_pass_through_unchanged():
     with pytest.raises(KeyError) as info:
         f()
     assert info.value is err
+
+
+@cache(ttl=300, package="pickled")
+def square(x: int) -> tuple[int, int]:
+    import os
+
+    return x * x, os.getpid()
+
+
+@cache(ttl=300, package="pickled")
+async def async_square(x: int) -> int:
+    return x * x
+
+
+class Geometry:
+    @cache(ttl=300, package="pickled")
+    def area(self, w: int, h: int) -> int:
+        return w * h
+
+
+def test_decorated_functions_pickle_by_reference_for_process_pools():
+    import asyncio
+    import os
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    for fn in (square, async_square, Geometry.area):
+        assert pickle.loads(pickle.dumps(fn)) is fn
+    # A process pool sends the function by name; each worker caches in its own memory.
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(square, [3, 4, 3]))
+    assert [r[0] for r in results] == [9, 16, 9]
+    assert all(pid != os.getpid() for _, pid in results)
+    assert asyncio.run(async_square(5)) == 25
+    # A function that cannot be found under its name is refused, as for a function.
+    hidden = cache(ttl=300, package="pickled")(lambda x: x)
+    with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):
+        pickle.dumps(hidden)
