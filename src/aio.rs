@@ -2,8 +2,8 @@
 //!
 //! [`AsyncCachedFunction`] is a decorated coroutine function. Its call is the whole hit
 //! path on the memory backend: it takes the per-call switches out, builds the key and
-//! answers from memory with an already completed awaitable ([`Ready`]), so a hit makes
-//! no coroutine and needs no task switch or thread hop. Anything else returns the
+//! answers from memory with an already completed awaitable ([`Ready`], see there for
+//! Python 3.12), so a hit needs no task switch or thread hop. Anything else returns the
 //! coroutine of the slow path, given a [`Probe`] that says what to do. For the file
 //! backend, the slow path awaits `_afetch` / `_astore`: SQLite work on the blocking pool
 //! of the runtime (`runtime.rs`). Redis is spoken from the event loop itself
@@ -113,9 +113,11 @@ fn probe<'py>(
 
 /// A coroutine function decorated with `@cache(...)` / `@async_cache(...)`.
 ///
-/// Calling it answers a memory hit with a completed awaitable ([`Ready`]): no
-/// coroutine is made and the event loop is not involved. Anything else returns the
-/// coroutine of the slow path (`_async.py`), given the [`Probe`] and the arguments.
+/// Calling it answers a memory hit with a completed awaitable: a [`Ready`] (no
+/// coroutine is made, the event loop is not involved), or on Python 3.12 and later
+/// `hit(value)`. Anything else returns the coroutine of the slow path (`_async.py`),
+/// given the [`Probe`] and the arguments; an error of the call (`validate=` raising,
+/// `on_backend_error="raise"`) is raised when the result is awaited.
 /// `_async.wrap` makes it and gives it what makes `inspect.iscoroutinefunction` true
 /// (`__code__`, `__defaults__`, `__kwdefaults__`), the function's name and docs, and
 /// the async helpers.
@@ -145,12 +147,14 @@ impl AsyncCachedFunction {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = args.py();
-        match probe(self.cached.bind(py), args, kwargs)? {
-            Probed::Hit(value) => match &self.hit {
-                None => Ok(Ready::new(value)?.into_any()),
+        match probe(self.cached.bind(py), args, kwargs) {
+            Ok(Probed::Hit(value)) => match &self.hit {
+                None => Ok(Ready::new(py, Ok(value))?.into_any()),
                 Some(hit) => hit.bind(py).call1((value,)),
             },
-            Probed::Slow(p) => self.slow.bind(py).call1((p, args)),
+            Ok(Probed::Slow(p)) => self.slow.bind(py).call1((p, args)),
+            // Raised by `await`, as from a coroutine (and from cachu 0.2.7's wrapper).
+            Err(e) => Ok(Ready::new(py, Err(e))?.into_any()),
         }
     }
 

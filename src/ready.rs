@@ -21,30 +21,35 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::PyTypeInfo;
 
-/// An awaitable whose value is already known.
+/// An awaitable whose outcome is already known: a value, or an error that `await`
+/// raises (as a coroutine raises what its call found wrong, when awaited).
 #[pyclass(frozen, freelist = 32, module = "cachu._cachu")]
 pub struct Ready {
-    /// The value until it is handed out.
-    value: Mutex<Option<Py<PyAny>>>,
+    /// The outcome until it is handed out.
+    outcome: Mutex<Option<PyResult<Py<PyAny>>>>,
 }
 
 impl Ready {
-    /// The awaitable that answers `value`.
-    pub fn new(value: Bound<'_, PyAny>) -> PyResult<Bound<'_, Ready>> {
+    /// The awaitable of `outcome`.
+    pub fn new<'py>(
+        py: Python<'py>,
+        outcome: PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Ready>> {
         Bound::new(
-            value.py(),
+            py,
             Ready {
-                value: Mutex::new(Some(value.unbind())),
+                outcome: Mutex::new(Some(outcome.map(Bound::unbind))),
             },
         )
     }
 
-    /// The value, once: a second await is an error, as for a coroutine.
+    /// The outcome, once: a second await is an error, as for a coroutine.
     fn take(&self) -> PyResult<Py<PyAny>> {
-        self.value
-            .lock()
-            .take()
-            .ok_or_else(|| PyRuntimeError::new_err("cannot reuse already awaited coroutine"))
+        self.outcome.lock().take().unwrap_or_else(|| {
+            Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            ))
+        })
     }
 
     /// `StopIteration(value)`, made as CPython makes it for a returning coroutine (a
@@ -88,7 +93,7 @@ impl Ready {
         val: Option<&Bound<'_, PyAny>>,
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.value.lock().take();
+        self.outcome.lock().take();
         let py = typ.py();
         let error = if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
             typ.clone()
@@ -115,12 +120,12 @@ impl Ready {
     }
 
     fn close(&self) {
-        self.value.lock().take();
+        self.outcome.lock().take();
     }
 
     fn __repr__(&self) -> &'static str {
-        if self.value.lock().is_some() {
-            "<cachu Ready: a cached value, not yet awaited>"
+        if self.outcome.lock().is_some() {
+            "<cachu Ready: not yet awaited>"
         } else {
             "<cachu Ready: awaited>"
         }

@@ -154,6 +154,30 @@ def test_a_hit_is_a_coroutine_for_asyncio():
     assert asyncio.run(pair(1)) == (1, "y")
 
 
+def test_errors_of_a_call_are_raised_by_await_and_coroutines_bear_the_functions_name():
+    def refuse(entry):
+        raise ValueError("validate refused")
+
+    @cache(ttl=60, validate=refuse)
+    async def checked(x):
+        return x
+
+    async def main():
+        assert await checked(1) == 1
+        pending = checked(1)  # a hit whose validate= raises: not raised by the call
+        with pytest.raises(ValueError, match="validate refused"):
+            await pending
+        got = await asyncio.gather(checked(1), return_exceptions=True)
+        assert isinstance(got[0], ValueError)
+        # A miss is a coroutine named after the function (tasks show it, and so does
+        # the warning about a coroutine never awaited).
+        miss = checked(2)
+        assert (miss.__name__, miss.__qualname__) == ("checked", checked.__qualname__)
+        assert await miss == 2
+
+    asyncio.run(main())
+
+
 def test_decorated_coroutine_functions_look_like_coroutine_functions():
     import inspect
 

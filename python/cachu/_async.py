@@ -252,8 +252,12 @@ def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     """The coroutine function that stands for ``cached`` (a coroutine function)."""
     func = cached.__wrapped__
     flights: _Flights = {}
-    # A memory hit is answered by the native call; anything else awaits _slow.
-    wrapper = AsyncCachedFunction(cached, functools.partial(_slow, cached, flights), _HIT)
+    # A memory hit is answered by the native call; anything else awaits _slow, under
+    # the function's name: a coroutine is named after the function that made it, and
+    # that name is what tasks show and "coroutine ... was never awaited" says.
+    slow = types.FunctionType(_slow.__code__, _slow.__globals__, func.__name__)
+    slow.__qualname__ = func.__qualname__
+    wrapper = AsyncCachedFunction(cached, functools.partial(slow, cached, flights), _HIT)
     functools.update_wrapper(wrapper, func)
     # What inspect.iscoroutinefunction (and asyncio's, FastAPI's, Starlette's) reads
     # on a callable that is not a Python function, as for Cython's functions.
