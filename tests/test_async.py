@@ -298,6 +298,56 @@ def test_file_backend_does_not_block_the_loop(tmp_path):
     assert asyncio.run(main()) > 50
 
 
+def test_a_file_locked_by_another_program_at_the_first_call_does_not_block_the_loop(
+    tmp_path, this_python
+):
+    """The first call opens the file: while another process holds it exclusively,
+    the open waits (SQLite's busy timeout) on the blocking pool, and the loop runs on.
+    (Another process: two SQLite libraries in one process do not see each other's
+    locks, which SQLite documents as a way to corrupt a file.)"""
+    import subprocess
+
+    cachu.configure(file_dir=str(tmp_path), package="busyfile")
+
+    @cache(ttl=300, backend="file", package="busyfile")
+    async def f(x):
+        return x
+
+    holder = subprocess.Popen(
+        [
+            this_python,
+            "-c",
+            textwrap.dedent(f"""
+            import sqlite3, sys, time
+            db = sqlite3.connect({str(tmp_path / "busyfile_cache5min.db")!r}, isolation_level=None)
+            db.execute("CREATE TABLE theirs (x)")
+            db.execute("BEGIN EXCLUSIVE")
+            db.execute("INSERT INTO theirs VALUES (1)")
+            print("locked", flush=True)
+            time.sleep(0.6)
+            db.execute("COMMIT")
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+
+    async def main():
+        async with LoopTurns(pause=0.01) as turns:
+            t0 = time.monotonic()
+            assert await f(1) == 1
+            waited = time.monotonic() - t0
+        return waited, turns.count
+
+    waited, turns = asyncio.run(main())
+    assert holder.wait(timeout=10) == 0
+    assert waited >= 0.3, "the file was not locked at the first call"
+    assert turns >= 20, f"the loop ran other tasks only {turns} times in {waited:.2f}s"
+    assert asyncio.run(f(1)) == 1
+    assert cachu.cache_info(f).hits == 1
+
+
 def test_one_loop_per_thread():
     @cache(ttl=60)
     async def f(x):

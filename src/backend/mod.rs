@@ -154,7 +154,7 @@ impl Backend {
                 let cfg = config_of(package.as_deref());
                 let path = std::path::Path::new(&cfg.file_dir)
                     .join(crate::key::sqlite_file_name(package.as_deref(), ttl));
-                Store::Bytes(Arc::new(sqlite::SqliteStore::open(path)?))
+                Store::Bytes(Arc::new(sqlite::SqliteStore::open(path)))
             }
             BackendKind::Redis => {
                 let cfg = config_of(package.as_deref());

@@ -58,9 +58,13 @@ fn backend_err(path: &std::path::Path, what: &str, e: impl std::fmt::Display) ->
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the file and checks its schema.
-    pub fn open(path: PathBuf) -> CacheResult<Self> {
-        let store = SqliteStore {
+    /// The store of the file at `path`. Nothing is read or written yet: the first
+    /// operation opens the file (creating it if needed) and checks its schema, where it
+    /// runs (for the async API, on the blocking pool, never on the event loop, where a
+    /// busy file could hold the open for the busy timeout); a file that cannot be
+    /// opened is then that operation's error, with the file's name.
+    pub fn open(path: PathBuf) -> Self {
+        SqliteStore {
             path,
             pool: Mutex::new(Pool {
                 pid: std::process::id(),
@@ -69,11 +73,7 @@ impl SqliteStore {
             writes: AtomicU32::new(0),
             #[cfg(target_os = "linux")]
             leases: Mutex::new(Leases::default()),
-        };
-        // Fail now, with the file's name, if it cannot be opened at all.
-        let conn = store.connect()?;
-        store.release(conn);
-        Ok(store)
+        }
     }
 
     fn connect(&self) -> CacheResult<Connection> {
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn round_trip_and_expiry() {
         let path = temp_path("rt");
-        let s = SqliteStore::open(path.clone()).unwrap();
+        let s = SqliteStore::open(path.clone());
         let now = unix_now();
         s.set("5m:f|x=1", b"data", now, 300.0).unwrap();
         s.set("5m:f|x=2", b"old", now - 1000.0, 300.0).unwrap();
@@ -385,7 +385,7 @@ mod tests {
     fn a_lease_is_seen_by_another_process_and_dies_with_it() {
         use super::super::LeaseReply;
         let path = temp_path("lease");
-        let s = SqliteStore::open(path.clone()).unwrap();
+        let s = SqliteStore::open(path.clone());
         let lease = Duration::from_secs(10);
         assert!(matches!(
             s.lease("5m:f|x=1", "a", lease, true).unwrap(),
@@ -397,7 +397,7 @@ mod tests {
             LeaseReply::Held
         ));
         // Another open of the lease file stands for another process.
-        let other = SqliteStore::open(path.clone()).unwrap();
+        let other = SqliteStore::open(path.clone());
         assert!(matches!(
             other.lease("5m:f|x=1", "c", lease, true).unwrap(),
             LeaseReply::Held
@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn glob_clear_is_selective() {
         let path = temp_path("glob");
-        let s = SqliteStore::open(path.clone()).unwrap();
+        let s = SqliteStore::open(path.clone());
         let now = unix_now();
         s.set("5m:f||users||id=1", b"1", now, 300.0).unwrap();
         s.set("5m:f||items||id=1", b"2", now, 300.0).unwrap();
@@ -452,7 +452,9 @@ mod tests {
             b"this is not a database, it is the user's data".repeat(100),
         )
         .unwrap();
-        let err = SqliteStore::open(path.clone()).err().expect("must fail");
+        let err = SqliteStore::open(path.clone())
+            .get("5m:f|x=1")
+            .expect_err("must fail");
         assert!(
             err.to_string().contains(&path.display().to_string()),
             "{err}"
@@ -470,7 +472,9 @@ mod tests {
         c.execute_batch("CREATE TABLE cache (id INTEGER PRIMARY KEY, payload TEXT)")
             .unwrap();
         drop(c);
-        let err = SqliteStore::open(path.clone()).err().expect("must fail");
+        let err = SqliteStore::open(path.clone())
+            .get("5m:f|x=1")
+            .expect_err("must fail");
         assert!(err.to_string().contains("foreign schema"), "{err}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
