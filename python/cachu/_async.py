@@ -248,16 +248,24 @@ async def _finished(value: Any) -> Any:
 _HIT = None if sys.version_info < (3, 12) else _finished
 
 
+def _named(coroutine_function: Any, like: Any) -> Any:
+    """``coroutine_function`` under the name of ``like``: a coroutine is named after the
+    function that made it, and that name is what tasks show and what "coroutine ...
+    was never awaited" says."""
+    named = types.FunctionType(
+        coroutine_function.__code__, coroutine_function.__globals__, like.__name__
+    )
+    named.__qualname__ = like.__qualname__
+    return named
+
+
 def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     """The coroutine function that stands for ``cached`` (a coroutine function)."""
     func = cached.__wrapped__
     flights: _Flights = {}
-    # A memory hit is answered by the native call; anything else awaits _slow, under
-    # the function's name: a coroutine is named after the function that made it, and
-    # that name is what tasks show and "coroutine ... was never awaited" says.
-    slow = types.FunctionType(_slow.__code__, _slow.__globals__, func.__name__)
-    slow.__qualname__ = func.__qualname__
-    wrapper = AsyncCachedFunction(cached, functools.partial(slow, cached, flights), _HIT)
+    # A memory hit is answered by the native call; anything else awaits _slow.
+    slow = functools.partial(_named(_slow, func), cached, flights)
+    wrapper = AsyncCachedFunction(cached, slow, _HIT and _named(_HIT, func))
     functools.update_wrapper(wrapper, func)
     # What inspect.iscoroutinefunction (and asyncio's, FastAPI's, Starlette's) reads
     # on a callable that is not a Python function, as for Cython's functions.
