@@ -255,7 +255,7 @@ def _named(coroutine_function: Any, like: Any) -> Any:
     named = types.FunctionType(
         coroutine_function.__code__, coroutine_function.__globals__, like.__name__
     )
-    named.__qualname__ = like.__qualname__
+    named.__qualname__ = getattr(like, "__qualname__", like.__name__)
     return named
 
 
