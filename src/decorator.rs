@@ -26,6 +26,7 @@ use crate::config::{self, BackendKind};
 use crate::errors::{repr_of, CacheError};
 use crate::flight::{Flights, Join, Waited};
 use crate::key::{function_head, region_name, KeyPlan};
+use crate::vectorcall::{self, FastCall};
 use crate::warn;
 
 /// The longest pause between two looks at a lease held by another process.
@@ -353,6 +354,7 @@ impl Decorator {
             .call1((func,))?
             .is_truthy()?;
         let cached = Bound::new(py, CachedFunction::new(py, func, options, is_async)?)?;
+        vectorcall::install(&cached, &cached.get().entry);
         py.import("functools")?
             .getattr("update_wrapper")?
             .call1((&cached, func))?;
@@ -508,6 +510,8 @@ pub struct CachedFunction {
     resolved: RwLock<Option<Arc<Resolved>>>,
     /// Names this function in the threads' copies of its settings.
     id: u64,
+    /// The vectorcall entry (`vectorcall.rs`).
+    entry: pyo3::ffi::vectorcallfunc,
 }
 
 static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -542,6 +546,7 @@ impl CachedFunction {
             flights: Flights::default(),
             resolved: RwLock::new(None),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            entry: vectorcall::entry::<CachedFunction>,
         })
     }
 
@@ -648,6 +653,27 @@ impl CachedFunction {
         let mut key = KeyBuf::take();
         key.0.push_str(&r.head);
         self.plan.write_params(&mut key.0, args, kwargs)?;
+        Ok(key)
+    }
+
+    /// Whether a call of `n` positional arguments (and no keywords) can be keyed from
+    /// the interpreter's argument array ([`CachedFunction::key_positional`]).
+    #[inline]
+    fn takes_positional(&self, n: usize) -> bool {
+        self.plan.takes_positional(n)
+    }
+
+    /// The key of a call of positional arguments only, built in this thread's buffer.
+    #[inline]
+    fn key_positional<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        args: &[Bound<'py, PyAny>],
+    ) -> PyResult<KeyBuf> {
+        let mut key = KeyBuf::take();
+        key.0.push_str(&r.head);
+        self.plan.write_positional(py, &mut key.0, args)?;
         Ok(key)
     }
 
@@ -1005,10 +1031,34 @@ impl CachedFunction {
     }
 }
 
-#[pymethods]
-impl CachedFunction {
-    #[pyo3(signature = (*args, **kwargs))]
-    fn __call__<'py>(
+impl FastCall for CachedFunction {
+    /// `f(123)`: the key is built from the interpreter's argument array; only a miss
+    /// packs the arguments (to call the function).
+    #[inline]
+    fn call_positional<'py>(
+        slf: &Bound<'py, Self>,
+        args: &[Bound<'py, PyAny>],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let py = slf.py();
+        if !config::is_disabled_now() && this.takes_positional(args.len()) {
+            let r = this.resolve_here();
+            if let Ok(backend) = &r.backend {
+                if !backend.has_leases() {
+                    let key = this.key_positional(py, &r, args)?;
+                    if let Some(v) = this.lookup(py, &r, backend, &key)? {
+                        this.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    let args = PyTuple::new(py, args)?;
+                    return this.miss(py, &r, backend, &key, &args, None, false);
+                }
+            }
+        }
+        Self::call_packed(slf, &PyTuple::new(py, args)?, None)
+    }
+
+    fn call_packed<'py>(
         slf: &Bound<'py, Self>,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
@@ -1039,6 +1089,19 @@ impl CachedFunction {
             }
         }
         this.miss(py, &r, backend, &key, args, kwargs, flags.overwrite)
+    }
+}
+
+#[pymethods]
+impl CachedFunction {
+    /// Calls that do not come through vectorcall (`vectorcall.rs`).
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::call_packed(slf, args, kwargs)
     }
 
     fn __get__(

@@ -246,26 +246,39 @@ impl KeyPlan {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let kwargs = kwargs.filter(|k| !k.is_empty());
-        if kwargs.is_none() && args.len() <= self.positional.len() {
-            return self.write_positional_only(out, args);
+        if kwargs.is_none() && self.takes_positional(args.len()) {
+            return self.write_positional(args.py(), out, args.as_slice());
         }
         self.write_general(out, args, kwargs)
     }
 
-    /// The common case: positional arguments only, none beyond the named parameters.
-    fn write_positional_only(&self, out: &mut String, args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        let py = args.py();
+    /// Whether a call of `n` positional arguments and no keywords can be written by
+    /// [`KeyPlan::write_positional`]: none beyond the named parameters.
+    #[inline]
+    pub fn takes_positional(&self, n: usize) -> bool {
+        n <= self.positional.len()
+    }
+
+    /// The common case: positional arguments only, none beyond the named parameters
+    /// (see [`KeyPlan::takes_positional`]).
+    #[inline]
+    pub fn write_positional<'py>(
+        &self,
+        py: Python<'py>,
+        out: &mut String,
+        args: &[Bound<'py, PyAny>],
+    ) -> PyResult<()> {
         let mut first = true;
         for &i in &self.sorted {
             let param = &self.positional[i];
-            let value = if i < args.len() {
-                args.get_item(i)?
+            let value = if let Some(arg) = args.get(i) {
+                arg
             } else if let Some(d) = &param.default {
-                d.bind(py).clone()
+                d.bind(py)
             } else {
                 continue;
             };
-            self.write_pair(out, &param.name, &value, &mut first)?;
+            self.write_pair(out, &param.name, value, &mut first)?;
         }
         Ok(())
     }

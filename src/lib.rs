@@ -15,6 +15,7 @@ pub mod pattern;
 pub mod ready;
 pub mod runtime;
 pub mod seal;
+pub mod vectorcall;
 pub mod warn;
 
 use pyo3::prelude::*;

@@ -160,3 +160,49 @@ def test_defaults_are_written_as_the_same_arguments_given_explicitly():
     assert g.cache_key(1) == "1m:g|a=1 xs=[]"
     items.append(5)  # a mutable default is written as it is at the call
     assert g.cache_key(1) == "1m:g|a=1 xs=[5]"
+
+
+def test_every_way_of_calling_reaches_the_same_entry():
+    """The interpreter's calls (positional, keywords, unpacked, through C: map, partial,
+    a bound method) come in by vectorcall or tp_call, packed or not: one key."""
+    import functools
+
+    import pytest
+
+    calls = []
+
+    @cachu.cache(ttl=300, package="callways")
+    def area(w, h=2):
+        calls.append((w, h))
+        return w * h
+
+    assert area(3) == 6
+    assert area(3, 2) == area(w=3) == area(h=2, w=3) == area(*[3], **{"h": 2}) == 6
+    assert list(map(area, [3, 3])) == [6, 6]
+    assert functools.partial(area, h=2)(3) == functools.partial(area, 3)() == 6
+    assert area(3, _skip_cache=False) == 6
+    assert calls == [(3, 2)]
+    assert cachu.cache_info(area).hits == 9
+
+    class Shapes:
+        @cachu.cache(ttl=300, package="callways")
+        def square(self, side):
+            return side * side
+
+        def __repr__(self) -> str:
+            return "Shapes()"
+
+    s = Shapes()
+    assert s.square(4) == Shapes.square(s, 4) == s.square(side=4) == 16
+    assert cachu.cache_info(Shapes.square).hits == 2
+
+    @cachu.cache(ttl=300, package="callways")
+    def nothing():
+        return "done"
+
+    assert nothing() == nothing() == "done"
+    # Errors of the call itself are the function's, as without the cache.
+    with pytest.raises(TypeError):
+        area(1, 2, 3)
+    with pytest.raises(TypeError):
+        area()
