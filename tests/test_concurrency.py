@@ -250,6 +250,7 @@ class Geometry:
 
 def test_decorated_functions_pickle_by_reference_for_process_pools():
     import asyncio
+    import multiprocessing
     import os
     import pickle
     from concurrent.futures import ProcessPoolExecutor
@@ -257,7 +258,9 @@ def test_decorated_functions_pickle_by_reference_for_process_pools():
     for fn in (square, async_square, Geometry.area):
         assert pickle.loads(pickle.dumps(fn)) is fn
     # A process pool sends the function by name; each worker caches in its own memory.
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    # (spawn: this process runs threads, which fork would copy mid-flight.)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=spawn) as pool:
         results = list(pool.map(square, [3, 4, 3]))
     assert [r[0] for r in results] == [9, 16, 9]
     assert all(pid != os.getpid() for _, pid in results)

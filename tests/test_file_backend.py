@@ -331,6 +331,8 @@ def test_gil_is_released_during_sqlite_io(file_dir):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork semantics checked on Linux")
+# What this test checks: a fork of a process whose threads hold connections (3.12+ warn).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_fork_child_uses_its_own_connections(file_dir):
     @cache(ttl=300, package=PKG)
     def f(x):
