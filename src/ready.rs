@@ -16,9 +16,9 @@
 //! a coroutine it can be awaited once.
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
+use pyo3::exceptions::{PyBaseException, PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTraceback, PyTuple, PyType};
 use pyo3::PyTypeInfo;
 
 /// An awaitable whose outcome is already known: a value, or an error that `await`
@@ -95,12 +95,12 @@ impl Ready {
     ) -> PyResult<Py<PyAny>> {
         self.outcome.lock().take();
         let py = typ.py();
-        let error = if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        let error = if typ.is_instance_of::<PyBaseException>() {
             typ.clone()
-        } else if typ.cast::<pyo3::types::PyType>().is_ok_and(|t| {
-            t.is_subclass_of::<pyo3::exceptions::PyBaseException>()
-                .unwrap_or(false)
-        }) {
+        } else if typ
+            .cast::<PyType>()
+            .is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false))
+        {
             match val.filter(|v| !v.is_none()) {
                 Some(v) if v.is_instance(typ)? => v.clone(),
                 Some(v) if v.is_instance_of::<PyTuple>() => typ.call1(v.cast::<PyTuple>()?)?,
@@ -114,7 +114,7 @@ impl Ready {
         };
         let error = PyErr::from_value(error);
         if let Some(tb) = tb.filter(|t| !t.is_none()) {
-            error.set_traceback(py, Some(tb.cast::<pyo3::types::PyTraceback>()?.clone()));
+            error.set_traceback(py, Some(tb.cast::<PyTraceback>()?.clone()));
         }
         Err(error)
     }

@@ -82,16 +82,20 @@ fn handle() -> Handle {
     try_handle().expect("cachu: the tokio runtime was started by awaitable()")
 }
 
-/// Runs blocking work (SQLite) on the runtime's blocking pool.
+/// Runs blocking work (SQLite) where the future runs, a worker of this runtime, which
+/// first hands its other tasks to the rest of the runtime (`block_in_place`): the
+/// worker becomes a thread of the blocking pool for that long. Measured on an async
+/// file hit: 103-111 us through `spawn_blocking` (the worker wakes a blocking thread,
+/// which wakes the worker again), against 86-87 us here.
+/// An `async fn` without an await: the work must run when the future is polled on a
+/// worker, never where the future is made.
+#[allow(clippy::unused_async)]
 pub async fn blocking<T, F>(f: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    match handle().spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    tokio::task::block_in_place(f)
 }
 
 /// The runtime as pyo3-async-runtimes sees it.

@@ -265,7 +265,8 @@ def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     flights: _Flights = {}
     # A memory hit is answered by the native call; anything else awaits _slow.
     slow = functools.partial(_named(_slow, func), cached, flights)
-    wrapper = AsyncCachedFunction(cached, slow, _HIT and _named(_HIT, func))
+    hit = None if _HIT is None else _named(_HIT, func)
+    wrapper = AsyncCachedFunction(cached, slow, hit)
     functools.update_wrapper(wrapper, func)
     # What inspect.iscoroutinefunction (and asyncio's, FastAPI's, Starlette's) reads
     # on a callable that is not a Python function, as for Cython's functions.
