@@ -13,6 +13,7 @@ def test_demo_runs_and_shows_hits():
     assert proc.returncode == 0, proc.stderr
     assert "CacheInfo(hits=1, misses=1, currsize=1)" in proc.stdout
     assert "cached value is still {'id': 123, 'name': 'user 123'}" in proc.stdout
+    assert "10 tasks at once ran it once: CacheInfo(hits=9, misses=1" in proc.stdout
     assert "Done." in proc.stdout
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 import time
@@ -78,6 +79,24 @@ def demo() -> int:
     get_user(123)
     cachu.enable()
     print(f"   while disabled the function ran: {len(calls) - before} time(s)")
+
+    print("\n8. Coroutine functions: the same decorator, awaited")
+
+    @cachu.cache(ttl=300)
+    async def fetch_user(user_id: int) -> dict[str, Any]:
+        await asyncio.sleep(0.05)  # the database
+        return {"id": user_id}
+
+    async def tour() -> None:
+        await asyncio.gather(*(fetch_user(5) for _ in range(10)))
+        print(f"   10 tasks at once ran it once: {cachu.cache_info(fetch_user)}")
+        t = time.perf_counter()
+        for _ in range(10_000):
+            await fetch_user(5)
+        per_hit = (time.perf_counter() - t) / 10_000 * 1e6
+        print(f"   a hit is awaited without a task switch: {per_hit:.2f} us")
+
+    asyncio.run(tour())
     print("\nDone.")
     return 0
 
