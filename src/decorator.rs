@@ -914,7 +914,7 @@ impl CachedFunction {
         kwargs: Option<&Bound<'py, PyDict>>,
         overwrite: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let token = lease_token();
+        let token = backend::Token::lazy();
         let deadline = Instant::now() + r.lock_timeout;
         let mut read = !overwrite;
         let mut pause = Duration::from_millis(2);
@@ -936,7 +936,7 @@ impl CachedFunction {
                     read = false;
                 }
                 Lease::Acquired => {
-                    return self.compute_leased(py, r, backend, key, &token, args, kwargs)
+                    return self.compute_leased(py, r, backend, key, token.get(), args, kwargs)
                 }
                 Lease::Held => {
                     let now = Instant::now();

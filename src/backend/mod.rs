@@ -7,7 +7,7 @@ pub mod redis;
 pub mod sqlite;
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,9 +15,31 @@ use pyo3::prelude::*;
 
 use crate::codec::{self, Stored};
 use crate::config::{config_of, BackendKind};
+use crate::decorator::lease_token;
 use crate::errors::CacheResult;
 use crate::pattern::glob_match;
 use memory::{unix_now, Budget, MemoryStore};
+
+/// The token that names a lease holder, made when it is first needed: a read that
+/// finds the value needs none (the file backend reads before it locks), where a Redis
+/// script takes it with every call.
+pub struct Token(OnceLock<String>);
+
+impl Token {
+    /// A token made on first use ([`lease_token`]).
+    pub fn lazy() -> Self {
+        Token(OnceLock::new())
+    }
+
+    /// The token `token`.
+    pub fn given(token: impl Into<String>) -> Self {
+        Token(OnceLock::from(token.into()))
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get_or_init(lease_token)
+    }
+}
 
 /// A store of pickled values: the file and Redis backends. Its methods do I/O and are
 /// called with the GIL released.
@@ -45,7 +67,7 @@ pub trait ByteStore: Send + Sync + 'static {
     fn lease(
         &self,
         key: &str,
-        token: &str,
+        token: &Token,
         lease: Duration,
         read: bool,
     ) -> CacheResult<LeaseReply> {
@@ -86,7 +108,7 @@ pub trait ByteStore: Send + Sync + 'static {
         read: bool,
     ) -> BoxFuture<CacheResult<LeaseReply>> {
         Box::pin(crate::runtime::blocking(move || {
-            self.lease(&key, &token, lease, read)
+            self.lease(&key, &Token::given(token), lease, read)
         }))
     }
 
@@ -245,7 +267,7 @@ impl Backend {
         &self,
         py: Python<'py>,
         key: &str,
-        token: &str,
+        token: &Token,
         lease: Duration,
         read: bool,
     ) -> PyResult<Lease<'py>> {

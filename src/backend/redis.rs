@@ -715,11 +715,12 @@ impl ByteStore for RedisStore {
     fn lease(
         &self,
         key: &str,
-        token: &str,
+        token: &super::Token,
         lease: Duration,
         read: bool,
     ) -> CacheResult<LeaseReply> {
         let lock = lock_key(key);
+        let token = token.get();
         let reply: Value = self.run(async |c| {
             LEASE
                 .key(key)

@@ -314,16 +314,18 @@ impl ByteStore for SqliteStore {
     fn lease(
         &self,
         key: &str,
-        token: &str,
+        token: &super::Token,
         _lease: Duration,
         read: bool,
     ) -> CacheResult<super::LeaseReply> {
         use super::LeaseReply;
         if read {
+            // A hit needs no token: it is made below, for a lease.
             if let Some((value, created)) = self.get(key)? {
                 return Ok(LeaseReply::Found(value, created));
             }
         }
+        let token = token.get();
         if !self.take_lease(key, token) {
             return Ok(LeaseReply::Held);
         }
@@ -357,6 +359,7 @@ impl ByteStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Token;
 
     fn temp_path(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("cachu-test-{}-{name}", std::process::id()));
@@ -388,45 +391,59 @@ mod tests {
         let s = SqliteStore::open(path.clone());
         let lease = Duration::from_secs(10);
         assert!(matches!(
-            s.lease("5m:f|x=1", "a", lease, true).unwrap(),
+            s.lease("5m:f|x=1", &Token::given("a"), lease, true)
+                .unwrap(),
             LeaseReply::Acquired
         ));
         // Another caller of this process waits for it.
         assert!(matches!(
-            s.lease("5m:f|x=1", "b", lease, true).unwrap(),
+            s.lease("5m:f|x=1", &Token::given("b"), lease, true)
+                .unwrap(),
             LeaseReply::Held
         ));
         // Another open of the lease file stands for another process.
         let other = SqliteStore::open(path.clone());
         assert!(matches!(
-            other.lease("5m:f|x=1", "c", lease, true).unwrap(),
+            other
+                .lease("5m:f|x=1", &Token::given("c"), lease, true)
+                .unwrap(),
             LeaseReply::Held
         ));
         assert!(matches!(
-            other.lease("5m:f|x=2", "c", lease, true).unwrap(),
+            other
+                .lease("5m:f|x=2", &Token::given("c"), lease, true)
+                .unwrap(),
             LeaseReply::Acquired
         ));
         // Only its holder releases a lease.
         s.store_and_release("5m:f|x=1", None, "b").unwrap();
         assert!(matches!(
-            other.lease("5m:f|x=1", "c", lease, true).unwrap(),
+            other
+                .lease("5m:f|x=1", &Token::given("c"), lease, true)
+                .unwrap(),
             LeaseReply::Held
         ));
         // Stored and released: the other finds the value.
         s.store_and_release("5m:f|x=1", Some((b"v", unix_now(), 300.0)), "a")
             .unwrap();
-        match other.lease("5m:f|x=1", "c", lease, true).unwrap() {
+        match other
+            .lease("5m:f|x=1", &Token::given("c"), lease, true)
+            .unwrap()
+        {
             LeaseReply::Found(v, _) => assert_eq!(v, b"v"),
             _ => panic!("the stored value was not found"),
         }
         // A holder that goes away (its file closed, as at exit) leaves no lease behind.
         assert!(matches!(
-            s.lease("5m:f|x=3", "a", lease, false).unwrap(),
+            s.lease("5m:f|x=3", &Token::given("a"), lease, false)
+                .unwrap(),
             LeaseReply::Acquired
         ));
         drop(s);
         assert!(matches!(
-            other.lease("5m:f|x=3", "c", lease, false).unwrap(),
+            other
+                .lease("5m:f|x=3", &Token::given("c"), lease, false)
+                .unwrap(),
             LeaseReply::Acquired
         ));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
