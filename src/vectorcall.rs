@@ -46,52 +46,54 @@ pub unsafe extern "C" fn entry<T: FastCall>(
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a vectorcall entry with the GIL held, on an instance of the
-    // type it was installed on (`T`), with `nargs` positional arguments followed by
-    // one value per name of `kwnames` (a tuple, or NULL), all borrowed for the call.
-    // `Bound<PyAny>` has the layout of an object pointer, so the array is a slice of
-    // them, borrowed for as long as the call.
-    let outcome = std::panic::catch_unwind(|| unsafe {
-        let py = Python::assume_attached();
-        let slf = Borrowed::from_ptr(py, callable).cast_unchecked::<T>();
-        let nargs = ffi::PyVectorcall_NARGS(nargsf) as usize;
-        let nkw = if kwnames.is_null() {
-            0
-        } else {
-            ffi::PyTuple_GET_SIZE(kwnames) as usize
-        };
-        let all: &[Bound<'_, PyAny>] = if nargs + nkw == 0 {
-            &[]
-        } else {
-            std::slice::from_raw_parts(args.cast::<Bound<'_, PyAny>>(), nargs + nkw)
-        };
-        let result = if nkw == 0 {
-            T::call_positional(&slf, all)
-        } else {
-            let names = Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>();
-            packed(py, all, nargs, &names)
-                .and_then(|(args, kwargs)| T::call_packed(&slf, &args, Some(&kwargs)))
-        };
-        result.map(Bound::into_ptr).map_err(|e| (py, e))
-    });
-    match outcome {
-        Ok(Ok(ptr)) => ptr,
-        Ok(Err((py, e))) => {
-            e.restore(py);
-            std::ptr::null_mut()
+    // The GIL is held (CPython calls vectorcall entries with it); `attach` only tells
+    // pyo3 so, so that objects dropped during the call are released at once, instead
+    // of being queued for later as from a thread pyo3 thinks detached.
+    Python::attach(|py| {
+        // SAFETY: CPython calls a vectorcall entry on an instance of the type it was
+        // installed on (`T`), with `nargs` positional arguments followed by one value
+        // per name of `kwnames` (a tuple, or NULL), all borrowed for the call.
+        // `Bound<PyAny>` has the layout of an object pointer, so the array is a slice
+        // of them, borrowed for as long as the call.
+        let outcome = std::panic::catch_unwind(|| unsafe {
+            let slf = Borrowed::from_ptr(py, callable).cast_unchecked::<T>();
+            let nargs = ffi::PyVectorcall_NARGS(nargsf) as usize;
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                ffi::PyTuple_GET_SIZE(kwnames) as usize
+            };
+            let all: &[Bound<'_, PyAny>] = if nargs + nkw == 0 {
+                &[]
+            } else {
+                std::slice::from_raw_parts(args.cast::<Bound<'_, PyAny>>(), nargs + nkw)
+            };
+            if nkw == 0 {
+                T::call_positional(&slf, all)
+            } else {
+                let names = Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>();
+                packed(py, all, nargs, &names)
+                    .and_then(|(args, kwargs)| T::call_packed(&slf, &args, Some(&kwargs)))
+            }
+            .map(Bound::into_ptr)
+        });
+        match outcome {
+            Ok(Ok(ptr)) => ptr,
+            Ok(Err(e)) => {
+                e.restore(py);
+                std::ptr::null_mut()
+            }
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic in cachu's call".to_owned());
+                PanicException::new_err(message).restore(py);
+                std::ptr::null_mut()
+            }
         }
-        Err(payload) => {
-            // SAFETY: still the caller's thread, with the GIL held.
-            let py = unsafe { Python::assume_attached() };
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic in cachu's call".to_owned());
-            PanicException::new_err(message).restore(py);
-            std::ptr::null_mut()
-        }
-    }
+    })
 }
 
 /// The arguments of a call with keywords, as `tp_call` receives them.

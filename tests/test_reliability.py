@@ -83,6 +83,38 @@ def test_evicted_values_are_released():
         cachu.configure(package="release", memory_maxsize=0)
 
 
+def test_hits_release_what_they_hold_at_once():
+    """A hit takes a reference to the cached object and gives it back before it
+    returns: after 10 000 hits its reference count is what it was (a reference left
+    for later would pile up, one per hit, along with the memory to remember it)."""
+    import asyncio
+
+    cachu.configure(package="refs_once", memory_copy=False)
+
+    @cachu.cache(ttl=300, package="refs_once")
+    def value(x: int) -> list:
+        return [x]
+
+    @cachu.cache(ttl=300, package="refs_once")
+    async def async_value(x: int) -> list:
+        return [x]
+
+    held = value(1)
+    before = sys.getrefcount(held)
+    for _ in range(10_000):
+        value(1)
+    assert sys.getrefcount(held) == before
+
+    async def main() -> int:
+        held = await async_value(1)
+        before = sys.getrefcount(held)
+        for _ in range(10_000):
+            await async_value(1)
+        return sys.getrefcount(held) - before
+
+    assert asyncio.run(main()) == 0
+
+
 def test_clear_backends_frees_memory_entries_that_other_threads_called():
     """A thread keeps its own copy of a function's settings; clear_backends() still
     frees the entries of the memory region it pointed at, at once."""
