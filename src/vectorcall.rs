@@ -46,69 +46,99 @@ pub unsafe extern "C" fn entry<T: FastCall>(
     nargsf: usize,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // The GIL is held (CPython calls vectorcall entries with it); `attach` only tells
-    // pyo3 so, so that objects dropped during the call are released at once, instead
-    // of being queued for later as from a thread pyo3 thinks detached.
-    Python::attach(|py| {
-        // SAFETY: CPython calls a vectorcall entry on an instance of the type it was
-        // installed on (`T`), with `nargs` positional arguments followed by one value
-        // per name of `kwnames` (a tuple, or NULL), all borrowed for the call.
-        // `Bound<PyAny>` has the layout of an object pointer, so the array is a slice
-        // of them, borrowed for as long as the call.
-        let outcome = std::panic::catch_unwind(|| unsafe {
-            let slf = Borrowed::from_ptr(py, callable).cast_unchecked::<T>();
-            let nargs = ffi::PyVectorcall_NARGS(nargsf) as usize;
-            let nkw = if kwnames.is_null() {
-                0
-            } else {
-                ffi::PyTuple_GET_SIZE(kwnames) as usize
-            };
-            let all: &[Bound<'_, PyAny>] = if nargs + nkw == 0 {
+    // SAFETY: CPython calls a vectorcall entry with the GIL held, on an instance of the
+    // type it was installed on (`T`), with `nargs` positional arguments followed by one
+    // value per name of `kwnames` (a tuple, or NULL), all borrowed for the call.
+    unsafe {
+        let nargs = ffi::PyVectorcall_NARGS(nargsf) as usize;
+        if !kwnames.is_null() && ffi::PyTuple_GET_SIZE(kwnames) > 0 {
+            return call_with_keywords(callable, args, nargs, kwnames);
+        }
+        // The GIL is held; `attach` tells pyo3 so, so that what the call drops is
+        // released at once (`assume_attached` would queue it for later: one reference
+        // per hit).
+        Python::attach(|py| {
+            // `Bound<PyAny>` has the layout of an object pointer: the array is a slice
+            // of them, borrowed for as long as the call.
+            let all: &[Bound<'_, PyAny>] = if nargs == 0 {
                 &[]
             } else {
-                std::slice::from_raw_parts(args.cast::<Bound<'_, PyAny>>(), nargs + nkw)
+                std::slice::from_raw_parts(args.cast::<Bound<'_, PyAny>>(), nargs)
             };
-            if nkw == 0 {
-                T::call_positional(&slf, all)
-            } else {
-                let names = Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>();
-                packed(py, all, nargs, &names)
-                    .and_then(|(args, kwargs)| T::call_packed(&slf, &args, Some(&kwargs)))
+            // After a panic nothing of this call is used again: it becomes the
+            // caller's `PanicException`.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let slf = Borrowed::from_ptr(py, callable).cast_unchecked::<T>();
+                T::call_positional(&slf, all).map(Bound::into_ptr)
+            }));
+            match outcome {
+                Ok(Ok(ptr)) => ptr,
+                Ok(Err(e)) => {
+                    e.restore(py);
+                    std::ptr::null_mut()
+                }
+                Err(payload) => {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic in cachu's call".to_owned());
+                    PanicException::new_err(message).restore(py);
+                    std::ptr::null_mut()
+                }
             }
-            .map(Bound::into_ptr)
-        });
-        match outcome {
-            Ok(Ok(ptr)) => ptr,
-            Ok(Err(e)) => {
-                e.restore(py);
-                std::ptr::null_mut()
-            }
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic in cachu's call".to_owned());
-                PanicException::new_err(message).restore(py);
-                std::ptr::null_mut()
-            }
-        }
-    })
+        })
+    }
 }
 
-/// The arguments of a call with keywords, as `tp_call` receives them.
-fn packed<'py>(
-    py: Python<'py>,
-    all: &[Bound<'py, PyAny>],
+/// A call with keywords: packed into a tuple and a dict, as the interpreter packs them
+/// for `tp_call`, and handed to the type's `tp_call` (pyo3's `__call__`), which keys
+/// from them. C API only: nothing here is left for pyo3 to release.
+///
+/// # Safety
+///
+/// As for [`entry`], with `kwnames` a non-empty tuple.
+unsafe fn call_with_keywords(
+    callable: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
     nargs: usize,
-    names: &Bound<'py, PyTuple>,
-) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
-    let args = PyTuple::new(py, &all[..nargs])?;
-    let kwargs = PyDict::new(py);
-    for (name, value) in names.iter().zip(&all[nargs..]) {
-        kwargs.set_item(name, value)?;
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: the caller's; every object made here is released before returning, and
+    // a failed C API call has set the error that the NULL returned reports.
+    unsafe {
+        let Some(tp_call) = (*ffi::Py_TYPE(callable)).tp_call else {
+            ffi::PyErr_SetString(ffi::PyExc_TypeError, c"not callable".as_ptr());
+            return std::ptr::null_mut();
+        };
+        let tuple = ffi::PyTuple_New(nargs as ffi::Py_ssize_t);
+        if tuple.is_null() {
+            return std::ptr::null_mut();
+        }
+        for i in 0..nargs {
+            let arg = *args.add(i);
+            ffi::Py_INCREF(arg);
+            ffi::PyTuple_SET_ITEM(tuple, i as ffi::Py_ssize_t, arg);
+        }
+        let dict = ffi::PyDict_New();
+        if dict.is_null() {
+            ffi::Py_DECREF(tuple);
+            return std::ptr::null_mut();
+        }
+        let nkw = ffi::PyTuple_GET_SIZE(kwnames) as usize;
+        for i in 0..nkw {
+            let name = ffi::PyTuple_GET_ITEM(kwnames, i as ffi::Py_ssize_t);
+            if ffi::PyDict_SetItem(dict, name, *args.add(nargs + i)) < 0 {
+                ffi::Py_DECREF(dict);
+                ffi::Py_DECREF(tuple);
+                return std::ptr::null_mut();
+            }
+        }
+        let result = tp_call(callable, tuple, dict);
+        ffi::Py_DECREF(dict);
+        ffi::Py_DECREF(tuple);
+        result
     }
-    Ok((args, kwargs))
 }
 
 /// Turns vectorcall on for `T`, whose instance `obj` holds the entry in `field`.
