@@ -103,6 +103,7 @@ def test_hits_release_what_they_hold_at_once():
     before = sys.getrefcount(held)
     for _ in range(10_000):
         value(1)
+        value(x=1)
     assert sys.getrefcount(held) == before
 
     async def main() -> int:
