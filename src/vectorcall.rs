@@ -54,10 +54,12 @@ pub unsafe extern "C" fn entry<T: FastCall>(
         if !kwnames.is_null() && ffi::PyTuple_GET_SIZE(kwnames) > 0 {
             return call_with_keywords(callable, args, nargs, kwnames);
         }
-        // The GIL is held; `attach` tells pyo3 so, so that what the call drops is
+        // The GIL is held; attaching tells pyo3 so, so that what the call drops is
         // released at once (`assume_attached` would queue it for later: one reference
-        // per hit).
-        Python::attach(|py| {
+        // per hit). Unchecked: the checked `attach` panics while the interpreter is
+        // finalizing (3.13+), and a `__del__` may call a cached function then; the GIL
+        // this thread holds is all the attach needs.
+        Python::attach_unchecked(|py| {
             // `Bound<PyAny>` has the layout of an object pointer: the array is a slice
             // of them, borrowed for as long as the call.
             let all: &[Bound<'_, PyAny>] = if nargs == 0 {

@@ -116,6 +116,30 @@ def test_hits_release_what_they_hold_at_once():
     assert asyncio.run(main()) == 0
 
 
+def test_a_cached_function_called_while_the_interpreter_shuts_down(this_python):
+    """A ``__del__`` that runs at interpreter exit may call a cached function: it is
+    answered (on 3.13, pyo3's checked attach panicked there, and the process aborted)."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import cachu
+
+        @cachu.cache(ttl=60)
+        def f(x):
+            return x + 1
+
+        class Late:
+            def __del__(self):
+                print("late", f(1), f(1), flush=True)
+
+        keep = Late()
+    """)
+    proc = subprocess.run([this_python, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "late 2 2"
+
+
 def test_clear_backends_frees_memory_entries_that_other_threads_called():
     """A thread keeps its own copy of a function's settings; clear_backends() still
     frees the entries of the memory region it pointed at, at once."""
