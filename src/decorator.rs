@@ -1057,7 +1057,10 @@ impl FastCall for CachedFunction {
         }
         Self::call_packed(slf, &PyTuple::new(py, args)?, None)
     }
+}
 
+impl CachedFunction {
+    /// Any call, as `tp_call` receives it.
     fn call_packed<'py>(
         slf: &Bound<'py, Self>,
         args: &Bound<'py, PyTuple>,

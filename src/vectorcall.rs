@@ -9,13 +9,13 @@
 //! (`Py_TPFLAGS_HAVE_VECTORCALL`). Measured on a call that does nothing: 29 ns through
 //! `tp_call`, 14 ns through vectorcall.
 //!
-//! Positional calls (`f(123)`, the common case) reach [`FastCall::call_vector`] with the
-//! interpreter's array as a slice; calls with keywords are packed as `tp_call` would.
+//! Positional calls (`f(123)`, the common case) reach [`FastCall::call_positional`]
+//! with the interpreter's array as a slice; calls with keywords are packed as the
+//! interpreter packs them and handed to the type's `tp_call`.
 
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyClass;
 
 /// A decorated callable with a vectorcall entry.
@@ -24,13 +24,6 @@ pub trait FastCall: PyClass + Sync {
     fn call_positional<'py>(
         slf: &Bound<'py, Self>,
         args: &[Bound<'py, PyAny>],
-    ) -> PyResult<Bound<'py, PyAny>>;
-
-    /// Any call, as `tp_call` receives it.
-    fn call_packed<'py>(
-        slf: &Bound<'py, Self>,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>>;
 }
 

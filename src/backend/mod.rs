@@ -26,7 +26,7 @@ use memory::{unix_now, Budget, MemoryStore};
 pub struct Token(OnceLock<String>);
 
 impl Token {
-    /// A token made on first use ([`lease_token`]).
+    /// A token made on first use (by `lease_token`).
     pub fn lazy() -> Self {
         Token(OnceLock::new())
     }
