@@ -96,7 +96,6 @@ fn probe<'py>(
     let local = backend.is_local();
     if local && !flags.overwrite {
         if let Some(v) = this.lookup(py, &r, backend, &key)? {
-            this.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Probed::Hit(v));
         }
     }

@@ -353,7 +353,7 @@ impl Decorator {
             .getattr("iscoroutinefunction")?
             .call1((func,))?
             .is_truthy()?;
-        let cached = Bound::new(py, CachedFunction::new(py, func, options, is_async)?)?;
+        let cached = Bound::new(py, CachedFunction::new(py, func, options)?)?;
         vectorcall::install(&cached, &cached.get().entry);
         py.import("functools")?
             .getattr("update_wrapper")?
@@ -504,7 +504,6 @@ pub struct CachedFunction {
     package: Option<String>,
     cache_if: Option<Py<PyAny>>,
     validate: Option<Py<PyAny>>,
-    is_async: bool,
     pub(crate) stats: Arc<Stats>,
     flights: Flights<Outcome>,
     resolved: RwLock<Option<Arc<Resolved>>>,
@@ -517,7 +516,7 @@ pub struct CachedFunction {
 static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl CachedFunction {
-    fn new(py: Python<'_>, func: &Bound<'_, PyAny>, o: Options, is_async: bool) -> PyResult<Self> {
+    fn new(py: Python<'_>, func: &Bound<'_, PyAny>, o: Options) -> PyResult<Self> {
         let target = match func.getattr(intern!(py, "__wrapped__")) {
             Ok(inner) => inner,
             Err(_) => func.clone(),
@@ -541,7 +540,6 @@ impl CachedFunction {
             package: o.package,
             cache_if: o.cache_if,
             validate: o.validate,
-            is_async,
             stats,
             flights: Flights::default(),
             resolved: RwLock::new(None),
@@ -698,7 +696,7 @@ impl CachedFunction {
         r.head[..name_end].to_owned()
     }
 
-    /// A cached value valid for `validate=`, or `None`.
+    /// A cached value valid for `validate=` (counted as a hit), or `None`.
     #[inline]
     pub(crate) fn lookup<'py>(
         &self,
@@ -717,7 +715,11 @@ impl CachedFunction {
         let Some((value, created_at)) = found else {
             return Ok(None);
         };
-        self.validated(py, value, created_at)
+        let valid = self.validated(py, value, created_at)?;
+        if valid.is_some() {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(valid)
     }
 
     /// `value` if `validate=` accepts it (or there is none).
@@ -853,7 +855,6 @@ impl CachedFunction {
                 // Another caller may have stored the value between our miss and now.
                 if !overwrite {
                     if let Some(v) = self.lookup(py, r, backend, key)? {
-                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
                         drop(leader);
                         return Ok(v);
                     }
@@ -1047,7 +1048,6 @@ impl FastCall for CachedFunction {
                 if !backend.has_leases() {
                     let key = this.key_positional(py, &r, args)?;
                     if let Some(v) = this.lookup(py, &r, backend, &key)? {
-                        this.stats.hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(v);
                     }
                     let args = PyTuple::new(py, args)?;
@@ -1087,7 +1087,6 @@ impl CachedFunction {
         }
         if !flags.overwrite {
             if let Some(v) = this.lookup(py, &r, backend, &key)? {
-                this.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(v);
             }
         }
@@ -1212,20 +1211,6 @@ impl CachedFunction {
         })
     }
 
-    /// For the async front: the value for a key, validated, or `None`... as a pair
-    /// `(found, value)` since `None` may be cached.
-    fn _lookup<'py>(&self, py: Python<'py>, key: &str) -> PyResult<(bool, Bound<'py, PyAny>)> {
-        let r = self.resolve();
-        let backend = self.backend_or_err(py, &r)?;
-        Ok(match self.lookup(py, &r, &backend, key)? {
-            Some(v) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                (true, v)
-            }
-            None => (false, py.None().into_bound(py)),
-        })
-    }
-
     /// For the async front: stores a computed result as the miss path does.
     fn _store(&self, py: Python<'_>, key: &str, result: &Bound<'_, PyAny>) -> PyResult<()> {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -1252,29 +1237,6 @@ impl CachedFunction {
     #[getter]
     fn _is_memory(&self, py: Python<'_>) -> bool {
         self.backend_now(py).is_ok_and(|b| b.is_memory())
-    }
-
-    /// Whether the decorated function is a coroutine function.
-    #[getter]
-    fn _is_async(&self) -> bool {
-        self.is_async
-    }
-
-    /// The package whose configuration this function follows.
-    #[getter]
-    fn _package(&self) -> Option<String> {
-        self.package.clone()
-    }
-
-    /// The TTL, as given (an int, or the callable).
-    #[getter]
-    fn _ttl(&self, py: Python<'_>) -> Py<PyAny> {
-        match &self.ttl {
-            Ttl::Fixed(t) => t
-                .into_pyobject(py)
-                .map_or_else(|_| py.None(), |v| v.into_any().unbind()),
-            Ttl::Dynamic(f) => f.clone_ref(py),
-        }
     }
 
     fn __repr__(&self) -> String {

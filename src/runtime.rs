@@ -87,6 +87,7 @@ fn handle() -> Handle {
 /// worker becomes a thread of the blocking pool for that long. Measured on an async
 /// file hit: 103-111 us through `spawn_blocking` (the worker wakes a blocking thread,
 /// which wakes the worker again), against 86-87 us here.
+///
 /// An `async fn` without an await: the work must run when the future is polled on a
 /// worker, never where the future is made.
 #[allow(clippy::unused_async)]

@@ -3,8 +3,8 @@
 
 Keys, validation, copies and storage are the Rust core's (the same as for sync
 functions); this module only awaits. A memory hit is answered by the native call of
-the decorated function with an already completed awaitable (no coroutine, no task
-switch, no thread hop); anything else awaits ``_slow``. SQLite work is awaited on the
+the decorated function with an already completed awaitable (no task switch, no
+thread hop); anything else awaits ``_slow``. SQLite work is awaited on the
 blocking pool of the core's tokio runtime; Redis is spoken from the event loop itself
 (``_aioredis``), with the lease protocol of the sync path: one round trip for a hit,
 two for a miss. Concurrent misses of one key within an event loop run the coroutine
