@@ -7,9 +7,11 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::backend::{self, instance, instances_of};
 use crate::config::{self, BackendKind};
-use crate::decorator::{parse_region_ttl, reset_stats, CacheInfo, CachedFunction};
 use crate::errors::{repr_of, CacheError};
+use crate::function::values::{reset_stats, CacheInfo};
+use crate::function::CachedFunction;
 use crate::pattern::tag_pattern;
+use crate::region::parse_region_ttl;
 
 /// The cached function behind `func`: itself, a bound method of it, or an async front.
 pub fn cached_of<'py>(func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, CachedFunction>> {
@@ -147,7 +149,7 @@ fn file_regions_on_disk(package: Option<&str>) -> Vec<i64> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name();
-            crate::key::ttl_of_sqlite_file(package, name.to_str()?)
+            crate::region::ttl_of_sqlite_file(package, name.to_str()?)
         })
         .collect()
 }
@@ -173,11 +175,11 @@ fn uses_redis(
 #[pyfunction]
 #[pyo3(signature = (package=None))]
 pub fn clear_backends(package: Option<String>) -> usize {
-    backend::forget(Some(package.as_deref()))
+    backend::registry::forget(Some(package.as_deref()))
 }
 
 /// Forgets every backend instance of every package.
 #[pyfunction]
 pub fn clear_all_backends() -> usize {
-    backend::forget(None)
+    backend::registry::forget(None)
 }

@@ -2,7 +2,10 @@
 //! callers wait for its outcome instead of computing it again.
 //!
 //! Generic over the outcome so that it is tested without Python. Waiting happens with
-//! the GIL released by the caller; no lock here is held while the leader computes.
+//! the GIL released by the caller, in slices short enough for it to look for signals
+//! in between; no lock here is held while the leader computes. A computation belongs
+//! to its process: a child of `fork()` never waits for one of its parent's (whose
+//! thread it does not have), it computes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +25,8 @@ pub struct Flight<T> {
     state: Mutex<State<T>>,
     done: Condvar,
     leader: ThreadId,
+    /// The process of the leader.
+    pid: u32,
 }
 
 /// What a waiter learns.
@@ -37,7 +42,11 @@ pub enum Waited<T> {
 impl<T> Flight<T> {
     /// Waits up to `timeout` for the leader.
     pub fn wait(&self, timeout: Duration) -> Waited<T> {
-        let deadline = Instant::now() + timeout;
+        self.wait_until(Instant::now() + timeout)
+    }
+
+    /// Waits until `deadline` at most for the leader.
+    pub fn wait_until(&self, deadline: Instant) -> Waited<T> {
         let mut state = self.state.lock();
         loop {
             match &*state {
@@ -94,8 +103,9 @@ impl<T> Flights<T> {
     /// Joins the computation of `key`, becoming its leader if there is none.
     pub fn join(&self, key: &str) -> Join<'_, T> {
         let me = std::thread::current().id();
+        let pid = std::process::id();
         let mut map = self.map.lock();
-        if let Some(f) = map.get(key) {
+        if let Some(f) = map.get(key).filter(|f| f.pid == pid) {
             return if f.leader == me {
                 Join::Reentrant
             } else {
@@ -106,6 +116,7 @@ impl<T> Flights<T> {
             state: Mutex::new(State::Running),
             done: Condvar::new(),
             leader: me,
+            pid,
         });
         map.insert(key.to_owned(), flight.clone());
         Join::Leader(Leader {
@@ -119,7 +130,8 @@ impl<T> Flights<T> {
     /// The computation of `key` in progress, if any, without joining it.
     pub fn find(&self, key: &str) -> Option<Join<'_, T>> {
         let me = std::thread::current().id();
-        self.map.lock().get(key).map(|f| {
+        let pid = std::process::id();
+        self.map.lock().get(key).filter(|f| f.pid == pid).map(|f| {
             if f.leader == me {
                 Join::Reentrant
             } else {
@@ -142,7 +154,14 @@ impl<T> Leader<'_, T> {
 
     fn settle(&mut self, state: State<T>) {
         self.finished = true;
-        self.flights.map.lock().remove(&self.key);
+        let mut map = self.flights.map.lock();
+        if map
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            map.remove(&self.key);
+        }
+        drop(map);
         *self.flight.state.lock() = state;
         self.flight.done.notify_all();
     }
@@ -236,5 +255,30 @@ mod tests {
             _ => false,
         });
         assert!(t.join().unwrap());
+    }
+
+    #[test]
+    fn a_computation_of_another_process_is_not_waited_for() {
+        let flights = Flights::<()>::default();
+        let Join::Leader(parent) = flights.join("k") else {
+            panic!()
+        };
+        // As a child of fork() finds it: the leader's process is not this one.
+        let inherited = flights.map.lock().get("k").cloned().unwrap();
+        let forked = Arc::new(Flight {
+            state: Mutex::new(State::Running),
+            done: Condvar::new(),
+            leader: inherited.leader,
+            pid: std::process::id().wrapping_add(1),
+        });
+        flights.map.lock().insert("k".into(), forked);
+        assert!(flights.find("k").is_none());
+        let Join::Leader(child) = flights.join("k") else {
+            panic!("the child waited for its parent's computation")
+        };
+        drop(parent); // does not remove the child's flight
+        assert_eq!(flights.in_progress(), 1);
+        child.finish(());
+        assert_eq!(flights.in_progress(), 0);
     }
 }

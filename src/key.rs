@@ -12,19 +12,6 @@ use pyo3::types::{
     PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple,
 };
 
-/// The TTL region of a key: `{s}s`, `{m}m`, `{h}h` or `{d}d` (integer division).
-pub fn region_name(ttl: i64) -> String {
-    if ttl < 60 {
-        format!("{ttl}s")
-    } else if ttl < 3600 {
-        format!("{}m", ttl / 60)
-    } else if ttl < 86_400 {
-        format!("{}h", ttl / 3600)
-    } else {
-        format!("{}d", ttl / 86_400)
-    }
-}
-
 /// A tag as it stands in keys: `|` stripped from both ends, inner `|` made `.`, wrapped
 /// in `|`. The empty tag stays empty.
 pub fn normalize_tag(tag: &str) -> String {
@@ -34,50 +21,6 @@ pub fn normalize_tag(tag: &str) -> String {
     format!("|{}|", tag.trim_matches('|').replace('|', "."))
 }
 
-/// The SQLite file of a (package, TTL) region: `{package}_cache{n}{sec|min|hour}.db`.
-pub fn sqlite_file_name(package: Option<&str>, ttl: i64) -> String {
-    let base = if ttl < 60 {
-        format!("cache{ttl}sec.db")
-    } else if ttl < 3600 {
-        format!("cache{}min.db", ttl / 60)
-    } else {
-        format!("cache{}hour.db", ttl / 3600)
-    };
-    match package {
-        Some(p) if !p.is_empty() => format!("{p}_{base}"),
-        _ => base,
-    }
-}
-
-/// The TTL of a region name (`30s`, `5m`, `1h`, `2d`, `-1s`), as [`region_name`] writes it.
-pub fn ttl_of_region(region: &str) -> Option<i64> {
-    let (number, unit) = region.split_at(region.len().checked_sub(1)?);
-    let n: i64 = number.parse().ok()?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    (region_name(n * scale) == region).then_some(n * scale)
-}
-
-/// The TTL of a SQLite file of `package`, from its name (the inverse of
-/// [`sqlite_file_name`]); `None` for a file that is not one of the package's.
-pub fn ttl_of_sqlite_file(package: Option<&str>, file_name: &str) -> Option<i64> {
-    let rest = match package {
-        Some(p) if !p.is_empty() => file_name.strip_prefix(p)?.strip_prefix('_')?,
-        _ => file_name,
-    };
-    let rest = rest.strip_prefix("cache")?.strip_suffix(".db")?;
-    let (number, scale) = [("sec", 1), ("min", 60), ("hour", 3600)]
-        .iter()
-        .find_map(|(unit, scale)| rest.strip_suffix(unit).map(|n| (n, *scale)))?;
-    let ttl = number.parse::<i64>().ok()? * scale;
-    (sqlite_file_name(package, ttl) == file_name).then_some(ttl)
-}
-
 /// The part of a function's keys that precedes the parameters: `name|` or `name||tag||`.
 pub fn function_head(name: &str, tag: &str) -> String {
     let tag = normalize_tag(tag);
@@ -85,6 +28,38 @@ pub fn function_head(name: &str, tag: &str) -> String {
         format!("{name}|")
     } else {
         format!("{name}|{tag}|")
+    }
+}
+
+thread_local! {
+    static KEY_BUF: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// A key built in a buffer that this thread reuses from call to call. A nested call
+/// (a `repr` or the function calling another cached one) finds the buffer taken and
+/// uses a fresh one: reentrancy costs an allocation, never a wrong key.
+pub struct KeyBuf(pub(crate) String);
+
+impl KeyBuf {
+    pub fn take() -> Self {
+        KeyBuf(KEY_BUF.try_with(std::cell::Cell::take).unwrap_or_default())
+    }
+}
+
+impl std::ops::Deref for KeyBuf {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for KeyBuf {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        if buf.capacity() <= 4096 {
+            buf.clear();
+            let _ = KEY_BUF.try_with(|c| c.set(buf));
+        }
     }
 }
 
@@ -502,6 +477,7 @@ fn connection_like_slow(value: &Bound<'_, PyAny>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::region::{region_name, sqlite_file_name, ttl_of_region, ttl_of_sqlite_file};
 
     #[test]
     fn region_and_file_names_read_back_as_ttls() {

@@ -1,55 +1,64 @@
 //! cachu: caching for Python functions, with a Rust core.
 //!
-//! This file only wires the modules into the Python extension `cachu._cachu`.
+//! This file only declares the modules and the Python extension `cachu._cachu`.
 
-pub mod aio;
 pub mod backend;
 pub mod codec;
 pub mod config;
 pub mod crud;
-pub mod decorator;
 pub mod errors;
 pub mod flight;
+pub mod flow;
+pub mod function;
 pub mod key;
+pub mod lease;
 pub mod pattern;
+pub mod process;
 pub mod ready;
+pub mod region;
 pub mod runtime;
 pub mod seal;
 pub mod vectorcall;
 pub mod warn;
 
-use pyo3::prelude::*;
+#[pyo3::pymodule]
+mod _cachu {
+    #[pymodule_export]
+    use crate::backend::py::{get_backend, NoValue, PyBackend};
+    #[pymodule_export]
+    use crate::backend::redis::py::{
+        _redis_admit, _redis_command, _redis_endpoint, _redis_failed, _redis_ok,
+    };
+    #[pymodule_export]
+    use crate::config::py::{
+        _caller_package, configure, disable, enable, get_all_configs, get_config, is_disabled,
+        PyConfig,
+    };
+    #[pymodule_export]
+    use crate::crud::{
+        cache_clear, cache_delete, cache_get, cache_info, cache_set, clear_all_backends,
+        clear_backends,
+    };
+    #[pymodule_export]
+    use crate::function::aio::{AsyncCachedFunction, AsyncCall, Await, Fetched};
+    #[pymodule_export]
+    use crate::function::options::{cache, Decorator};
+    #[pymodule_export]
+    use crate::function::values::{CacheEntry, CacheInfo};
+    #[pymodule_export]
+    use crate::function::CachedFunction;
+    #[pymodule_export]
+    use crate::runtime::_shutdown_runtime;
 
-#[pymodule]
-fn _cachu(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    errors::register(m)?;
-    m.add("NO_VALUE", backend::python::no_value(m.py())?)?;
-    m.add_class::<config::PyConfig>()?;
-    m.add_class::<decorator::CachedFunction>()?;
-    m.add_class::<decorator::CacheEntry>()?;
-    m.add_class::<decorator::CacheInfo>()?;
-    m.add_class::<decorator::Decorator>()?;
-    m.add_class::<backend::python::PyBackend>()?;
-    m.add_class::<backend::python::NoValue>()?;
-    m.add_function(wrap_pyfunction!(config::configure, m)?)?;
-    m.add_function(wrap_pyfunction!(config::_caller_package, m)?)?;
-    m.add_function(wrap_pyfunction!(config::get_config, m)?)?;
-    m.add_function(wrap_pyfunction!(config::get_all_configs, m)?)?;
-    m.add_function(wrap_pyfunction!(config::disable, m)?)?;
-    m.add_function(wrap_pyfunction!(config::enable, m)?)?;
-    m.add_function(wrap_pyfunction!(config::is_disabled, m)?)?;
-    m.add_function(wrap_pyfunction!(decorator::cache, m)?)?;
-    m.add_function(wrap_pyfunction!(crud::cache_get, m)?)?;
-    m.add_function(wrap_pyfunction!(crud::cache_set, m)?)?;
-    m.add_function(wrap_pyfunction!(crud::cache_delete, m)?)?;
-    m.add_function(wrap_pyfunction!(crud::cache_clear, m)?)?;
-    m.add_function(wrap_pyfunction!(crud::cache_info, m)?)?;
-    m.add_function(wrap_pyfunction!(crud::clear_backends, m)?)?;
-    m.add_function(wrap_pyfunction!(crud::clear_all_backends, m)?)?;
-    m.add_function(wrap_pyfunction!(backend::python::get_backend, m)?)?;
-    aio::register(m)?;
-    ready::register(m)?;
-    backend::redis::for_asyncio::register(m)?;
-    Ok(())
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        crate::errors::register(m)?;
+        crate::ready::register(m)?;
+        m.add("NO_VALUE", crate::backend::py::no_value(m.py())?)?;
+        crate::backend::registry::listen();
+        Ok(())
+    }
 }

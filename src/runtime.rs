@@ -1,8 +1,9 @@
-//! The tokio runtime behind the async API, and its bridge to asyncio.
+//! Every tokio runtime of the crate: the one behind the async API with its bridge to
+//! asyncio, and the ones that blocking Redis clients drive from the calling thread.
 //!
-//! One multi-threaded runtime per process, made on first use. A child of `fork()`
-//! inherits the parent's runtime without its threads: it makes its own, and leaves the
-//! inherited one alone (dropping it would wait for threads that do not exist).
+//! One multi-threaded runtime per process for the async API, made on first use. A
+//! child of `fork()` inherits the parent's runtime without its threads: it makes its
+//! own, and leaves the inherited one alone (`process::ForkLocal`).
 //! Awaitables are made with pyo3-async-runtimes' generic bridge over this runtime.
 
 use std::cell::OnceCell;
@@ -10,7 +11,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::generic::{self, ContextExt, Runtime as GenericRuntime};
 use pyo3_async_runtimes::TaskLocals;
@@ -18,36 +18,36 @@ use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::errors::{CacheError, CacheResult};
+use crate::process::ForkLocal;
 
 /// Worker threads of the runtime: I/O waits, it does not compute.
 const WORKERS: usize = 2;
 
-static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+static RUNTIME: ForkLocal<Arc<Runtime>> = ForkLocal::new();
 
 /// The handle of this process's runtime, started now if it is not running; a clear
 /// error if it cannot start (the process may be out of threads).
 pub fn try_handle() -> CacheResult<Handle> {
-    let pid = std::process::id();
-    let mut slot = RUNTIME.lock();
-    if let Some((_, rt)) = slot.as_ref().filter(|(owner, _)| *owner == pid) {
-        return Ok(rt.handle().clone());
-    }
-    if let Some(inherited) = slot.take() {
-        std::mem::forget(inherited);
-    }
-    let rt = Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .thread_name("cachu-io")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            CacheError::Backend(format!(
-                "cannot start the tokio runtime of the async API: {e}"
-            ))
-        })?;
-    let handle = rt.handle().clone();
-    *slot = Some((pid, Arc::new(rt)));
-    Ok(handle)
+    let rt = RUNTIME.get_or_try_init(|| {
+        Builder::new_multi_thread()
+            .worker_threads(WORKERS)
+            .thread_name("cachu-io")
+            .enable_all()
+            .build()
+            .map(Arc::new)
+            .map_err(|e| {
+                CacheError::Backend(format!(
+                    "cannot start the tokio runtime of the async API: {e}"
+                ))
+            })
+    })?;
+    Ok(rt.handle().clone())
+}
+
+/// A runtime without threads of its own, driven by the thread that waits on it (the
+/// blocking Redis client: an uncontended call never hands over to another thread).
+pub fn driven_by_caller() -> std::io::Result<Runtime> {
+    Builder::new_current_thread().enable_all().build()
 }
 
 /// Stops this process's runtime at interpreter exit (`atexit`), while threads may
@@ -57,18 +57,7 @@ pub fn try_handle() -> CacheResult<Handle> {
 /// process.
 #[pyfunction]
 pub fn _shutdown_runtime(py: Python<'_>) {
-    let pid = std::process::id();
-    let ours = {
-        let mut slot = RUNTIME.lock();
-        match slot.take() {
-            Some((owner, rt)) if owner == pid => Some(rt),
-            other => {
-                *slot = other;
-                None
-            }
-        }
-    };
-    if let Some(rt) = ours {
+    if let Some(rt) = RUNTIME.take() {
         py.detach(|| {
             if let Ok(rt) = Arc::try_unwrap(rt) {
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));

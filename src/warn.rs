@@ -46,11 +46,22 @@ pub fn backend_failed(py: Python<'_>, err: &PyErr) {
 
 /// A result that can be neither copied nor pickled: returned to the caller, not cached.
 pub fn not_cached(py: Python<'_>, function: &str, err: &PyErr) {
+    uncached(
+        py,
+        function,
+        &format!("it can be neither copied nor pickled ({err})"),
+    );
+}
+
+/// A result whose dynamic TTL returned no TTL: returned to the caller, not cached.
+pub fn bad_ttl(py: Python<'_>, function: &str, err: &PyErr) {
+    uncached(py, function, &err.to_string());
+}
+
+fn uncached(py: Python<'_>, function: &str, why: &str) {
     once(
         py,
-        &format!("unpicklable:{function}"),
-        &format!(
-            "cachu: the result of {function}() was not cached: it can be neither copied nor pickled ({err})"
-        ),
+        &format!("not-cached:{function}:{why}"),
+        &format!("cachu: the result of {function}() was not cached: {why}"),
     );
 }

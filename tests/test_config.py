@@ -187,10 +187,17 @@ def test_not_decorated_function_in_crud():
             op(plain)
 
 
-def test_dynamic_ttl_returning_garbage_is_a_clear_error():
-    @cache(ttl=lambda r: "soon")
-    def f(x):
-        return x
+@pytest.mark.parametrize("bad", ["60", -5, None, 1.5, True, float("nan")])
+def test_a_dynamic_ttl_returning_no_ttl_keeps_the_result_uncached_and_says_why(bad):
+    runs = []
 
-    with pytest.raises(ConfigurationError, match="ttl"):
-        f(1)
+    @cache(ttl=lambda r: bad, package="bad_dynamic_ttl")
+    def f(x):
+        runs.append(x)
+        return {"x": x}
+
+    with pytest.warns(RuntimeWarning, match="not cached") as said:
+        assert f(1) == {"x": 1}
+    assert "ttl" in str(said[0].message) and repr(bad) in str(said[0].message)
+    assert f(1) == {"x": 1}
+    assert runs == [1, 1]  # the function ran; its result was never stored

@@ -3,11 +3,13 @@
 A Redis round trip on loopback takes tens of microseconds; handing it to a thread
 and back (a runtime on other threads, then ``call_soon_threadsafe``) costs as much
 again on a small machine. So async calls talk to Redis from the event loop itself: one
-pipelined connection per (event loop, URL), requests answered in order. It speaks
-only what the cache needs (``EVALSHA`` of the two scripts of the Rust core, with
-``SCRIPT LOAD`` when the server does not know them yet), shares the core's URL options
-and the server's health (the breaker and the one-warning-per-outage message), and
-never blocks the loop: connects and replies have the URL's timeouts.
+pipelined connection per (event loop, URL), requests answered in order. It carries
+requests that the Rust core makes (the scripts of the call flow, each with the
+``SCRIPT LOAD`` to send when the server does not know it yet) and hands the replies
+back as RESP frames for the core to read: the protocol's meaning (keys, values,
+leases) is the core's alone. It shares the core's URL options and the server's health
+(the breaker and the one-warning-per-outage message), and never blocks the loop:
+connects and replies have the URL's timeouts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import asyncio
 import collections
 import os
 import ssl
-import struct
 import weakref
 from typing import Any, Optional, Union, cast
 from urllib.parse import unquote, urlsplit
@@ -28,11 +29,7 @@ from cachu._cachu import (
     _redis_endpoint,
     _redis_failed,
     _redis_ok,
-    _redis_scripts,
 )
-
-(_LEASE_SHA, _LEASE_SRC), (_STORE_SHA, _STORE_SRC) = _redis_scripts()
-_HEADER = struct.Struct("d")
 
 
 class ReplyError(Exception):
@@ -279,8 +276,9 @@ async def _connection(url: str) -> _Connection:
         raise
 
 
-async def _call(url: str, payload: bytes, script: Optional[tuple[str, bytes]] = None) -> Reply:
-    """One request; a transport failure is recorded as the server's outage and raised
+async def call(url: str, payload: bytes, load: Optional[bytes] = None) -> Reply:
+    """One request; ``load`` (a ``SCRIPT LOAD``) is sent first if the server does not
+    know the script. A transport failure is recorded as the server's outage and raised
     as ``BackendError`` with the outage's message (the same as the sync path's)."""
     down = _redis_admit(url)
     if down is not None:
@@ -290,9 +288,9 @@ async def _call(url: str, payload: bytes, script: Optional[tuple[str, bytes]] = 
         try:
             reply = await conn.request(payload)
         except ReplyError as e:
-            if script is None or not str(e).startswith("NOSCRIPT"):
+            if load is None or not str(e).startswith("NOSCRIPT"):
                 raise
-            await conn.request(_redis_command("SCRIPT", "LOAD", script[1]))
+            await conn.request(load)
             reply = await conn.request(payload)
     except ReplyError as e:
         raise BackendError(f"Redis at {_redis_endpoint(url)['shown']}: {e}") from None
@@ -300,36 +298,6 @@ async def _call(url: str, payload: bytes, script: Optional[tuple[str, bytes]] = 
         raise BackendError(_redis_failed(url, f"{type(e).__name__}: {e}")) from None
     _redis_ok(url)
     return reply
-
-
-_LEASE = (_LEASE_SHA, _LEASE_SRC.encode())
-_STORE = (_STORE_SHA, _STORE_SRC.encode())
-
-
-async def fetch(
-    url: str, key: str, token: str, lease_seconds: float, read: bool
-) -> tuple[int, Optional[bytes], float]:
-    """``(0, pickle, created_at)`` found; ``(1, None, 0)`` the lease is ours;
-    ``(2, None, 0)`` another caller holds it. One round trip."""
-    millis = max(1, int(lease_seconds * 1000))
-    payload = _redis_command(
-        "EVALSHA", _LEASE_SHA, 2, key, "lock:" + key, token, millis, "1" if read else "0"
-    )
-    reply = await _call(url, payload, _LEASE)
-    if isinstance(reply, bytes):
-        if len(reply) < _HEADER.size:
-            return 0, reply, float("nan")
-        return 0, reply[_HEADER.size :], _HEADER.unpack_from(reply)[0]
-    return (1, None, 0.0) if reply == 1 else (2, None, 0.0)
-
-
-async def store_release(
-    url: str, key: str, token: str, packed: Optional[tuple[int, bytes]]
-) -> None:
-    """Stores ``(seconds, value)`` if given and releases the lease of ``token``."""
-    seconds, value = packed if packed is not None else (0, b"")
-    payload = _redis_command("EVALSHA", _STORE_SHA, 2, key, "lock:" + key, seconds, value, token)
-    await _call(url, payload, _STORE)
 
 
 async def close_connections() -> int:

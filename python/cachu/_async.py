@@ -1,14 +1,14 @@
 """The async API: coroutine functions under ``@cache`` / ``@async_cache``, and the
 ``async_cache_*`` operations.
 
-Keys, validation, copies and storage are the Rust core's (the same as for sync
-functions); this module only awaits. A memory hit is answered by the native call of
-the decorated function with an already completed awaitable (no task switch, no
-thread hop); anything else awaits ``_slow``. SQLite work is awaited on the
-blocking pool of the core's tokio runtime; Redis is spoken from the event loop itself
-(``_aioredis``), with the lease protocol of the sync path: one round trip for a hit,
-two for a miss. Concurrent misses of one key within an event loop run the coroutine
-once; across processes, the Redis lease does the same.
+Every decision of a call is the Rust core's call flow, the same as for sync functions
+(keys, validation, single flight, leases, what is stored, what a failure does); this
+module only awaits what it is told to. A memory hit is answered by the native call of
+the decorated function with an already completed awaitable (no task switch, no thread
+hop); anything else awaits ``_drive``: SQLite work on the core's tokio runtime, Redis
+on the event loop's own connection (``_aioredis``), with the requests and replies made
+and read by the core. Concurrent misses of one key within an event loop run the
+coroutine once; across processes, the backend's lease does the same.
 """
 
 from __future__ import annotations
@@ -25,18 +25,11 @@ from typing import Any, Optional
 from cachu import _aioredis
 from cachu._cachu import (
     AsyncCachedFunction,
+    AsyncCall,
+    Await,
     BackendError,
     CachedFunction,
-    Probe,
-    _accept,
-    _afetch,
-    _astore,
-    _backend_failed,
     _caller_package,
-    _lease_params,
-    _lock_timeout_error,
-    _pack,
-    _release_soon,
     _shutdown_runtime,
     cache,
     cache_clear,
@@ -54,6 +47,13 @@ async_cache = cache
 atexit.register(_shutdown_runtime)
 
 _MISSING = object()
+_IO, _FOLLOW, _PAUSE, _COMPUTE, _RETURN = (
+    Await.Io,
+    Await.Follow,
+    Await.Pause,
+    Await.Compute,
+    Await.Return,
+)
 
 
 async def _run_io(local: bool, fn: Callable[..., Any], *args: Any) -> Any:
@@ -68,172 +68,67 @@ async def _offload(cached: CachedFunction, fn: Callable[..., Any], *args: Any) -
     return await _run_io(cached._is_memory, fn, *args)
 
 
-# What _afetch answers.
-_FOUND, _LEASED, _HELD = 0, 1, 2
-# The longest pause between two looks at a lease held by another process.
-_MAX_POLL = 0.05
-
-# (loop, key) -> the future of a computation in progress on that loop.
-_Flights = dict[tuple[int, str], "asyncio.Future[Any]"]
-
-
-async def _follow(cached: CachedFunction, fut: asyncio.Future[Any], timeout: float) -> Any:
-    """The result of another task's computation (a copy), or ``_MISSING`` if that task
-    was cancelled or did not finish in time."""
+async def _io(call: AsyncCall) -> None:
+    """The backend's I/O of the step the call is at."""
+    op = call.op
     try:
-        return cached._copy(await asyncio.wait_for(asyncio.shield(fut), timeout))
+        if call.redis_url is not None:
+            reply = await _aioredis.call(call.redis_url, *op)
+        else:
+            reply = await op
+    except BackendError as e:
+        call.failed(e)  # the core raises it, or says it and goes on without the cache
+    except asyncio.CancelledError:
+        if not call.releasing:
+            raise
+        call.failed(None)  # the lease expires by itself
+    else:
+        call.replied(reply)
+
+
+async def _follow(call: AsyncCall) -> None:
+    """Waits for another task's computation of the key, for ``call.wait`` at most."""
+    fut = call.follow
+    try:
+        await asyncio.wait_for(asyncio.shield(fut), call.wait)
     except asyncio.CancelledError:
         if not fut.cancelled():
-            raise
-        return _MISSING
-    except asyncio.TimeoutError:
-        return _MISSING
+            raise  # this task is cancelled
+    except Exception:  # noqa: BLE001 - the leader's exception, or the wait's timeout
+        pass
+    call.waited()  # what the future holds (or that it is not done) is the core's to read
 
 
-async def _lead(flights: _Flights, slot: tuple[int, str], compute: Callable[[], Any]) -> Any:
-    """Runs ``compute`` as the task that others of its loop wait for."""
-    fut = asyncio.get_running_loop().create_future()
-    flights[slot] = fut
-    try:
-        result = await compute()
-    except asyncio.CancelledError:
-        fut.cancel()
-        raise
-    except BaseException as e:
-        fut.set_exception(e)
-        fut.exception()  # retrieved: no "never retrieved" warning without waiters
-        raise
-    else:
-        fut.set_result(result)
-        return result
-    finally:
-        if flights.get(slot) is fut:
-            del flights[slot]
-
-
-async def _local_miss(
-    cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
+async def _drive(
+    func: Callable[..., Any],
+    call: AsyncCall,
+    args: tuple[Any, ...],
+    kwargs: Optional[dict[str, Any]],
 ) -> Any:
-    """A miss of the memory (or null) backend: the coroutine runs once per key and loop."""
-    func = cached.__wrapped__
-    kwargs = probe.kwargs or {}
-    slot = (id(asyncio.get_running_loop()), probe.key)
-    while not probe.overwrite and slot in flights:
-        got = await _follow(cached, flights[slot], float("inf"))
-        if got is not _MISSING:
-            return got
-
-    async def compute() -> Any:
-        result = await func(*args, **kwargs)
-        cached._store(probe.key, result)
-        return result
-
-    return await _lead(flights, slot, compute)
-
-
-async def _fetch(
-    cached: CachedFunction, probe: Probe, token: str, lease: float, read: bool
-) -> tuple[int, Optional[bytes], float]:
-    """The value, or the lease: Redis from this loop, the file backend on the runtime."""
-    if probe.redis_url is not None:
-        return await _aioredis.fetch(probe.redis_url, probe.key, token, lease, read)
-    return await _afetch(cached, probe.key, token, read)
-
-
-async def _put(cached: CachedFunction, probe: Probe, token: str, result: Any) -> None:
-    """Stores a computed result (as cache_if and the TTL say) and releases the lease."""
-    try:
-        if probe.redis_url is not None:
-            packed = _pack(cached, result)
-            await _aioredis.store_release(probe.redis_url, probe.key, token, packed)
-        else:
-            await _astore(cached, probe.key, token, result)
-    except BackendError as e:
-        _backend_failed(cached, e)
-
-
-async def _release(cached: CachedFunction, probe: Probe, token: str) -> None:
-    """Releases the lease of a computation that failed or was cancelled. Awaited, so
-    that it is done before the caller's loop may end; the file backend's runs on the
-    runtime and needs no waiting."""
-    if probe.redis_url is None:
-        _release_soon(cached, probe.key, token)
-        return
-    try:
-        await _aioredis.store_release(probe.redis_url, probe.key, token, None)
-    except (BackendError, asyncio.CancelledError):
-        pass  # the lease expires by itself
-
-
-async def _io_call(
-    cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
-) -> Any:
-    """A call on the file or Redis backend. One task per key and loop asks the backend
-    (the others wait for its answer): one round trip answers with the value or the
-    lease; a miss computes, then stores and releases in a second one. A lease held
-    by another process is polled until lock_timeout."""
-    func = cached.__wrapped__
-    kwargs = probe.kwargs or {}
-    key = probe.key
-    loop = asyncio.get_running_loop()
-    slot = (id(loop), key)
-    token, lock_timeout, raise_on_timeout = _lease_params(cached)
-    deadline = loop.time() + lock_timeout
-    while not probe.overwrite and slot in flights:
-        got = await _follow(cached, flights[slot], max(0.0, deadline - loop.time()))
-        if got is not _MISSING:
-            return got
-        if loop.time() >= deadline:
-            break
-
-    async def ask() -> Any:
-        read = not probe.overwrite
-        pause = 0.002
-        while True:
+    """Awaits what the call flow asks for, until it returns or raises."""
+    while True:
+        do = call.next()
+        if do == _IO:
+            await _io(call)
+        elif do == _COMPUTE:
             try:
-                kind, data, created = await _fetch(cached, probe, token, lock_timeout, read)
-            except BackendError as e:
-                _backend_failed(cached, e, True)  # raises with on_backend_error='raise'
-                return await func(*args, **kwargs)
-            if kind == _FOUND:
-                found, value = _accept(cached, key, data, created)
-                if found:
-                    return value
-                read = False
-                continue
-            if kind == _LEASED:
-                try:
-                    result = await func(*args, **kwargs)
-                    # cache_if and a dynamic TTL run here too: whatever they raise, the
-                    # lease is released.
-                    await _put(cached, probe, token, result)
-                except BaseException:
-                    await _release(cached, probe, token)
-                    raise
-                return result
-            # Another process holds the lease.
-            if loop.time() >= deadline:
-                if raise_on_timeout:
-                    raise _lock_timeout_error(cached, key)
-                result = await func(*args, **kwargs)
-                await _put(cached, probe, token, result)
-                return result
-            await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-            pause = min(pause * 2, _MAX_POLL)
-            read = True
-
-    return await _lead(flights, slot, ask)
-
-
-async def _slow(
-    cached: CachedFunction, flights: _Flights, probe: Probe, args: tuple[Any, ...]
-) -> Any:
-    """A call that is not a memory hit, as the probe says."""
-    if probe.skip:
-        return await cached.__wrapped__(*args, **(probe.kwargs or {}))
-    if probe.local:
-        return await _local_miss(cached, flights, probe, args)
-    return await _io_call(cached, flights, probe, args)
+                result = await func(*args, **(kwargs or {}))
+            except GeneratorExit:
+                call.abandon()
+                raise
+            except BaseException as e:
+                call.raised(e)
+            else:
+                call.computed(result)
+        elif do == _FOLLOW:
+            await _follow(call)
+        elif do == _PAUSE:
+            await asyncio.sleep(call.wait)
+            call.slept()
+        elif do == _RETURN:
+            return call.value
+        else:
+            raise call.error
 
 
 async def _finished(value: Any) -> Any:
@@ -262,11 +157,10 @@ def _named(coroutine_function: Any, like: Any) -> Any:
 def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     """The coroutine function that stands for ``cached`` (a coroutine function)."""
     func = cached.__wrapped__
-    flights: _Flights = {}
-    # A memory hit is answered by the native call; anything else awaits _slow.
-    slow = functools.partial(_named(_slow, func), cached, flights)
+    # A memory hit is answered by the native call; anything else awaits _drive.
+    drive = functools.partial(_named(_drive, func), func)
     hit = None if _HIT is None else _named(_HIT, func)
-    wrapper = AsyncCachedFunction(cached, slow, hit)
+    wrapper = AsyncCachedFunction(cached, drive, hit)
     functools.update_wrapper(wrapper, func)
     # What inspect.iscoroutinefunction (and asyncio's, FastAPI's, Starlette's) reads
     # on a callable that is not a Python function, as for Cython's functions.
@@ -330,16 +224,16 @@ async def async_cache_info(fn: Any) -> Any:
     return await _offload(_cached(fn), cache_info, fn)
 
 
-def async_cache_clear(
+async def async_cache_clear(
     tag: Optional[str] = None,
     backend: Optional[str] = None,
     ttl: Optional[int] = None,
     package: Optional[str] = None,
-) -> Any:
-    """Clears entries as ``cache_clear`` does; returns an awaitable of the count."""
+) -> int:
+    """Clears entries as ``cache_clear`` does, in a worker thread; returns the count."""
     if package is None:
         package = _caller_package()
-    return asyncio.get_running_loop().run_in_executor(
+    return await asyncio.get_running_loop().run_in_executor(
         None, functools.partial(cache_clear, tag, backend, ttl, package)
     )
 

@@ -18,49 +18,16 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
+
+use crate::process::now_ns;
+pub use crate::process::unix_now;
 
 const SHARDS: usize = 16;
 /// A shard is swept of its expired entries when it holds twice as many as after its
 /// last sweep, and at least this many: each sweep's scan is paid for by as many inserts.
 const SWEEP_FLOOR: usize = 1024;
-
-/// Nanoseconds on a coarse monotonic clock (a few milliseconds of resolution): the
-/// deadline check of every hit reads it, and the coarse clock costs a fraction of the
-/// precise one.
-#[cfg(target_os = "linux")]
-fn now_ns() -> u64 {
-    read_clock(libc::CLOCK_MONOTONIC_COARSE)
-        .or_else(|| read_clock(libc::CLOCK_MONOTONIC))
-        .unwrap_or(0)
-}
-
-#[cfg(target_os = "linux")]
-fn read_clock(id: libc::clockid_t) -> Option<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec it is given, which lives on this
-    // stack frame. Every test of this module reads the clock through here.
-    let rc = unsafe { libc::clock_gettime(id, &raw mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn now_ns() -> u64 {
-    static BASE: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
-    BASE.elapsed().as_nanos() as u64
-}
-
-/// Unix time in seconds, as `time.time()` gives it.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 struct Slot<V> {
     value: V,
@@ -86,7 +53,7 @@ impl Budget {
         }
     }
 
-    /// Changes the bound; takes effect at the next insert.
+    /// Changes the bound (the registry evicts what is over a lower one).
     pub fn set_max(&self, max: Option<usize>) {
         self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
     }

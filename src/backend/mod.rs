@@ -2,44 +2,24 @@
 //! as cachu 0.2.x does.
 
 pub mod memory;
-pub mod python;
+pub mod py;
 pub mod redis;
+pub mod registry;
 pub mod sqlite;
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 use crate::codec::{self, Stored};
 use crate::config::{config_of, BackendKind};
-use crate::decorator::lease_token;
 use crate::errors::CacheResult;
+pub use crate::lease::Token;
 use crate::pattern::glob_match;
-use memory::{unix_now, Budget, MemoryStore};
-
-/// The token that names a lease holder, made when it is first needed: a read that
-/// finds the value needs none (the file backend reads before it locks), where a Redis
-/// script takes it with every call.
-pub struct Token(OnceLock<String>);
-
-impl Token {
-    /// A token made on first use (by `lease_token`).
-    pub fn lazy() -> Self {
-        Token(OnceLock::new())
-    }
-
-    /// The token `token`.
-    pub fn given(token: impl Into<String>) -> Self {
-        Token(OnceLock::from(token.into()))
-    }
-
-    pub fn get(&self) -> &str {
-        self.0.get_or_init(lease_token)
-    }
-}
+use crate::process::unix_now;
+use memory::MemoryStore;
+pub use registry::{instance, instances_of};
 
 /// A store of pickled values: the file and Redis backends. Its methods do I/O and are
 /// called with the GIL released.
@@ -149,7 +129,7 @@ pub enum Lease<'py> {
     Held,
 }
 
-enum Store {
+pub(crate) enum Store {
     Memory(MemoryStore<Stored>),
     Bytes(Arc<dyn ByteStore>),
     Null,
@@ -160,7 +140,7 @@ pub struct Backend {
     pub kind: BackendKind,
     pub package: Option<String>,
     pub ttl: i64,
-    store: Store,
+    pub(crate) store: Store,
 }
 
 fn matches(pattern: Option<&str>, key: &str) -> bool {
@@ -170,12 +150,14 @@ fn matches(pattern: Option<&str>, key: &str) -> bool {
 impl Backend {
     fn new(kind: BackendKind, package: Option<String>, ttl: i64) -> CacheResult<Self> {
         let store = match kind {
-            BackendKind::Memory => Store::Memory(MemoryStore::new(budget_of(package.as_deref()))),
+            BackendKind::Memory => {
+                Store::Memory(MemoryStore::new(registry::budget_of(package.as_deref())))
+            }
             BackendKind::Null => Store::Null,
             BackendKind::File => {
                 let cfg = config_of(package.as_deref());
                 let path = std::path::Path::new(&cfg.file_dir)
-                    .join(crate::key::sqlite_file_name(package.as_deref(), ttl));
+                    .join(crate::region::sqlite_file_name(package.as_deref(), ttl));
                 Store::Bytes(Arc::new(sqlite::SqliteStore::open(path)))
             }
             BackendKind::Redis => {
@@ -183,7 +165,7 @@ impl Backend {
                 Store::Bytes(Arc::new(redis::RedisStore::open(
                     &cfg.redis_url,
                     package.clone(),
-                    &crate::key::region_name(ttl),
+                    &crate::region::region_name(ttl),
                 )?))
             }
         };
@@ -544,87 +526,3 @@ fn write_bytes(
 }
 
 pub use crate::pattern::escape_glob;
-
-type InstanceKey = (Option<String>, BackendKind, i64);
-
-static BUDGETS: LazyLock<Mutex<HashMap<Option<String>, Arc<Budget>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// The memory budget of `package` (`memory_maxsize`), shared by its memory regions.
-pub fn budget_of(package: Option<&str>) -> Arc<Budget> {
-    let max = crate::config::config_of(package).memory_maxsize;
-    BUDGETS
-        .lock()
-        .entry(package.map(str::to_owned))
-        .or_insert_with(|| Arc::new(Budget::new(max)))
-        .clone()
-}
-
-/// Applies a new `memory_maxsize` to the package's existing regions.
-pub fn set_budget(package: Option<&str>, max: Option<usize>) {
-    budget_of(package).set_max(max);
-}
-
-static INSTANCES: LazyLock<Mutex<HashMap<InstanceKey, Arc<Backend>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-/// The backend instance of a (package, kind, TTL) region, created on first use.
-pub fn instance(package: Option<&str>, kind: BackendKind, ttl: i64) -> PyResult<Arc<Backend>> {
-    let key = (package.map(str::to_owned), kind, ttl);
-    if let Some(b) = INSTANCES.lock().get(&key) {
-        return Ok(b.clone());
-    }
-    // Opening may do I/O (a SQLite file): not under the registry lock.
-    let fresh = Arc::new(Backend::new(kind, key.0.clone(), ttl)?);
-    Ok(INSTANCES.lock().entry(key).or_insert(fresh).clone())
-}
-
-/// Every instance created so far for `package`, optionally of one kind and TTL.
-pub fn instances_of(
-    package: Option<&str>,
-    kind: Option<BackendKind>,
-    ttl: Option<i64>,
-) -> Vec<Arc<Backend>> {
-    INSTANCES
-        .lock()
-        .values()
-        .filter(|b| b.package.as_deref() == package)
-        .filter(|b| kind.is_none_or(|k| b.kind == k))
-        .filter(|b| ttl.is_none_or(|t| b.ttl == t))
-        .cloned()
-        .collect()
-}
-
-/// Forgets every instance of `package` (all packages for `None`), closing their files
-/// and connections once no decorated function holds them.
-pub fn forget(package: Option<Option<&str>>) -> usize {
-    let removed = forget_where(|k| package.is_none_or(|p| k.0.as_deref() == p));
-    if package.is_none() {
-        redis::forget_connections();
-    }
-    removed
-}
-
-/// Forgets the instances of one kind of `package`: its file directory or Redis URL
-/// changed, and the next call opens the new one. (Memory regions are kept.)
-pub fn forget_kind(package: Option<&str>, kind: BackendKind) -> usize {
-    forget_where(|k| k.0.as_deref() == package && k.1 == kind)
-}
-
-fn forget_where(doomed: impl Fn(&InstanceKey) -> bool) -> usize {
-    let removed: Vec<Arc<Backend>> = {
-        let mut map = INSTANCES.lock();
-        let keys: Vec<InstanceKey> = map.keys().filter(|k| doomed(k)).cloned().collect();
-        keys.iter().filter_map(|k| map.remove(k)).collect()
-    };
-    // Decorated functions re-resolve their backend on the next call. A thread may
-    // still hold a forgotten instance in its copy of a function's settings until then:
-    // the entries of memory instances go now, and stop counting against the budget.
-    crate::config::bump_generation();
-    for backend in &removed {
-        if let Store::Memory(m) = &backend.store {
-            drop(m.remove_matching(|_| true));
-        }
-    }
-    removed.len()
-}

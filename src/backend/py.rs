@@ -8,8 +8,8 @@ use pyo3::types::PyTuple;
 
 use super::{instance, Backend};
 use crate::config::{self, BackendKind};
-use crate::decorator::{parse_region_ttl, whole_seconds};
 use crate::errors::{repr_of, CacheError};
+use crate::region::{parse_region_ttl, whole_seconds};
 
 /// The value of "nothing cached here".
 #[pyclass(frozen, module = "cachu._cachu", name = "NoValue")]

@@ -1,0 +1,77 @@
+//! What the asyncio transport of the async API (`python/cachu/_aioredis.py`) needs
+//! from the Rust side besides the requests of the call flow (`wire.rs`): the URL's
+//! options, the encoding of its setup requests, and the server's health, which it
+//! shares with the blocking client.
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+
+use super::{connector, Endpoint};
+use crate::errors::CacheError;
+
+/// The URL's options, as `Endpoint` reads them.
+#[pyfunction]
+pub fn _redis_endpoint<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, PyDict>> {
+    let ep =
+        Endpoint::parse(url).map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
+    let d = PyDict::new(py);
+    d.set_item("shown", &ep.shown)?;
+    d.set_item("ca_file", &ep.ca_file)?;
+    d.set_item("insecure", ep.url.ends_with("#insecure"))?;
+    d.set_item("connect_timeout", ep.connect_timeout.as_secs_f64())?;
+    d.set_item("command_timeout", ep.command_timeout.as_secs_f64())?;
+    Ok(d)
+}
+
+/// One request in the protocol's bytes, encoded by redis-rs as the sync path's are:
+/// each argument is `bytes`, `str` or `int`.
+#[pyfunction]
+#[pyo3(signature = (*args))]
+pub fn _redis_command<'py>(args: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyBytes>> {
+    let mut cmd = redis::Cmd::new();
+    for a in args {
+        if let Ok(b) = a.cast::<PyBytes>() {
+            cmd.arg(b.as_bytes());
+        } else if let Ok(s) = a.cast::<PyString>() {
+            cmd.arg(s.to_str()?);
+        } else if let Ok(i) = a.extract::<i64>() {
+            cmd.arg(i);
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "a Redis argument is bytes, str or int, not {}",
+                a.get_type().name()?
+            )));
+        }
+    }
+    Ok(PyBytes::new(args.py(), &cmd.get_packed_command()))
+}
+
+/// `None` if a call to `url` may go ahead, else the message of the current outage
+/// (the breaker is open).
+#[pyfunction]
+pub fn _redis_admit(url: &str) -> PyResult<Option<String>> {
+    Ok(connector(url)?.health.admit().err().map(|e| e.to_string()))
+}
+
+/// Records a transport failure; returns the outage's message.
+#[pyfunction]
+pub fn _redis_failed(url: &str, detail: &str) -> PyResult<String> {
+    let c = connector(url)?;
+    Ok(c.health.failed(&c.endpoint.shown, &detail).to_string())
+}
+
+/// Records a successful call.
+#[pyfunction]
+pub fn _redis_ok(url: &str) -> PyResult<()> {
+    connector(url)?.health.ok();
+    Ok(())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_redis_endpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(_redis_command, m)?)?;
+    m.add_function(wrap_pyfunction!(_redis_admit, m)?)?;
+    m.add_function(wrap_pyfunction!(_redis_failed, m)?)?;
+    m.add_function(wrap_pyfunction!(_redis_ok, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The Redis protocol of this library, in one place, spoken by the blocking client
+//! (`mod.rs`) and by the asyncio transport of the async API
+//! (`python/cachu/_aioredis.py`, which sends the requests made here and hands the
+//! replies back to be read here): the value header, the lease key, the scripts, and
+//! what their replies mean.
+//!
+//! - Values: 8 bytes of `created_at` (native-endian double) then the pickle, written
+//!   with `SETEX` (FORMATS.md).
+//! - The lease on computing `key` is `lock:{key}`, holding the holder's token, with an
+//!   expiry: a holder that dies delays the others by the lease at most.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use crate::backend::LeaseReply;
+
+pub const HEADER: usize = 8;
+
+/// `GET key`, or take the lease on a miss. Returns the value (bulk), or 1 when the
+/// lease is ours, 0 when another holds it.
+pub const LEASE_SRC: &str = r"
+if ARGV[3] == '1' then
+  local v = redis.call('GET', KEYS[1])
+  if v then return v end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+return 0";
+pub static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_SRC));
+
+/// Store the value (when ARGV[2] is not empty) and release the lease if it is ours.
+pub const STORE_RELEASE_SRC: &str = r"
+if ARGV[2] ~= '' then
+  redis.call('SETEX', KEYS[1], ARGV[1], ARGV[2])
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1";
+pub static STORE_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_RELEASE_SRC));
+
+/// Delete a value only if it is still the one that failed to decode.
+pub static DELETE_IF_SAME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+    )
+});
+
+/// Splits a stored value into the pickle and its creation time. A value too short to
+/// carry the header comes back whole with a NaN time: it cannot be decoded.
+pub fn split_value(mut data: Vec<u8>) -> (Vec<u8>, f64) {
+    if data.len() < HEADER {
+        return (data, f64::NAN);
+    }
+    let mut head = [0u8; HEADER];
+    head.copy_from_slice(&data[..HEADER]);
+    data.drain(..HEADER);
+    (data, f64::from_ne_bytes(head))
+}
+
+pub fn pack_value(value: &[u8], created_at: f64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + value.len());
+    out.extend_from_slice(&created_at.to_ne_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Whole seconds for `SETEX` (at least one: Redis refuses zero).
+pub fn setex_seconds(ttl: f64) -> u64 {
+    (ttl.ceil() as u64).max(1)
+}
+
+/// The answer of the lease script.
+pub fn lease_reply(reply: Value) -> LeaseReply {
+    match reply {
+        Value::BulkString(data) => {
+            let (value, created) = split_value(data);
+            LeaseReply::Found(value, created)
+        }
+        Value::Int(1) => LeaseReply::Acquired,
+        _ => LeaseReply::Held,
+    }
+}
+
+pub fn lock_key(key: &str) -> String {
+    format!("lock:{key}")
+}
+
+/// `EVALSHA` of a script, and the `SCRIPT LOAD` to send first if the server answers
+/// `NOSCRIPT` (it restarted, or its scripts were flushed).
+pub type Request = (Vec<u8>, Vec<u8>);
+
+fn script_request(script: &Script, source: &str, keys: [&str; 2], args: &[&[u8]]) -> Request {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(2).arg(keys[0]).arg(keys[1]);
+    for a in args {
+        cmd.arg(*a);
+    }
+    let load = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(source)
+        .get_packed_command();
+    (cmd.get_packed_command(), load)
+}
+
+/// The request of the lease script: the value of `key` (when `read`), else the lease
+/// on computing it, held as `token` for `lease` at most.
+pub fn lease_request(key: &str, token: &str, lease: Duration, read: bool) -> Request {
+    let millis = lease_millis(lease).to_string();
+    script_request(
+        &LEASE,
+        LEASE_SRC,
+        [key, &lock_key(key)],
+        &[
+            token.as_bytes(),
+            millis.as_bytes(),
+            if read { b"1" } else { b"0" },
+        ],
+    )
+}
+
+/// The request of the store-and-release script: `(value, created_at, ttl)` stored if
+/// given (and the TTL is not zero), the lease of `token` released.
+pub fn store_release_request(
+    key: &str,
+    token: &str,
+    value: Option<&(Vec<u8>, f64, f64)>,
+) -> Request {
+    let (seconds, packed) = store_args(value.map(|(d, c, t)| (d.as_slice(), *c, *t)));
+    let seconds = seconds.to_string();
+    script_request(
+        &STORE_RELEASE,
+        STORE_RELEASE_SRC,
+        [key, &lock_key(key)],
+        &[seconds.as_bytes(), &packed, token.as_bytes()],
+    )
+}
+
+/// The lease as the scripts take it: whole milliseconds, at least one.
+pub fn lease_millis(lease: Duration) -> u64 {
+    lease.as_millis().max(1) as u64
+}
+
+/// The `SETEX` seconds and the packed value of the store script (`(0, [])`: nothing
+/// to store).
+pub fn store_args(value: Option<(&[u8], f64, f64)>) -> (u64, Vec<u8>) {
+    match value {
+        Some((data, created, ttl)) if ttl > 0.0 => (setex_seconds(ttl), pack_value(data, created)),
+        _ => (0, Vec::new()),
+    }
+}
+
+/// The lease script's reply as the asyncio transport read it from the wire (`bytes`,
+/// `int`, ...).
+pub fn lease_reply_of(reply: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<LeaseReply> {
+    use pyo3::prelude::*;
+    use pyo3::types::{PyBytes, PyInt};
+    if let Ok(b) = reply.cast::<PyBytes>() {
+        return Ok(lease_reply(Value::BulkString(b.as_bytes().to_vec())));
+    }
+    if reply.is_instance_of::<PyInt>() {
+        return Ok(lease_reply(Value::Int(reply.extract()?)));
+    }
+    Ok(LeaseReply::Held)
+}

@@ -1,0 +1,305 @@
+//! Per-package configuration and the global on/off switch: a leaf that knows no backend.
+//!
+//! Each calling package (the first dotted part of the caller's module `__name__`) has
+//! its own [`Config`]; packages that never called `configure` read the defaults.
+//! Every change bumps a generation counter, which lets decorated functions keep their
+//! resolved settings cached and re-read them only after a change. The backends learn
+//! of a change through one path: the [`Listener`] they register ([`listen`]), which
+//! may also refuse a configuration (an unusable Redis URL) before it takes effect.
+//! `configure()` and the other Python functions are in [`py`].
+
+pub mod py;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
+
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+
+use crate::errors::{repr_of, CacheError, CacheResult};
+use pyo3::types::PyString;
+
+/// The kinds of backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Memory,
+    File,
+    Redis,
+    Null,
+}
+
+impl BackendKind {
+    /// Every kind, in the order clears visit them.
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Memory,
+        BackendKind::File,
+        BackendKind::Redis,
+        BackendKind::Null,
+    ];
+
+    /// Parses a backend name, naming the offending parameter on failure.
+    pub fn parse(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<Self> {
+        let bad = || {
+            CacheError::config(
+                param,
+                repr_of(value),
+                "use 'memory', 'file', 'redis' or 'null'",
+            )
+        };
+        let name = value
+            .cast::<PyString>()
+            .map_err(|_| bad())?
+            .to_str()
+            .map_err(|_| bad())?;
+        match name {
+            "memory" => Ok(BackendKind::Memory),
+            "file" => Ok(BackendKind::File),
+            "redis" => Ok(BackendKind::Redis),
+            "null" => Ok(BackendKind::Null),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The name users write.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::File => "file",
+            BackendKind::Redis => "redis",
+            BackendKind::Null => "null",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One package's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub backend: BackendKind,
+    pub key_prefix: String,
+    pub file_dir: String,
+    pub redis_url: String,
+    pub lock_timeout: f64,
+    /// `on_backend_error='raise'`: a failing backend raises instead of missing.
+    pub raise_backend_errors: bool,
+    /// `on_lock_timeout='raise'`: a waiter past `lock_timeout` raises instead of
+    /// running the function itself.
+    pub raise_lock_timeout: bool,
+    /// The most entries the package keeps in memory (`None`: unbounded).
+    pub memory_maxsize: Option<usize>,
+    /// `memory_copy=False`: the memory backend keeps results themselves and hands the
+    /// same object to every caller, as `functools.lru_cache` does.
+    pub memory_copy: bool,
+    /// The key that signs values of the file and Redis backends (`seal.rs`).
+    pub signing_key: Option<Secret>,
+}
+
+/// A key that is never shown.
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::Memory,
+            key_prefix: String::new(),
+            file_dir: "/tmp".to_owned(),
+            redis_url: "redis://localhost:6379/0".to_owned(),
+            lock_timeout: 10.0,
+            raise_backend_errors: false,
+            raise_lock_timeout: false,
+            memory_maxsize: None,
+            memory_copy: true,
+            signing_key: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn on_backend_error(&self) -> &'static str {
+        if self.raise_backend_errors {
+            "raise"
+        } else {
+            "miss"
+        }
+    }
+    pub fn on_lock_timeout(&self) -> &'static str {
+        if self.raise_lock_timeout {
+            "raise"
+        } else {
+            "run"
+        }
+    }
+}
+
+type Registry = HashMap<Option<String>, Arc<Config>>;
+
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(HashMap::new()));
+static DEFAULT: LazyLock<Arc<Config>> = LazyLock::new(|| Arc::new(Config::default()));
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+static DISABLED: AtomicBool = AtomicBool::new(false);
+/// The names of the cached functions of each package: the scope of a Redis clear when
+/// the package has no key prefix.
+static FUNCTIONS: LazyLock<RwLock<HashMap<Option<String>, HashSet<String>>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// Records that `package` has a cached function called `name`.
+pub fn register_function(package: Option<&str>, name: &str) {
+    let mut map = FUNCTIONS.write();
+    let names = map.entry(package.map(str::to_owned)).or_default();
+    if !names.contains(name) {
+        names.insert(name.to_owned());
+    }
+}
+
+/// The names of the cached functions of `package` seen so far.
+pub fn functions_of(package: Option<&str>) -> HashSet<String> {
+    FUNCTIONS
+        .read()
+        .get(&package.map(str::to_owned))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Changes whenever any package's configuration changes.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Makes every decorated function re-read its settings and backend on its next call.
+pub fn bump_generation() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Whether `disable()` is in force.
+#[inline]
+pub fn is_disabled_now() -> bool {
+    DISABLED.load(Ordering::Relaxed)
+}
+
+/// The configuration of `package`, or the defaults if it never configured.
+pub fn config_of(package: Option<&str>) -> Arc<Config> {
+    let reg = REGISTRY.read();
+    reg.get(&package.map(str::to_owned))
+        .cloned()
+        .unwrap_or_else(|| DEFAULT.clone())
+}
+
+/// The package of the Python code that called into cachu: the first dotted part of the
+/// nearest frame's module name that is not cachu's own; `__main__.{script stem}` for a
+/// script, as 0.2.x names it (its SQLite files carry that name).
+pub fn caller_package(py: Python<'_>) -> Option<String> {
+    let sys = py.import("sys").ok()?;
+    let mut frame = sys.getattr("_getframe").ok()?.call1((0,)).ok()?;
+    while !frame.is_none() {
+        let name = frame
+            .getattr("f_globals")
+            .ok()
+            .and_then(|g| g.get_item("__name__").ok())
+            .and_then(|n| n.extract::<String>().ok())
+            .unwrap_or_default();
+        if !name.is_empty() && name != "cachu" && !name.starts_with("cachu.") {
+            let pkg = name.split('.').next().unwrap_or_default().to_owned();
+            if pkg == "__main__" {
+                if let Some(stem) = script_stem(&sys) {
+                    return Some(format!("__main__.{stem}"));
+                }
+            }
+            return Some(pkg);
+        }
+        frame = frame.getattr("f_back").ok()?;
+    }
+    None
+}
+
+fn script_stem(sys: &Bound<'_, PyModule>) -> Option<String> {
+    let argv0: String = sys.getattr("argv").ok()?.get_item(0).ok()?.extract().ok()?;
+    if argv0.is_empty() {
+        return None;
+    }
+    let path = std::path::Path::new(&argv0);
+    path.file_stem().map(|s| s.to_string_lossy().into_owned())
+}
+
+/// A package name given as `package=`, or the caller's.
+pub fn resolve_package(py: Python<'_>, package: Option<String>) -> Option<String> {
+    package.or_else(|| caller_package(py))
+}
+
+/// What a configuration change tells the backends.
+pub struct Change<'a> {
+    pub package: Option<&'a str>,
+    pub old: &'a Config,
+    pub new: &'a Config,
+}
+
+/// The backends' side of a configuration change: `check` may refuse a configuration
+/// before it takes effect; `changed` is told of it after.
+pub struct Listener {
+    pub check: fn(&Config) -> CacheResult<()>,
+    pub changed: fn(&Change<'_>),
+}
+
+static LISTENER: OnceLock<Listener> = OnceLock::new();
+
+/// Registers the backends' listener (once, when the module is initialised).
+pub fn listen(listener: Listener) {
+    let _ = LISTENER.set(listener);
+}
+
+/// Changes the configuration of `package` with `edit`: checked by the listener first
+/// (nothing changes if it refuses), then published, and the listener told.
+pub fn update(package: Option<&str>, edit: impl FnOnce(&mut Config)) -> CacheResult<Arc<Config>> {
+    let key = package.map(str::to_owned);
+    let mut reg = REGISTRY.write();
+    let old = reg.get(&key).cloned().unwrap_or_else(|| DEFAULT.clone());
+    let mut cfg = (*old).clone();
+    edit(&mut cfg);
+    if let Some(l) = LISTENER.get() {
+        (l.check)(&cfg)?;
+    }
+    let cfg = Arc::new(cfg);
+    reg.insert(key, cfg.clone());
+    drop(reg);
+    if let Some(l) = LISTENER.get() {
+        (l.changed)(&Change {
+            package,
+            old: &old,
+            new: &cfg,
+        });
+    }
+    bump_generation();
+    Ok(cfg)
+}
+
+/// A copy of every package's configuration.
+pub fn all_configs() -> Vec<(Option<String>, Arc<Config>)> {
+    REGISTRY
+        .read()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The defaults.
+pub fn defaults() -> Arc<Config> {
+    DEFAULT.clone()
+}
+
+/// Sets the global switch of `disable()` / `enable()`.
+pub fn set_disabled(disabled: bool) {
+    DISABLED.store(disabled, Ordering::Relaxed);
+}

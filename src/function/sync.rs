@@ -1,0 +1,458 @@
+//! The sync driver: a call of a decorated function, each step of the call flow done
+//! with blocking I/O (the GIL released around it), and the helpers of the function.
+//!
+//! A memory hit keeps a straight line (switches, key, [`CachedFunction::lookup`],
+//! copy) in front of the flow; everything else is [`CachedFunction::drive`]. Waits
+//! (for another thread's computation, between looks at a lease held elsewhere) are
+//! sliced so that a signal (Ctrl-C) is raised within [`SIGNAL_SLICE`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
+
+use super::values::CacheInfo;
+use super::{bind_method, failure, pickled_by_name, take_flags, CachedFunction, Outcome, Resolved};
+use crate::backend::{Backend, Lease, Token};
+use crate::codec::Stored;
+use crate::config;
+use crate::errors::{repr_of, CacheError};
+use crate::flight::{Flight, Join, Leader, Waited};
+use crate::flow::{Answer, Flow, Step};
+use crate::vectorcall::FastCall;
+
+/// The longest a wait goes without looking for a signal.
+pub const SIGNAL_SLICE: Duration = Duration::from_millis(50);
+
+/// Sleeps `nap` with the GIL released, looking for signals every [`SIGNAL_SLICE`].
+pub(crate) fn sleep_interruptibly(py: Python<'_>, nap: Duration) -> PyResult<()> {
+    let until = Instant::now() + nap;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        py.detach(|| std::thread::sleep(left.min(SIGNAL_SLICE)));
+        py.check_signals()?;
+    }
+}
+
+/// Waits up to `wait` for another thread's computation, with the GIL released,
+/// looking for signals every [`SIGNAL_SLICE`].
+fn wait_interruptibly(
+    py: Python<'_>,
+    flight: &Flight<Outcome>,
+    wait: Duration,
+) -> PyResult<Waited<Outcome>> {
+    let until = Instant::now() + wait;
+    loop {
+        let slice = (Instant::now() + SIGNAL_SLICE).min(until);
+        match py.detach(|| flight.wait_until(slice)) {
+            Waited::TimedOut if Instant::now() < until => py.check_signals()?,
+            waited => return Ok(waited),
+        }
+    }
+}
+
+/// What one call has gathered while the flow runs.
+#[derive(Default)]
+struct Gathered<'a, 'py> {
+    found: Option<Bound<'py, PyAny>>,
+    leader: Option<Leader<'a, Outcome>>,
+    flight: Option<Arc<Flight<Outcome>>>,
+    followed: Option<Arc<Outcome>>,
+    result: Option<Bound<'py, PyAny>>,
+    /// The exception the call raises if it ends raising.
+    error: Option<PyErr>,
+    /// The backend's error at the step just done.
+    failed: Option<PyErr>,
+}
+
+impl Gathered<'_, '_> {
+    /// The leader hands `outcome` to the threads that wait for it.
+    fn publish(&mut self, outcome: Outcome) {
+        if let Some(l) = self.leader.take() {
+            l.finish(outcome);
+        }
+    }
+}
+
+impl CachedFunction {
+    /// Runs the call flow from `flow` with blocking I/O.
+    #[allow(clippy::too_many_lines)] // one arm per step of the flow
+    fn drive<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        backend: &Backend,
+        key: &str,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        mut flow: Flow,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let token = Token::lazy();
+        let mut got = Gathered::default();
+        loop {
+            let answer = match flow.step() {
+                Step::Read => match self.read(py, backend, key)? {
+                    Ok(Some(v)) => {
+                        got.found = Some(v);
+                        Answer::Found
+                    }
+                    Ok(None) => Answer::Missing,
+                    Err(e) => {
+                        got.failed = Some(e);
+                        Answer::Failed
+                    }
+                },
+                Step::Lease { read } => {
+                    match backend.lease(py, key, &token, r.lock_timeout, read) {
+                        Ok(Lease::Found(v, created_at)) => {
+                            match self.validated(py, v, created_at)? {
+                                Some(v) => {
+                                    got.found = Some(v);
+                                    Answer::Found
+                                }
+                                None => Answer::Missing,
+                            }
+                        }
+                        Ok(Lease::Acquired) => Answer::Acquired,
+                        Ok(Lease::Held) => Answer::Held,
+                        Err(e) => {
+                            got.failed = Some(e);
+                            Answer::Failed
+                        }
+                    }
+                }
+                Step::Join => match self.flights.join(key) {
+                    Join::Leader(l) => {
+                        got.leader = Some(l);
+                        Answer::Leader
+                    }
+                    Join::Follower(f) => {
+                        got.flight = Some(f);
+                        Answer::Follower
+                    }
+                    Join::Reentrant => Answer::Reentrant,
+                },
+                Step::Find => match self.flights.find(key) {
+                    Some(Join::Follower(f)) => {
+                        got.flight = Some(f);
+                        Answer::Follower
+                    }
+                    Some(_) => Answer::Reentrant,
+                    None => Answer::NoFlight,
+                },
+                Step::Follow(wait) => {
+                    let flight = got.flight.take().expect("Follow comes after a Follower");
+                    match wait_interruptibly(py, &flight, wait)? {
+                        Waited::Done(outcome) => {
+                            got.followed = Some(outcome);
+                            Answer::Followed
+                        }
+                        Waited::Abandoned => Answer::Abandoned,
+                        Waited::TimedOut => Answer::TimedOut,
+                    }
+                }
+                Step::Pause(nap) => {
+                    sleep_interruptibly(py, nap)?;
+                    Answer::Slept
+                }
+                Step::Compute => {
+                    self.count_miss();
+                    match self.call_func(py, args, kwargs) {
+                        Ok(v) => {
+                            got.result = Some(v);
+                            Answer::Computed
+                        }
+                        Err(e) => {
+                            if Self::reaches_followers(py, &e) {
+                                got.publish(Err(e.clone_ref(py)));
+                            }
+                            got.error = Some(e);
+                            Answer::Raised
+                        }
+                    }
+                }
+                Step::Store { release } => {
+                    let result = got.result.clone().expect("Store comes after Computed");
+                    match self.to_store(r, &result) {
+                        Err(e) => {
+                            got.publish(Err(e.clone_ref(py)));
+                            got.error = Some(e);
+                            Answer::Raised
+                        }
+                        Ok(value) => {
+                            let stored = value.as_ref().map(|(s, _)| s);
+                            got.publish(Ok(Self::published(py, &result, stored)));
+                            let value = value.as_ref().map(|(s, ttl)| (s, *ttl));
+                            let done = if release {
+                                backend.store_and_release(py, value, key, token.get())
+                            } else {
+                                value.map_or(Ok(()), |(s, ttl)| backend.set_stored(py, s, key, ttl))
+                            };
+                            match done {
+                                Ok(()) => Answer::Stored,
+                                Err(e) => {
+                                    got.failed = Some(e);
+                                    Answer::Failed
+                                }
+                            }
+                        }
+                    }
+                }
+                Step::Release => match backend.store_and_release(py, None, key, token.get()) {
+                    Ok(()) => Answer::Stored,
+                    Err(e) => {
+                        got.failed = Some(e);
+                        Answer::Failed
+                    }
+                },
+                Step::Hit => {
+                    self.count_hit();
+                    return Ok(got.found.take().expect("Hit comes after Found"));
+                }
+                Step::Followed => {
+                    let outcome = got.followed.take().expect("Followed comes after a wait");
+                    return self.followed(py, &outcome);
+                }
+                Step::Computed => {
+                    let result = got.result.take().expect("Computed comes after Compute");
+                    if got.leader.is_some() {
+                        // Not stored (the backend failed): the waiters get copies.
+                        let copy = Stored::capture_as(&result, r.copy).ok();
+                        got.publish(Ok(Self::published(py, &result, copy.as_ref())));
+                    }
+                    return Ok(result);
+                }
+                Step::Reraise | Step::RaiseBackend => {
+                    return Err(got.error.take().expect("an error comes before Raise"));
+                }
+                Step::RaiseLockTimeout => return Err(Self::lock_timed_out(key, r)),
+            };
+            if answer == Answer::Failed {
+                got.error = failure(py, &mut flow, got.failed.take(), got.error.take());
+                continue;
+            }
+            flow.answer(answer);
+        }
+    }
+
+    /// Any call, as `tp_call` receives it.
+    fn call_packed<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let py = slf.py();
+        let (kwargs, flags) = take_flags(kwargs)?;
+        let kwargs = kwargs.as_ref();
+        if flags.skip || config::is_disabled_now() {
+            return this.call_func(py, args, kwargs);
+        }
+        let r = this.resolve_here();
+        let backend = match &r.backend {
+            Ok(b) => b,
+            Err((e, _)) => {
+                Self::backend_failed(py, &r, e.clone_ref(py))?;
+                return this.call_func(py, args, kwargs);
+            }
+        };
+        let key = this.key_in_buffer(&r, args, kwargs)?;
+        let flow = Flow::start(r.policy(backend, flags.overwrite));
+        this.drive(py, &r, backend, &key, args, kwargs, flow)
+    }
+}
+
+impl FastCall for CachedFunction {
+    /// `f(123)`: the key is built from the interpreter's argument array; only a miss
+    /// packs the arguments (to call the function).
+    #[inline]
+    fn call_positional<'py>(
+        slf: &Bound<'py, Self>,
+        args: &[Bound<'py, PyAny>],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let py = slf.py();
+        if !config::is_disabled_now() && this.takes_positional(args.len()) {
+            let r = this.resolve_here();
+            if let Ok(backend) = &r.backend {
+                if !backend.has_leases() {
+                    let key = this.key_positional(py, &r, args)?;
+                    if let Some(v) = this.lookup(py, &r, backend, &key)? {
+                        return Ok(v);
+                    }
+                    let args = PyTuple::new(py, args)?;
+                    let flow = Flow::missed(r.policy(backend, false));
+                    return this.drive(py, &r, backend, &key, &args, None, flow);
+                }
+            }
+        }
+        Self::call_packed(slf, &PyTuple::new(py, args)?, None)
+    }
+}
+
+/// An optional default, and the keyword arguments without it.
+type DefaultAndKwargs<'py> = (Option<Bound<'py, PyAny>>, Option<Bound<'py, PyDict>>);
+
+/// Splits `.get(default, **kwargs)` / `.get(default=..., **kwargs)`.
+fn split_default<'py>(
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<DefaultAndKwargs<'py>> {
+    let py = args.py();
+    let kwargs = kwargs.map(PyDictMethods::copy).transpose()?;
+    let mut default = None;
+    if let Some(k) = &kwargs {
+        if let Some(d) = k.get_item(pyo3::intern!(py, "default"))? {
+            k.del_item(pyo3::intern!(py, "default"))?;
+            default = Some(d);
+        }
+    }
+    match args.len() {
+        0 => {}
+        1 if default.is_none() => default = Some(args.get_item(0)?),
+        _ => {
+            return Err(CacheError::config(
+                "args",
+                repr_of(args),
+                "get() takes the default as its only positional argument; pass parameters by name",
+            )
+            .into())
+        }
+    }
+    Ok((default, kwargs))
+}
+
+#[pymethods]
+impl CachedFunction {
+    /// Calls that do not come through vectorcall (`vectorcall.rs`).
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::call_packed(slf, args, kwargs)
+    }
+
+    fn __get__(
+        slf: &Bound<'_, Self>,
+        obj: Option<&Bound<'_, PyAny>>,
+        _owner: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        bind_method(slf.as_any(), obj)
+    }
+
+    /// Pickled by reference, as a function is (for process pools).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        pickled_by_name(slf.as_any())
+    }
+
+    /// The cached value for these arguments, without calling the function; `default`
+    /// if there is none, else `KeyError`.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn get<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (default, kwargs) = split_default(args, kwargs)?;
+        let this = slf.get();
+        let r = this.resolve();
+        let key = this.key(&r, &PyTuple::empty(py), kwargs.as_ref())?;
+        let backend = this.backend_or_err(py, &r)?;
+        match backend.get(py, &key)? {
+            Some((v, _)) => Ok(v),
+            None => default.ok_or_else(|| Self::missing(&key)),
+        }
+    }
+
+    /// Stores `value` for these arguments.
+    #[pyo3(signature = (value, **kwargs))]
+    pub fn set(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let r = self.resolve();
+        let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
+        let ttl = self.ttl_to_set(value)?;
+        self.backend_or_err(py, &r)?.set(value, &key, ttl)
+    }
+
+    /// Removes the entry of these arguments.
+    #[pyo3(signature = (**kwargs))]
+    pub fn invalidate(&self, py: Python<'_>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let r = self.resolve();
+        let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
+        self.backend_or_err(py, &r)?.delete(py, &key)
+    }
+
+    /// Removes the entry of these arguments, then calls (and caches) again.
+    #[pyo3(signature = (**kwargs))]
+    fn refresh<'py>(
+        slf: &Bound<'py, Self>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().invalidate(py, kwargs)?;
+        Self::__call__(slf, &PyTuple::empty(py), kwargs)
+    }
+
+    /// Calls the undecorated function: the cache is neither read nor written.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn original<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.call_func(py, args, kwargs)
+    }
+
+    /// The key a call with these arguments reads and writes.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn cache_key(
+        &self,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
+        let (kwargs, _) = take_flags(kwargs)?;
+        self.key_for(args, kwargs.as_ref())
+    }
+
+    /// Hits and misses of this function, and how many entries it has in its backend.
+    pub fn cache_info(&self, py: Python<'_>) -> PyResult<CacheInfo> {
+        let prefix = self.entries_prefix();
+        let currsize = match self.backend_now(py) {
+            Ok(b) => b.count_prefix(py, &prefix)?,
+            Err(_) => 0,
+        };
+        Ok(CacheInfo {
+            hits: self.stats.hits.load(std::sync::atomic::Ordering::Relaxed),
+            misses: self.stats.misses.load(std::sync::atomic::Ordering::Relaxed),
+            currsize,
+        })
+    }
+
+    /// Whether this function's backend keeps values in this process (no I/O).
+    #[getter]
+    fn _is_memory(&self, py: Python<'_>) -> bool {
+        self.backend_now(py).is_ok_and(|b| b.is_memory())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<cached function {}>", self.name)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.traverse(&visit)
+    }
+}

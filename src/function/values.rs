@@ -1,0 +1,101 @@
+//! The values a decorated function hands out about itself: `CacheEntry` (to
+//! `validate=`), `CacheInfo`, and the counters behind it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Weak};
+
+use parking_lot::Mutex;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::PyTraverseError;
+
+use crate::errors::repr_of;
+
+/// Hit and miss counters of one decorated function.
+pub struct Stats {
+    pub package: Option<String>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+pub(crate) static ALL_STATS: LazyLock<Mutex<Vec<Weak<Stats>>>> =
+    LazyLock::new(|| Mutex::new(Vec::new()));
+
+/// Zeroes the counters of every decorated function of `package`.
+pub fn reset_stats(package: Option<&str>) {
+    let mut all = ALL_STATS.lock();
+    all.retain(|w| w.strong_count() > 0);
+    for s in all.iter().filter_map(Weak::upgrade) {
+        if s.package.as_deref() == package {
+            s.hits.store(0, Ordering::Relaxed);
+            s.misses.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A value handed to `validate=` callbacks.
+#[pyclass(frozen, module = "cachu._cachu", name = "CacheEntry")]
+pub struct CacheEntry {
+    #[pyo3(get)]
+    pub(crate) value: Py<PyAny>,
+    #[pyo3(get)]
+    pub(crate) created_at: f64,
+    #[pyo3(get)]
+    pub(crate) age: f64,
+}
+
+#[pymethods]
+impl CacheEntry {
+    #[new]
+    fn py_new(value: Py<PyAny>, created_at: f64, age: f64) -> Self {
+        CacheEntry {
+            value,
+            created_at,
+            age,
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "CacheEntry(value={}, created_at={}, age={})",
+            repr_of(self.value.bind(py)),
+            self.created_at,
+            self.age
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.value)
+    }
+}
+
+/// Statistics of one decorated function.
+#[pyclass(frozen, eq, module = "cachu._cachu", name = "CacheInfo")]
+#[derive(PartialEq, Eq)]
+pub struct CacheInfo {
+    #[pyo3(get)]
+    pub(crate) hits: u64,
+    #[pyo3(get)]
+    pub(crate) misses: u64,
+    #[pyo3(get)]
+    pub(crate) currsize: usize,
+}
+
+#[pymethods]
+impl CacheInfo {
+    #[new]
+    fn py_new(hits: u64, misses: u64, currsize: usize) -> Self {
+        CacheInfo {
+            hits,
+            misses,
+            currsize,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CacheInfo(hits={}, misses={}, currsize={})",
+            self.hits, self.misses, self.currsize
+        )
+    }
+}
