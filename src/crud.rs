@@ -5,7 +5,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::backend::{self, instance, instances_of};
+use crate::backend::registry::{instance, instances_of};
+use crate::backend::{self};
 use crate::config::{self, BackendKind};
 use crate::errors::{repr_of, CacheError};
 use crate::function::values::{reset_stats, CacheInfo};
@@ -127,7 +128,10 @@ pub fn cache_clear(
     for b in targets {
         // Two TTLs of one region (300 and 301) are one file: cleared once.
         if seen.insert(std::sync::Arc::as_ptr(&b)) {
-            total += b.clear(py, pattern.as_deref())?;
+            total += match &tag {
+                Some(tag) if pattern.is_some() => b.clear_tag(py, tag)?,
+                _ => b.clear(py, pattern.as_deref())?,
+            };
         }
     }
     reset_stats(package);

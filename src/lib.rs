@@ -42,7 +42,7 @@ mod _cachu {
     #[pymodule_export]
     use crate::function::aio::{AsyncCachedFunction, AsyncCall, Await, Fetched};
     #[pymodule_export]
-    use crate::function::options::{cache, Decorator};
+    use crate::function::decorator::{cache, Decorator};
     #[pymodule_export]
     use crate::function::values::{CacheEntry, CacheInfo};
     #[pymodule_export]

@@ -14,12 +14,13 @@
 //! expired) are handed back to the caller, to be dropped after the lock is released,
 //! because dropping a Python object can run arbitrary `__del__` code.
 
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::sync::LazyLock;
+use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::process::now_ns;
 pub use crate::process::unix_now;
@@ -37,11 +38,25 @@ struct Slot<V> {
     touched: AtomicU64,
 }
 
-/// The most entries a package keeps in memory, and how many it keeps now.
-#[derive(Debug)]
+/// The most entries a package keeps in memory, how many it keeps now, and the stores
+/// that share it (its TTL regions).
 pub struct Budget {
     max: AtomicUsize,
     used: AtomicUsize,
+    stores: Mutex<Vec<Weak<dyn Evict>>>,
+}
+
+/// A store that gives up entries when its budget is exceeded.
+pub trait Evict: Send + Sync {
+    /// Evicts until the budget is met (or the store is empty), dropping what it evicts
+    /// after its locks are released.
+    fn evict_now(&self);
+}
+
+impl<V: Send + Sync> Evict for MemoryStore<V> {
+    fn evict_now(&self) {
+        drop(self.evict_over_budget(None));
+    }
 }
 
 impl Budget {
@@ -50,12 +65,36 @@ impl Budget {
         Budget {
             max: AtomicUsize::new(max.unwrap_or(usize::MAX)),
             used: AtomicUsize::new(0),
+            stores: Mutex::new(Vec::new()),
         }
     }
 
-    /// Changes the bound (the registry evicts what is over a lower one).
+    /// Changes the bound; a lower one is met at once ([`Budget::enforce`]).
     pub fn set_max(&self, max: Option<usize>) {
         self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
+        self.enforce();
+    }
+
+    /// Counts `store` among the stores that give up entries for this budget.
+    pub fn enlist(&self, store: Weak<dyn Evict>) {
+        let mut stores = self.stores.lock();
+        stores.retain(|s| s.strong_count() > 0);
+        stores.push(store);
+    }
+
+    /// When the stores are over the bound together, they give up entries in turn
+    /// until it is met. No lock of the budget is held while they do.
+    pub fn enforce(&self) {
+        if !self.over() {
+            return;
+        }
+        let stores: Vec<Weak<dyn Evict>> = self.stores.lock().clone();
+        for store in stores.iter().filter_map(Weak::upgrade) {
+            if !self.over() {
+                break;
+            }
+            store.evict_now();
+        }
     }
 
     fn is_bounded(&self) -> bool {
@@ -99,9 +138,19 @@ fn hash_of(key: &str) -> u64 {
     HASHER.hash_one(key)
 }
 
-/// One shard's entries: a hash table of (key, slot) on the precomputed hash.
+/// The tag of a key, as [`crate::key::function_head`] writes it:
+/// `{region}:{prefix}{name}||{tag}||{params}`.
+fn tag_of(key: &str) -> Option<&str> {
+    let start = key.find("||")? + 2;
+    let len = key[start..].find("||")?;
+    Some(&key[start..start + len])
+}
+
+/// One shard's entries: a hash table of (key, slot) on the precomputed hash, and the
+/// keys of each tag (so that a tag's clear costs its entries, not the store's).
 struct Table<V> {
     entries: hashbrown::HashTable<(Box<str>, Slot<V>)>,
+    tags: HashMap<Box<str>, HashSet<Box<str>>>,
     /// The size at which the next insert sweeps expired entries.
     sweep_at: usize,
     /// Sweeps so far.
@@ -112,6 +161,7 @@ impl<V> Table<V> {
     fn new() -> Self {
         Table {
             entries: hashbrown::HashTable::new(),
+            tags: HashMap::new(),
             sweep_at: SWEEP_FLOOR,
             sweeps: 0,
         }
@@ -119,11 +169,33 @@ impl<V> Table<V> {
 
     /// Moves the entries that `doomed` picks out of the table, their values into `out`.
     fn extract(&mut self, mut doomed: impl FnMut(&str, &Slot<V>) -> bool, out: &mut Vec<V>) {
+        let tags = &mut self.tags;
         out.extend(
             self.entries
                 .extract_if(|(k, s)| doomed(k, s))
-                .map(|(_, s)| s.value),
+                .map(|(k, s)| {
+                    untag(tags, &k);
+                    s.value
+                }),
         );
+    }
+
+    /// Moves the entries of `tag` out of the table, their values into `out`; returns
+    /// how many of them were live.
+    fn extract_tag(&mut self, tag: &str, now: u64, out: &mut Vec<V>) -> usize {
+        let Some(keys) = self.tags.remove(tag) else {
+            return 0;
+        };
+        let mut live = 0;
+        for key in keys {
+            let hash = hash_of(&key);
+            if let Ok(e) = self.entries.find_entry(hash, |(k, _)| *k == key) {
+                let ((_, slot), _) = e.remove();
+                live += usize::from(slot.is_live(now));
+                out.push(slot.value);
+            }
+        }
+        live
     }
 
     fn get(&self, hash: u64, key: &str) -> Option<&Slot<V>> {
@@ -142,16 +214,24 @@ impl<V> Table<V> {
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
                 e.insert((key.into(), slot));
+                if let Some(tag) = tag_of(key) {
+                    self.tags.entry(tag.into()).or_default().insert(key.into());
+                }
                 None
             }
         }
     }
 
     fn remove(&mut self, hash: u64, key: &str) -> Option<Slot<V>> {
-        self.entries
+        let removed = self
+            .entries
             .find_entry(hash, |(k, _)| &**k == key)
             .ok()
-            .map(|e| e.remove().0 .1)
+            .map(|e| e.remove().0 .1);
+        if removed.is_some() {
+            untag(&mut self.tags, key);
+        }
+        removed
     }
 
     fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Slot<V>)> {
@@ -164,6 +244,19 @@ impl<V> Table<V> {
 
     fn capacity(&self) -> usize {
         self.entries.capacity()
+    }
+}
+
+/// Forgets `key` in the index of its tag.
+fn untag(tags: &mut HashMap<Box<str>, HashSet<Box<str>>>, key: &str) {
+    let Some(tag) = tag_of(key) else {
+        return;
+    };
+    if let Some(keys) = tags.get_mut(tag) {
+        keys.remove(key);
+        if keys.is_empty() {
+            tags.remove(tag);
+        }
     }
 }
 
@@ -308,6 +401,20 @@ impl<V> MemoryStore<V> {
                 },
                 &mut out,
             );
+        }
+        self.budget.freed(out.len());
+        (out, live)
+    }
+
+    /// Removes the entries of functions tagged `tag` (as keys carry it, normalized);
+    /// returns their values and how many were live. Costs the tag's entries.
+    #[must_use = "drop the returned values after the call, outside any lock"]
+    pub fn remove_tag(&self, tag: &str) -> (Vec<V>, usize) {
+        let now = now_ns();
+        let mut out = Vec::new();
+        let mut live = 0;
+        for shard in &*self.shards {
+            live += shard.map.write().extract_tag(tag, now, &mut out);
         }
         self.budget.freed(out.len());
         (out, live)
@@ -645,5 +752,27 @@ mod tests {
         let _ = a.evict_over_budget(None);
         assert!(!budget.over());
         assert_eq!(budget.used(), a.len() + b.len());
+    }
+
+    #[test]
+    fn a_tag_clear_removes_the_tag_s_entries_only() {
+        let s = MemoryStore::<u32>::default();
+        for i in 0..100 {
+            drop(s.insert(&format!("5m:f||users||x={i}"), i, 60.0));
+            drop(s.insert(&format!("5m:g|x={i}"), i, 60.0));
+            drop(s.insert(&format!("5m:h||other||x={i}"), i, 60.0));
+        }
+        drop(s.remove("5m:f||users||x=0"));
+        let (removed, live) = s.remove_tag("users");
+        assert_eq!((removed.len(), live), (99, 99));
+        assert_eq!(s.len(), 200);
+        assert!(s.keys_matching(|k| k.contains("||users||")).is_empty());
+        // The index forgets what leaves by any path.
+        drop(s.remove_matching(|k| k.starts_with("5m:h")));
+        assert_eq!(s.remove_tag("other").0.len(), 0);
+        let shard_tags: usize = s.shards.iter().map(|sh| sh.map.read().tags.len()).sum();
+        assert_eq!(shard_tags, 0);
+        assert_eq!(tag_of("5m:f||a.b||x=1"), Some("a.b"));
+        assert_eq!(tag_of("5m:f|x='a'"), None);
     }
 }

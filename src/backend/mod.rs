@@ -1,11 +1,13 @@
-//! Backends, and the registry that gives each (package, backend, TTL) its own instance
-//! as cachu 0.2.x does.
+//! Backends: [`Backend`], the facade over the store of one (package, backend, TTL)
+//! region (memory, SQLite, Redis or null), and the decoding of stored values. The
+//! instances themselves, one per region as cachu 0.2.x has them, are the registry's.
 
 pub mod memory;
 pub mod py;
 pub mod redis;
 pub mod registry;
 pub mod sqlite;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,106 +20,8 @@ use crate::errors::CacheResult;
 pub use crate::lease::Token;
 use crate::pattern::glob_match;
 use crate::process::unix_now;
-use memory::MemoryStore;
-pub use registry::{instance, instances_of};
-
-/// A store of pickled values: the file and Redis backends. Its methods do I/O and are
-/// called with the GIL released.
-pub trait ByteStore: Send + Sync + 'static {
-    /// The pickled value and its creation time, if present and not expired.
-    fn get(&self, key: &str) -> CacheResult<Option<(Vec<u8>, f64)>>;
-    /// Stores a pickled value created at `created_at` for `ttl` seconds.
-    fn set(&self, key: &str, value: &[u8], created_at: f64, ttl: f64) -> CacheResult<()>;
-    /// Removes one key.
-    fn delete(&self, key: &str) -> CacheResult<()>;
-    /// Removes the keys matching a glob (all of this store's keys for `None`).
-    fn clear(&self, pattern: Option<&str>) -> CacheResult<usize>;
-    /// The live keys matching a glob.
-    fn keys(&self, pattern: Option<&str>) -> CacheResult<Vec<String>>;
-    /// Removes a key whose value (as `get` returned it) could not be decoded.
-    fn discard_corrupt(&self, key: &str, _value: &[u8], _created_at: f64) -> CacheResult<()> {
-        self.delete(key)
-    }
-    /// Whether misses take a lease that other processes see ([`ByteStore::lease`]).
-    fn has_leases(&self) -> bool {
-        false
-    }
-    /// The value of `key` (when `read`), else a lease on computing it, held as `token`
-    /// for at most `lease`.
-    fn lease(
-        &self,
-        key: &str,
-        token: &Token,
-        lease: Duration,
-        read: bool,
-    ) -> CacheResult<LeaseReply> {
-        let _ = (token, lease);
-        if read {
-            if let Some((value, created)) = self.get(key)? {
-                return Ok(LeaseReply::Found(value, created));
-            }
-        }
-        Ok(LeaseReply::Acquired)
-    }
-    /// Stores `(value, created_at, ttl)` if given, and releases the lease of `token`.
-    fn store_and_release(
-        &self,
-        key: &str,
-        value: Option<(&[u8], f64, f64)>,
-        token: &str,
-    ) -> CacheResult<()> {
-        let _ = token;
-        self.store_if_given(key, value)
-    }
-    /// Stores `(value, created_at, ttl)` if given.
-    fn store_if_given(&self, key: &str, value: Option<(&[u8], f64, f64)>) -> CacheResult<()> {
-        match value {
-            Some((data, created, ttl)) => self.set(key, data, created, ttl),
-            None => Ok(()),
-        }
-    }
-    /// Where the data lives, for messages.
-    fn location(&self) -> String;
-
-    /// [`ByteStore::lease`] for the async API: by default on the runtime's blocking pool.
-    fn lease_async(
-        self: Arc<Self>,
-        key: String,
-        token: String,
-        lease: Duration,
-        read: bool,
-    ) -> BoxFuture<CacheResult<LeaseReply>> {
-        Box::pin(crate::runtime::blocking(move || {
-            self.lease(&key, &Token::given(token), lease, read)
-        }))
-    }
-
-    /// [`ByteStore::store_and_release`] for the async API.
-    fn store_and_release_async(
-        self: Arc<Self>,
-        key: String,
-        value: Option<(Vec<u8>, f64, f64)>,
-        token: String,
-    ) -> BoxFuture<CacheResult<()>> {
-        Box::pin(crate::runtime::blocking(move || {
-            let value = value.as_ref().map(|(d, c, t)| (d.as_slice(), *c, *t));
-            self.store_and_release(&key, value, &token)
-        }))
-    }
-}
-
-/// A future of the async API, run on the runtime.
-pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
-
-/// What [`ByteStore::lease`] found.
-pub enum LeaseReply {
-    /// The stored value and its creation time.
-    Found(Vec<u8>, f64),
-    /// The lease is ours: compute, then [`ByteStore::store_and_release`].
-    Acquired,
-    /// Another caller (maybe in another process) holds the lease.
-    Held,
-}
+use memory::{Budget, MemoryStore};
+pub use store::{BoxFuture, ByteStore, LeaseReply};
 
 /// What [`Backend::lease`] found.
 pub enum Lease<'py> {
@@ -130,7 +34,7 @@ pub enum Lease<'py> {
 }
 
 pub(crate) enum Store {
-    Memory(MemoryStore<Stored>),
+    Memory(Arc<MemoryStore<Stored>>),
     Bytes(Arc<dyn ByteStore>),
     Null,
 }
@@ -148,10 +52,20 @@ fn matches(pattern: Option<&str>, key: &str) -> bool {
 }
 
 impl Backend {
-    fn new(kind: BackendKind, package: Option<String>, ttl: i64) -> CacheResult<Self> {
+    /// The instance of a (package, kind, TTL) region; a memory one counts against
+    /// `budget`, the package's.
+    pub(crate) fn new(
+        kind: BackendKind,
+        package: Option<String>,
+        ttl: i64,
+        budget: Arc<Budget>,
+    ) -> CacheResult<Self> {
         let store = match kind {
             BackendKind::Memory => {
-                Store::Memory(MemoryStore::new(registry::budget_of(package.as_deref())))
+                let m = Arc::new(MemoryStore::new(budget.clone()));
+                let weak: std::sync::Weak<dyn memory::Evict> = Arc::downgrade(&m) as _;
+                budget.enlist(weak);
+                Store::Memory(m)
             }
             BackendKind::Null => Store::Null,
             BackendKind::File => {
@@ -346,16 +260,8 @@ impl Backend {
     /// When this store could not meet the package's budget alone, its siblings (the
     /// package's other memory regions) give up entries.
     fn keep_budget(&self, m: &MemoryStore<Stored>) {
-        if !m.over_budget() {
-            return;
-        }
-        for sibling in instances_of(self.package.as_deref(), Some(BackendKind::Memory), None) {
-            if let Store::Memory(other) = &sibling.store {
-                drop(other.evict_over_budget(None));
-            }
-            if !m.over_budget() {
-                break;
-            }
+        if m.over_budget() {
+            m.budget().enforce();
         }
     }
 
@@ -381,6 +287,21 @@ impl Backend {
             Store::Bytes(b) => py.detach(|| b.clear(pattern))?,
             Store::Null => 0,
         })
+    }
+
+    /// Removes the entries of functions tagged `tag`; returns how many live ones were
+    /// removed. The memory store finds them in its tag index; the others by a glob.
+    pub fn clear_tag(&self, py: Python<'_>, tag: &str) -> PyResult<usize> {
+        let Store::Memory(m) = &self.store else {
+            return self.clear(py, crate::pattern::tag_pattern(tag).as_deref());
+        };
+        let normalized = crate::key::normalize_tag(tag);
+        if normalized.is_empty() {
+            return self.clear(py, None);
+        }
+        let (removed, live) = m.remove_tag(&normalized[1..normalized.len() - 1]);
+        drop(removed);
+        Ok(live)
     }
 
     /// The live keys matching a glob.

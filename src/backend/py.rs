@@ -6,7 +6,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
-use super::{instance, Backend};
+use super::registry::instance;
+use super::Backend;
 use crate::config::{self, BackendKind};
 use crate::errors::{repr_of, CacheError};
 use crate::region::{parse_region_ttl, whole_seconds};

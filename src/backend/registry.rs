@@ -64,16 +64,7 @@ pub fn budget_of(package: Option<&str>) -> Arc<Budget> {
 /// Applies a new `memory_maxsize` to the package's existing regions: a lower bound
 /// evicts what is over it now, not at the next inserts.
 pub fn set_budget(package: Option<&str>, max: Option<usize>) {
-    let budget = budget_of(package);
-    budget.set_max(max);
-    if budget.max().is_some_and(|m| budget.used() > m) {
-        for b in instances_of(package, Some(BackendKind::Memory), None) {
-            if let Store::Memory(m) = &b.store {
-                // Dropped here, with no lock held: values may run `__del__`.
-                drop(m.evict_over_budget(None));
-            }
-        }
-    }
+    budget_of(package).set_max(max);
 }
 
 static INSTANCES: LazyLock<Mutex<HashMap<InstanceKey, Arc<Backend>>>> =
@@ -86,7 +77,7 @@ pub fn instance(package: Option<&str>, kind: BackendKind, ttl: i64) -> PyResult<
         return Ok(b.clone());
     }
     // Opening may do I/O (a SQLite file): not under the registry lock.
-    let fresh = Arc::new(Backend::new(kind, key.0.clone(), ttl)?);
+    let fresh = Arc::new(Backend::new(kind, key.0.clone(), ttl, budget_of(package))?);
     Ok(INSTANCES.lock().entry(key).or_insert(fresh).clone())
 }
 

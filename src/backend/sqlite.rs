@@ -19,9 +19,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::memory::unix_now;
-use super::ByteStore;
+use super::store::ByteStore;
 use crate::errors::{CacheError, CacheResult};
+use crate::process::unix_now;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Writes between two deletions of expired rows.
@@ -314,11 +314,11 @@ impl ByteStore for SqliteStore {
     fn lease(
         &self,
         key: &str,
-        token: &super::Token,
+        token: &crate::lease::Token,
         _lease: Duration,
         read: bool,
-    ) -> CacheResult<super::LeaseReply> {
-        use super::LeaseReply;
+    ) -> CacheResult<super::store::LeaseReply> {
+        use super::store::LeaseReply;
         if read {
             // A hit needs no token: it is made below, for a lease.
             if let Some((value, created)) = self.get(key)? {
@@ -386,7 +386,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_lease_is_seen_by_another_process_and_dies_with_it() {
-        use super::super::LeaseReply;
+        use crate::backend::store::LeaseReply;
         let path = temp_path("lease");
         let s = SqliteStore::open(path.clone());
         let lease = Duration::from_secs(10);

@@ -9,6 +9,7 @@
 //! does, and the counters.
 
 pub mod aio;
+pub mod decorator;
 pub mod options;
 pub mod sync;
 pub mod values;
@@ -249,7 +250,7 @@ impl CachedFunction {
         let cfg = config::config_of(self.package.as_deref());
         let region_ttl = self.ttl.region_ttl();
         let kind = self.backend.unwrap_or(cfg.backend);
-        let backend = backend::instance(self.package.as_deref(), kind, region_ttl)
+        let backend = backend::registry::instance(self.package.as_deref(), kind, region_ttl)
             .map_err(|e| (e, Instant::now()));
         let r = Arc::new(Resolved {
             generation,

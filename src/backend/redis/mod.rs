@@ -30,7 +30,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
-use super::{ByteStore, LeaseReply};
+use crate::backend::store::{ByteStore, LeaseReply};
 use crate::config::{config_of, functions_of};
 use crate::errors::CacheResult;
 use crate::pattern::glob_match;
@@ -99,8 +99,8 @@ impl<'a> Scope<'a> {
         format!(
             "{}{}*|*",
             self.region
-                .map_or_else(|| "*:".to_owned(), super::escape_glob),
-            super::escape_glob(&self.prefix)
+                .map_or_else(|| "*:".to_owned(), crate::pattern::escape_glob),
+            crate::pattern::escape_glob(&self.prefix)
         )
     }
 
@@ -249,7 +249,7 @@ impl ByteStore for RedisStore {
     fn lease(
         &self,
         key: &str,
-        token: &super::Token,
+        token: &crate::lease::Token,
         lease: Duration,
         read: bool,
     ) -> CacheResult<LeaseReply> {

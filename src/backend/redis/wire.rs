@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
-use crate::backend::LeaseReply;
+use crate::backend::store::LeaseReply;
 
 pub const HEADER: usize = 8;
 
