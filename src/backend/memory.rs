@@ -762,7 +762,7 @@ mod tests {
             drop(s.insert(&format!("5m:g|x={i}"), i, 60.0));
             drop(s.insert(&format!("5m:h||other||x={i}"), i, 60.0));
         }
-        drop(s.remove("5m:f||users||x=0"));
+        assert_eq!(s.remove("5m:f||users||x=0"), Some(0));
         let (removed, live) = s.remove_tag("users");
         assert_eq!((removed.len(), live), (99, 99));
         assert_eq!(s.len(), 200);
