@@ -45,7 +45,7 @@ pub fn backend_failed(py: Python<'_>, err: &PyErr) {
 }
 
 /// A result that can be neither copied nor pickled: returned to the caller, not cached.
-pub fn not_cached(py: Python<'_>, function: &str, err: &PyErr) {
+pub fn not_cached(py: Python<'_>, function: (&str, u64), err: &PyErr) {
     uncached(
         py,
         function,
@@ -54,14 +54,15 @@ pub fn not_cached(py: Python<'_>, function: &str, err: &PyErr) {
 }
 
 /// A result whose dynamic TTL returned no TTL: returned to the caller, not cached.
-pub fn bad_ttl(py: Python<'_>, function: &str, err: &PyErr) {
+pub fn bad_ttl(py: Python<'_>, function: (&str, u64), err: &PyErr) {
     uncached(py, function, &err.to_string());
 }
 
-fn uncached(py: Python<'_>, function: &str, why: &str) {
+/// Said once per decorated function (its name and id) and reason.
+fn uncached(py: Python<'_>, (name, id): (&str, u64), why: &str) {
     once(
         py,
-        &format!("not-cached:{function}:{why}"),
-        &format!("cachu: the result of {function}() was not cached: {why}"),
+        &format!("not-cached:{id}:{why}"),
+        &format!("cachu: the result of {name}() was not cached: {why}"),
     );
 }

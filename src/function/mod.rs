@@ -475,7 +475,7 @@ impl CachedFunction {
         let ttl = match self.ttl_for(result)? {
             Ok(ttl) => ttl,
             Err(why) => {
-                warn::bad_ttl(result.py(), &self.name, &why);
+                warn::bad_ttl(result.py(), (&self.name, self.id), &why);
                 return Ok(None);
             }
         };
@@ -488,7 +488,7 @@ impl CachedFunction {
         match Stored::capture_as(result, r.copy) {
             Ok(s) => Some(s),
             Err(e) => {
-                warn::not_cached(result.py(), &self.name, &e);
+                warn::not_cached(result.py(), (&self.name, self.id), &e);
                 None
             }
         }

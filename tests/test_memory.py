@@ -1,0 +1,295 @@
+"""Bounded memory, copies and references: what the memory backend holds, keeps and
+releases. Real threads; every wait is bounded."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+
+import pytest
+
+import cachu
+from cachu import ConfigurationError
+
+
+def test_memory_maxsize_bounds_a_package_and_keeps_the_recently_used():
+    cachu.configure(package="bounded", memory_maxsize=100)
+    try:
+
+        @cachu.cache(ttl=300, package="bounded")
+        def square(x: int) -> int:
+            return x * x
+
+        @cachu.cache(ttl=3600, package="bounded")
+        def cube(x: int) -> int:
+            return x * x * x
+
+        hot = list(range(10))
+        for i in range(2000):
+            square(1000 + i)
+            if i % 20 == 0:
+                for h in hot:
+                    square(h)  # keeps the hot keys recently used
+            cube(i)
+        total = cachu.cache_info(square).currsize + cachu.cache_info(cube).currsize
+        assert total <= 100, total
+        before = cachu.cache_info(square).hits
+        for h in hot:
+            square(h)
+        assert cachu.cache_info(square).hits - before == len(hot), "a hot key was evicted"
+        assert cachu.get_config(package="bounded").memory_maxsize == 100
+        # 0 removes the bound.
+        cachu.configure(package="bounded", memory_maxsize=0)
+        for i in range(300):
+            square(10_000 + i)
+        assert cachu.cache_info(square).currsize >= 300
+    finally:
+        cachu.configure(package="bounded", memory_maxsize=0)
+
+
+class Tracked:
+    """Counts its live instances."""
+
+    alive = 0
+
+    def __init__(self) -> None:
+        Tracked.alive += 1
+
+    def __del__(self) -> None:
+        Tracked.alive -= 1
+
+    def __reduce__(self):  # noqa: ANN204 - pickled by the cache
+        return (Tracked, ())
+
+
+def test_evicted_values_are_released():
+    cachu.configure(package="release", memory_maxsize=10)
+    try:
+
+        @cachu.cache(ttl=300, package="release")
+        def make(i: int) -> list:
+            return [Tracked()]
+
+        before = Tracked.alive
+        for i in range(200):
+            make(i)
+        gc.collect()
+        assert cachu.cache_info(make).currsize <= 10
+        assert Tracked.alive - before <= 12, "evicted values are still alive"
+    finally:
+        cachu.configure(package="release", memory_maxsize=0)
+
+
+def test_hits_release_what_they_hold_at_once():
+    """A hit takes a reference to the cached object and gives it back before it
+    returns: after 10 000 hits its reference count is what it was (a reference left
+    for later would pile up, one per hit, along with the memory to remember it)."""
+    import asyncio
+
+    cachu.configure(package="refs_once", memory_copy=False)
+
+    @cachu.cache(ttl=300, package="refs_once")
+    def value(x: int) -> list:
+        return [x]
+
+    @cachu.cache(ttl=300, package="refs_once")
+    async def async_value(x: int) -> list:
+        return [x]
+
+    held = value(1)
+    before = sys.getrefcount(held)
+    for _ in range(10_000):
+        value(1)
+        value(x=1)
+    assert sys.getrefcount(held) == before
+
+    async def main() -> int:
+        held = await async_value(1)
+        before = sys.getrefcount(held)
+        for _ in range(10_000):
+            await async_value(1)
+        return sys.getrefcount(held) - before
+
+    assert asyncio.run(main()) == 0
+
+
+def test_clear_backends_frees_memory_entries_that_other_threads_called():
+    """A thread keeps its own copy of a function's settings; clear_backends() still
+    frees the entries of the memory region it pointed at, at once."""
+    import queue
+
+    cachu.configure(package="freed", memory_copy=False)  # keeps the objects themselves
+
+    @cachu.cache(ttl=300, package="freed")
+    def make(i: int) -> Tracked:
+        return Tracked()
+
+    asks: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+
+    def worker() -> None:
+        while (n := asks.get()) is not None:
+            for i in range(n):
+                make(i)
+            done.put(True)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        gc.collect()
+        before = Tracked.alive
+        asks.put(50)
+        done.get(timeout=10)
+        gc.collect()
+        assert Tracked.alive - before >= 50
+        cachu.clear_backends(package="freed")  # the worker thread calls nothing after
+        gc.collect()
+        assert Tracked.alive - before <= 1, f"{Tracked.alive - before} entries still alive"
+    finally:
+        asks.put(None)
+        t.join()
+
+
+def test_memory_copy_false_hands_out_the_cached_object_itself(tmp_path):
+    cachu.configure(package="refs", memory_copy=False, file_dir=str(tmp_path))
+    try:
+        assert cachu.get_config(package="refs").memory_copy is False
+        calls = []
+
+        @cachu.cache(ttl=300, package="refs")
+        def user(i: int) -> dict:
+            calls.append(i)
+            return {"id": i, "tags": ["a"]}
+
+        first = user(1)
+        assert user(1) is first and user(1) is first  # the object itself, no copy
+        first["tags"].append("changed")  # and so a mutation reaches the cache
+        assert user(1)["tags"] == ["a", "changed"] and calls == [1]
+
+        # Objects that can be neither copied nor pickled are cached too.
+        @cachu.cache(ttl=300, package="refs")
+        def make(i: int):  # noqa: ANN202
+            return lambda: i
+
+        assert make(2) is make(2)
+        cachu.cache_set(make, first, i=3)
+        assert make(3) is first
+
+        # The file backend still stores pickles: callers get their own objects.
+        @cachu.cache(ttl=300, backend="file", package="refs")
+        def from_file(i: int) -> dict:
+            return {"id": i}
+
+        assert from_file(1) == from_file(1) and from_file(1) is not from_file(1)
+
+        # Coroutines too, and tasks that waited for the computation get the same object.
+        import asyncio
+
+        @cachu.cache(ttl=300, package="refs")
+        async def fetch(i: int) -> dict:
+            await asyncio.sleep(0.01)
+            return {"id": i}
+
+        async def together() -> list:
+            return await asyncio.gather(*(fetch(5) for _ in range(3)), fetch(5))
+
+        got = asyncio.run(together())
+        assert all(g is got[0] for g in got)
+
+        # Back to copies: new entries are copied again.
+        cachu.configure(package="refs", memory_copy=True)
+        second = user(2)
+        assert user(2) == second and user(2) is not second
+    finally:
+        cachu.configure(package="refs", memory_copy=True)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "100", True, [10]])
+def test_bad_memory_maxsize_is_refused(bad):
+    with pytest.raises(ConfigurationError, match="memory_maxsize"):
+        cachu.configure(package="badmax", memory_maxsize=bad)
+
+
+def test_bounded_memory_under_threads():
+    cachu.configure(package="boundedthreads", memory_maxsize=500)
+    try:
+
+        @cachu.cache(ttl=300, package="boundedthreads")
+        def f(x: int) -> int:
+            return x
+
+        errors: list[BaseException] = []
+
+        def worker(base: int) -> None:
+            try:
+                for i in range(3000):
+                    assert f(base + i % 700) == base + i % 700
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k * 10_000,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        assert cachu.cache_info(f).currsize <= 500
+    finally:
+        cachu.configure(package="boundedthreads", memory_maxsize=0)
+
+
+def test_memory_per_entry_is_reported_by_backend_stats():
+    cachu.configure(package="sized", memory_maxsize=1000)
+    try:
+
+        @cachu.cache(ttl=300, package="sized")
+        def user(i: int) -> dict:
+            return {"id": i, "name": "Ada Lovelace"}
+
+        for i in range(500):
+            user(i)
+        stats = cachu.get_backend("memory", package="sized", ttl=300).stats()
+        assert stats["entries"] == 500
+        assert stats["package_entries"] == 500 and stats["memory_maxsize"] == 1000
+        # A key, a slot and a small dict: between a few dozen and a few hundred bytes.
+        assert 100 < stats["bytes_per_entry"] < 1000, stats
+        # Each value kept as a record: a tuple of its two values and its shape.
+        assert stats["value_bytes"] >= 500 * sys.getsizeof((0, 0, 0)), stats
+    finally:
+        cachu.configure(package="sized", memory_maxsize=0)
+
+
+def test_records_with_nested_members_are_copied_at_every_level():
+    """The common JSON-like record: a dict whose members include a list, a dict, a set."""
+    import asyncio
+
+    @cachu.cache(ttl=300, package="records")
+    def record(i: int) -> dict:
+        return {"id": i, "roles": ["admin"], "meta": {"k": 1}, "tags": {1, 2}, "t": (1, 2)}
+
+    @cachu.cache(ttl=300, package="records")
+    async def arecord(i: int) -> dict:
+        return record.original(i)
+
+    async def twice() -> tuple:
+        return await arecord(1), await arecord(1)
+
+    for first, second in ((record(1), record(1)), asyncio.run(twice())):
+        first["roles"].append("intruder")
+        first["meta"]["k"] = 2
+        first["tags"].add(3)
+        first["id"] = -1
+        assert second == {
+            "id": 1,
+            "roles": ["admin"],
+            "meta": {"k": 1},
+            "tags": {1, 2},
+            "t": (1, 2),
+        }
+    hit = record(1)
+    hit["roles"].append("intruder")
+    hit["meta"]["k"] = 3
+    hit["tags"].clear()
+    assert record(1) == {"id": 1, "roles": ["admin"], "meta": {"k": 1}, "tags": {1, 2}, "t": (1, 2)}
+    assert record(1) is not record(1)
