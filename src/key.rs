@@ -172,6 +172,29 @@ impl KeyPlan {
             .or_else(|_| func.getattr("__name__"))
             .and_then(|n| n.extract())
             .unwrap_or_default();
+        if spec.getattr("varkw")?.is_none() {
+            let mut unknown: Vec<&String> = exclude
+                .iter()
+                .filter(|e| !names.contains(e) && !kwonly.contains(e))
+                .collect();
+            unknown.sort();
+            if let Some(first) = unknown.first() {
+                let params: Vec<&str> = names.iter().chain(&kwonly).map(String::as_str).collect();
+                return Err(crate::errors::CacheError::config(
+                    "exclude",
+                    format!("'{first}'"),
+                    format!(
+                        "{function}() has no parameter of that name (its parameters: {})",
+                        if params.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            params.join(", ")
+                        }
+                    ),
+                )
+                .into());
+            }
+        }
         let guard = Guard {
             names: names.iter().chain(&kwonly).cloned().collect(),
             open,

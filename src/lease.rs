@@ -1,9 +1,14 @@
-//! Lease tokens: the names of the holders of cross-process leases.
+//! Lease tokens (the names of the holders of cross-process leases), and the leases
+//! this process holds, so that a child of `fork()` never waits for a lease that only
+//! its parent's threads held (the computation it stands for is not the child's).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, OnceLock};
+
+use parking_lot::Mutex;
 
 use crate::process::ForkLocal;
 
@@ -56,6 +61,55 @@ impl Token {
     }
 }
 
+/// The keys whose leases this process holds, and those its parent held when it forked.
+#[derive(Default)]
+struct Holdings {
+    pid: u32,
+    mine: HashMap<String, usize>,
+    inherited: HashSet<String>,
+}
+
+static HOLDINGS: LazyLock<Mutex<Holdings>> = LazyLock::new(Mutex::default);
+
+fn holdings() -> parking_lot::MutexGuard<'static, Holdings> {
+    let mut h = HOLDINGS.lock();
+    let pid = std::process::id();
+    if h.pid != pid {
+        // First look in a child of fork(): what the parent held is the parent's.
+        let parents = std::mem::take(&mut h.mine);
+        h.inherited = parents.into_keys().collect();
+        h.pid = pid;
+    }
+    h
+}
+
+/// A lease this process holds on `key`, until dropped.
+pub struct Held(String);
+
+/// Records that this process holds the lease on `key`.
+pub fn hold(key: &str) -> Held {
+    *holdings().mine.entry(key.to_owned()).or_default() += 1;
+    Held(key.to_owned())
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut h = holdings();
+        if let Some(n) = h.mine.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                h.mine.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Whether the lease on `key` was held by this process's parent when it forked: the
+/// computation behind it has no thread here.
+pub fn held_by_parent(key: &str) -> bool {
+    holdings().inherited.contains(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +123,21 @@ mod tests {
         let lazy = Token::lazy();
         assert_eq!(lazy.get(), lazy.get());
         assert_eq!(Token::given("t").get(), "t");
+    }
+
+    #[test]
+    fn holdings_are_counted_and_forgotten() {
+        let a = hold("k1");
+        let b = hold("k1");
+        drop(a);
+        assert!(holdings().mine.contains_key("k1"));
+        drop(b);
+        assert!(!holdings().mine.contains_key("k1"));
+        // As a child finds them: the parent's holdings become inherited.
+        let _c = hold("k2");
+        HOLDINGS.lock().pid = std::process::id().wrapping_add(1);
+        assert!(held_by_parent("k2"));
+        assert!(!held_by_parent("k1"));
+        assert!(holdings().mine.is_empty());
     }
 }

@@ -17,6 +17,8 @@
 //! caller may have stored it meanwhile) → `Compute` → `Store`; follower: `Follow`.
 //! A backend that fails is a miss (or raises, with `on_backend_error='raise'`); the
 //! callers of one key in this process still compute it once, whatever its state.
+//! `_overwrite_cache=True` computes and stores, taking the lease if it is free, and
+//! returns its own result: it never waits for another caller nor reads their value.
 
 use std::time::{Duration, Instant};
 
@@ -252,6 +254,12 @@ impl Flow {
             (State::Leasing, A::Acquired) => {
                 self.holds_lease = true;
                 self.go(State::Joining, Step::Join)
+            }
+            // An overwrite returns what it computes itself: it neither waits for
+            // another caller's computation nor reads what another stored meanwhile.
+            (State::Leasing, A::Held) if self.policy.overwrite => self.compute(),
+            (State::Joining | State::Finding, A::Follower) if self.policy.overwrite => {
+                self.compute()
             }
             (State::Leasing, A::Held) => {
                 if self.remaining().is_zero() {

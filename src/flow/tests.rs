@@ -223,6 +223,29 @@ fn an_overwrite_never_reads() {
 }
 
 #[test]
+fn an_overwrite_computes_itself_whoever_else_computes() {
+    let mut p = policy(true);
+    p.overwrite = true;
+    let steps = run(
+        Flow::start(p),
+        &[Answer::Held, Answer::Computed, Answer::Stored],
+    );
+    assert_eq!(
+        steps[1..],
+        [
+            Step::Compute,
+            Step::Store { release: false },
+            Step::Computed
+        ]
+    );
+    p.leases = false;
+    let steps = run(Flow::start(p), &[Answer::Follower, Answer::Computed]);
+    assert_eq!(steps[1..], [Step::Compute, Step::Store { release: false }]);
+    let steps = run(Flow::start(p), &[Answer::Leader, Answer::Computed]);
+    assert_eq!(steps[1..], [Step::Compute, Step::Store { release: false }]);
+}
+
+#[test]
 fn an_abandoned_computation_is_started_again() {
     let steps = run(
         Flow::start(policy(false)),

@@ -154,6 +154,7 @@ impl AsyncCachedFunction {
             value: None,
             result: None,
             error: None,
+            held: None,
         };
         self.drive.bind(py).call1((call, args, kwargs))
     }
@@ -254,6 +255,8 @@ pub struct AsyncCall {
     result: Option<Py<PyAny>>,
     /// What the call raises.
     error: Option<PyErr>,
+    /// The lease, while this call holds it.
+    held: Option<crate::lease::Held>,
 }
 
 impl AsyncCall {
@@ -267,12 +270,18 @@ impl AsyncCall {
 
     fn answer(&mut self, answer: Answer) {
         self.flow.answer(answer);
+        if !self.flow.holds_lease() {
+            self.held = None;
+        }
     }
 
     /// A backend error at the current step (see [`failure`]).
     fn fail(&mut self, py: Python<'_>, e: Option<PyErr>) {
         let kept = self.error.take();
         self.error = failure(py, &mut self.flow, e, kept);
+        if !self.flow.holds_lease() {
+            self.held = None;
+        }
     }
 
     /// A value found: validated (and counted, with the hit).
@@ -350,6 +359,10 @@ impl AsyncCall {
             return Ok(Answer::Follower);
         }
         if !lead {
+            // A lease of this process's parent has no computation here: compute.
+            if crate::lease::held_by_parent(&self.key) {
+                return Ok(Answer::Reentrant);
+            }
             return Ok(Answer::NoFlight);
         }
         // Made with no lock held; the loop runs one task at a time, so the slot is
@@ -573,7 +586,10 @@ impl AsyncCall {
             Some(LeaseReply::Found(data, created_at)) => self.found_bytes(py, data, created_at)?,
             // A store without leases answers a miss with the lease.
             Some(LeaseReply::Acquired) if step == Step::Read => self.answer(Answer::Missing),
-            Some(LeaseReply::Acquired) => self.answer(Answer::Acquired),
+            Some(LeaseReply::Acquired) => {
+                self.held = Some(crate::lease::hold(&self.key));
+                self.answer(Answer::Acquired);
+            }
             Some(LeaseReply::Held) => self.answer(Answer::Held),
             None => self.answer(Answer::Missing),
         }

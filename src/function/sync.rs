@@ -69,6 +69,8 @@ struct Gathered<'a, 'py> {
     error: Option<PyErr>,
     /// The backend's error at the step just done.
     failed: Option<PyErr>,
+    /// The lease, while this call holds it.
+    held: Option<crate::lease::Held>,
 }
 
 impl Gathered<'_, '_> {
@@ -119,7 +121,10 @@ impl CachedFunction {
                                 None => Answer::Missing,
                             }
                         }
-                        Ok(Lease::Acquired) => Answer::Acquired,
+                        Ok(Lease::Acquired) => {
+                            got.held = Some(crate::lease::hold(key));
+                            Answer::Acquired
+                        }
                         Ok(Lease::Held) => Answer::Held,
                         Err(e) => {
                             got.failed = Some(e);
@@ -144,6 +149,8 @@ impl CachedFunction {
                         Answer::Follower
                     }
                     Some(_) => Answer::Reentrant,
+                    // The lease is this process's parent's: compute (and store) here.
+                    None if crate::lease::held_by_parent(key) => Answer::Reentrant,
                     None => Answer::NoFlight,
                 },
                 Step::Follow(wait) => {
