@@ -5,6 +5,7 @@ through one fixture that runs each behaviour for memory, file and Redis, sync an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
@@ -283,12 +284,21 @@ def test_an_overwrite_returns_what_it_computed(flavor):
     assert flavor.call(fn, 0) == 2
 
 
+@contextlib.contextmanager
+def redis_down(mode: str, name: str, tmp_path: Any, **options: Any) -> Iterator[Flavor]:
+    """A flavor whose Redis URL has no server behind it."""
+    f = Flavor("redis", mode, f"parity_{name}_{mode}")
+    f.url = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.2"  # type: ignore[attr-defined]
+    try:
+        configure(f, tmp_path, f.url, **options)  # type: ignore[attr-defined]
+        yield f
+    finally:
+        f.close()
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_redis_outage_raises_backend_error_when_configured_to(mode, tmp_path):
-    f = Flavor("redis", mode, f"parity_down_{mode}")
-    dead = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.2"
-    try:
-        configure(f, tmp_path, dead, on_backend_error="raise")
+    with redis_down(mode, "down", tmp_path, on_backend_error="raise") as f:
         runs = []
 
         def value(x):
@@ -299,21 +309,16 @@ def test_a_redis_outage_raises_backend_error_when_configured_to(mode, tmp_path):
         with pytest.raises(BackendError, match="unreachable"):
             f.call(fn, 1)
         assert runs == []
-        configure(f, tmp_path, dead, on_backend_error="miss")
+        configure(f, tmp_path, f.url, on_backend_error="miss")  # type: ignore[attr-defined]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert f.call(fn, 1) == 1
         assert runs == [1]
-    finally:
-        f.close()
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_stampede_protection_holds_while_redis_is_down(mode, tmp_path):
-    f = Flavor("redis", mode, f"parity_stampede_down_{mode}")
-    dead = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.2"
-    try:
-        configure(f, tmp_path, dead, on_backend_error="miss")
+    with redis_down(mode, "stampede_down", tmp_path, on_backend_error="miss") as f:
         runs = []
 
         def slow(x):
@@ -327,8 +332,6 @@ def test_stampede_protection_holds_while_redis_is_down(mode, tmp_path):
             warnings.simplefilter("ignore")
             assert f.call_together(fn, 8, 21) == [42] * 8
         assert runs == [21]
-    finally:
-        f.close()
 
 
 @pytest.mark.parametrize("backend", ["memory", "file", "redis"])
