@@ -113,7 +113,7 @@ pub fn cache_clear(
             }
             if uses_redis(package, kind, &targets) {
                 // Every region of the server at once, opened here or not.
-                let url = config::config_of(package).redis_url.clone();
+                let url = config::config_of(package).redis_endpoint_url();
                 let pat = pattern.clone();
                 let pkg = package.map(str::to_owned);
                 total += py.detach(|| {

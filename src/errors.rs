@@ -22,6 +22,12 @@ pub enum CacheError {
         value: String,
         expected: String,
     },
+    /// A backend name that names no backend (a [`CacheError::Config`] too).
+    UnknownBackend {
+        param: String,
+        value: String,
+        expected: String,
+    },
     /// A backend failed (disk, database, network).
     Backend(String),
     /// A key that is not in the cache and no default was given.
@@ -52,6 +58,11 @@ impl fmt::Display for CacheError {
                 param,
                 value,
                 expected,
+            }
+            | CacheError::UnknownBackend {
+                param,
+                value,
+                expected,
             } => write!(f, "{param}={value} is not valid: {expected}"),
             CacheError::Backend(msg) | CacheError::Missing(msg) | CacheError::LockTimeout(msg) => {
                 f.write_str(msg)
@@ -66,6 +77,7 @@ impl std::error::Error for CacheError {}
 struct Classes {
     cache_error: Py<PyType>,
     configuration_error: Py<PyType>,
+    backend_not_found: Py<PyType>,
     backend_error: Py<PyType>,
     lock_timeout: Py<PyType>,
 }
@@ -105,6 +117,12 @@ fn classes(py: Python<'_>) -> PyResult<&Classes> {
             &PyTuple::new(py, [ce.clone(), b("ValueError")?, b("TypeError")?])?,
             "A bad option, raised at configure or decoration time; names the parameter and the value.",
         )?;
+        let backend_not_found = make_class(
+            py,
+            "BackendNotFoundError",
+            &PyTuple::new(py, [configuration_error.bind(py).clone().into_any()])?,
+            "A backend name that names no backend (cachu 0.6's name; a ConfigurationError).",
+        )?;
         let backend_error = make_class(
             py,
             "BackendError",
@@ -120,6 +138,7 @@ fn classes(py: Python<'_>) -> PyResult<&Classes> {
         Ok::<_, PyErr>(Classes {
             cache_error,
             configuration_error,
+            backend_not_found,
             backend_error,
             lock_timeout,
         })
@@ -131,6 +150,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let c = classes(m.py())?;
     m.add("CacheError", c.cache_error.bind(m.py()))?;
     m.add("ConfigurationError", c.configuration_error.bind(m.py()))?;
+    m.add("BackendNotFoundError", c.backend_not_found.bind(m.py()))?;
     m.add("BackendError", c.backend_error.bind(m.py()))?;
     m.add("CacheLockTimeout", c.lock_timeout.bind(m.py()))?;
     Ok(())
@@ -145,6 +165,7 @@ impl From<CacheError> for PyErr {
             };
             let ty = match &err {
                 CacheError::Config { .. } => &c.configuration_error,
+                CacheError::UnknownBackend { .. } => &c.backend_not_found,
                 CacheError::Backend(_) => &c.backend_error,
                 CacheError::LockTimeout(_) => &c.lock_timeout,
                 CacheError::Missing(msg) => return PyKeyError::new_err(msg.clone()),

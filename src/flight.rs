@@ -103,7 +103,7 @@ impl<T> Flights<T> {
     /// Joins the computation of `key`, becoming its leader if there is none.
     pub fn join(&self, key: &str) -> Join<'_, T> {
         let me = std::thread::current().id();
-        let pid = std::process::id();
+        let pid = crate::process::pid();
         let mut map = self.map.lock();
         if let Some(f) = map.get(key).filter(|f| f.pid == pid) {
             return if f.leader == me {
@@ -130,7 +130,7 @@ impl<T> Flights<T> {
     /// The computation of `key` in progress, if any, without joining it.
     pub fn find(&self, key: &str) -> Option<Join<'_, T>> {
         let me = std::thread::current().id();
-        let pid = std::process::id();
+        let pid = crate::process::pid();
         self.map.lock().get(key).filter(|f| f.pid == pid).map(|f| {
             if f.leader == me {
                 Join::Reentrant
@@ -269,7 +269,7 @@ mod tests {
             state: Mutex::new(State::Running),
             done: Condvar::new(),
             leader: inherited.leader,
-            pid: std::process::id().wrapping_add(1),
+            pid: crate::process::pid().wrapping_add(1),
         });
         flights.map.lock().insert("k".into(), forked);
         assert!(flights.find("k").is_none());

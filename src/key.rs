@@ -289,7 +289,21 @@ impl KeyPlan {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let py = args.py();
+        let mut first = true;
+        for (name, value) in &self.bind_all(args.py(), args.as_slice(), kwargs)? {
+            self.write_pair(out, name, value, &mut first)?;
+        }
+        Ok(())
+    }
+
+    /// The arguments of a call by parameter name, defaults filled in, as the key sees
+    /// them: filtered names (`self`, `cls`, `_`-names, `exclude`) left out, sorted.
+    fn bind_all<'s, 'py>(
+        &'s self,
+        py: Python<'py>,
+        args: &[Bound<'py, PyAny>],
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Vec<(Cow<'s, str>, Bound<'py, PyAny>)>> {
         let mut bound: Vec<(Cow<'_, str>, Bound<'_, PyAny>)> = Vec::new();
         for p in &self.positional {
             if let Some(d) = &p.default {
@@ -302,11 +316,11 @@ impl KeyPlan {
         }
         for (i, value) in args.iter().enumerate() {
             match self.positional.get(i) {
-                Some(p) => bind(&mut bound, Cow::Borrowed(p.name.as_str()), value),
+                Some(p) => bind(&mut bound, Cow::Borrowed(p.name.as_str()), value.clone()),
                 None => bind(
                     &mut bound,
                     Cow::Owned(format!("vararg{}", i - self.positional.len() + 1)),
-                    value,
+                    value.clone(),
                 ),
             }
         }
@@ -318,11 +332,41 @@ impl KeyPlan {
         }
         bound.retain(|(n, _)| !is_filtered_name(n, &self.exclude));
         bound.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut first = true;
-        for (name, value) in &bound {
-            self.write_pair(out, name, value, &mut first)?;
+        Ok(bound)
+    }
+
+    /// The parameters named by `exclude=`.
+    pub fn excluded(&self) -> &HashSet<String> {
+        &self.exclude
+    }
+
+    /// `name=repr(value)` as a key holds it, or `None` for a parameter that never
+    /// enters keys (filtered names, connections): the pieces of a partial-match glob.
+    pub fn fragment(&self, name: &str, value: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        if is_filtered_name(name, &self.exclude) || is_connection_like(value) {
+            return Ok(None);
         }
-        Ok(())
+        let mut out = String::new();
+        self.write_pair(&mut out, name, value, &mut true)?;
+        Ok(Some(out))
+    }
+
+    /// The arguments of a call as a dict, the view the key is made from (connections
+    /// left out too): what two-argument `ttl`, `cache_if` and `validate` callables get
+    /// (cachu 0.6).
+    pub fn args_dict<'py>(
+        &self,
+        py: Python<'py>,
+        args: &[Bound<'py, PyAny>],
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, value) in self.bind_all(py, args, kwargs)? {
+            if !is_connection_like(&value) {
+                d.set_item(&*name, value)?;
+            }
+        }
+        Ok(d)
     }
 }
 

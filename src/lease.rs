@@ -30,7 +30,11 @@ pub fn lease_token() -> String {
     static PREFIX: ForkLocal<String> = ForkLocal::new();
     let prefix = PREFIX
         .get_or_try_init(|| {
-            Ok::<_, std::convert::Infallible>(format!("{:016x}-{:x}-", *SEED, std::process::id()))
+            Ok::<_, std::convert::Infallible>(format!(
+                "{:016x}-{:x}-",
+                *SEED,
+                crate::process::pid()
+            ))
         })
         .unwrap_or_default();
     let mut token = String::with_capacity(prefix.len() + 16);
@@ -73,7 +77,7 @@ static HOLDINGS: LazyLock<Mutex<Holdings>> = LazyLock::new(Mutex::default);
 
 fn holdings() -> parking_lot::MutexGuard<'static, Holdings> {
     let mut h = HOLDINGS.lock();
-    let pid = std::process::id();
+    let pid = crate::process::pid();
     if h.pid != pid {
         // First look in a child of fork(): what the parent held is the parent's.
         let parents = std::mem::take(&mut h.mine);
@@ -119,7 +123,7 @@ mod tests {
         let a = lease_token();
         let b = lease_token();
         assert_ne!(a, b);
-        assert!(a.contains(&format!("-{:x}-", std::process::id())));
+        assert!(a.contains(&format!("-{:x}-", crate::process::pid())));
         let lazy = Token::lazy();
         assert_eq!(lazy.get(), lazy.get());
         assert_eq!(Token::given("t").get(), "t");
@@ -135,7 +139,7 @@ mod tests {
         assert!(!holdings().mine.contains_key("k1"));
         // As a child finds them: the parent's holdings become inherited.
         let _c = hold("k2");
-        HOLDINGS.lock().pid = std::process::id().wrapping_add(1);
+        HOLDINGS.lock().pid = crate::process::pid().wrapping_add(1);
         assert!(held_by_parent("k2"));
         assert!(!held_by_parent("k1"));
         assert!(holdings().mine.is_empty());

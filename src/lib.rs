@@ -30,9 +30,10 @@ mod _cachu {
         _redis_admit, _redis_command, _redis_endpoint, _redis_failed, _redis_ok,
     };
     #[pymodule_export]
-    use crate::config::py::{
-        _caller_package, configure, disable, enable, get_all_configs, get_config, is_disabled,
-        PyConfig,
+    use crate::config::py::{_caller_package, configure, get_all_configs, get_config, PyConfig};
+    #[pymodule_export]
+    use crate::config::switch::{
+        disable, enable, get_disabled_scopes, is_disabled, DisabledScopes,
     };
     #[pymodule_export]
     use crate::crud::{

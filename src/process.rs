@@ -7,6 +7,7 @@
 //! inherited one on purpose (dropping it could wait for threads that do not exist, or
 //! close sockets the parent still uses).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -47,6 +48,39 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// This process's id, kept up to date across `fork()` by a handler the child runs:
+/// a load, where `getpid()` is a system call (glibc caches it no more).
+static PID: AtomicU32 = AtomicU32::new(0);
+
+#[cfg(unix)]
+extern "C" fn forked_child() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+}
+
+/// The id of this process.
+#[inline]
+pub fn pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => first_pid(),
+        pid => pid,
+    }
+}
+
+#[cold]
+fn first_pid() -> u32 {
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    WATCH.call_once(|| {
+        #[cfg(unix)]
+        // SAFETY: registers a handler that runs in the child after fork(); it only
+        // stores the child's id in an atomic (async-signal-safe work).
+        unsafe {
+            libc::pthread_atfork(None, None, Some(forked_child));
+        }
+        PID.store(std::process::id(), Ordering::Relaxed);
+    });
+    PID.load(Ordering::Relaxed)
+}
+
 /// A value that belongs to the process that made it.
 pub struct ForkLocal<T> {
     slot: Mutex<Option<(u32, T)>>,
@@ -68,7 +102,7 @@ impl<T> ForkLocal<T> {
     /// Runs `f` on this process's value (`None` if it has none yet). A value inherited
     /// from a parent is leaked first, never dropped.
     pub fn with<R>(&self, f: impl FnOnce(&mut Option<T>) -> R) -> R {
-        let pid = std::process::id();
+        let pid = pid();
         let mut slot = self.slot.lock();
         if let Some(inherited) = slot.take_if(|(owner, _)| *owner != pid) {
             std::mem::forget(inherited);
@@ -123,8 +157,29 @@ mod tests {
     #[test]
     fn a_value_of_another_process_is_not_handed_out() {
         let local: ForkLocal<String> = ForkLocal::new();
-        *local.slot.lock() = Some((std::process::id().wrapping_add(1), "parent's".into()));
+        *local.slot.lock() = Some((pid().wrapping_add(1), "parent's".into()));
         assert_eq!(local.take(), None);
+    }
+
+    #[test]
+    fn the_pid_is_this_process_s_and_a_forked_child_s_own() {
+        assert_eq!(pid(), std::process::id());
+        // SAFETY: the child only calls async-signal-safe functions (getpid through
+        // pid()'s load, write, _exit) before it exits.
+        unsafe {
+            let mut fds = [0; 2];
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            let child = libc::fork();
+            if child == 0 {
+                let ok = u8::from(pid() == libc::getpid() as u32);
+                libc::write(fds[1], (&raw const ok).cast(), 1);
+                libc::_exit(0);
+            }
+            let mut ok = 0u8;
+            assert_eq!(libc::read(fds[0], (&raw mut ok).cast(), 1), 1);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+            assert_eq!(ok, 1, "the child saw its parent's id");
+        }
     }
 
     #[test]

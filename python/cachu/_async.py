@@ -182,6 +182,9 @@ def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     async def invalidate(**kwargs: Any) -> None:
         await _offload(cached, functools.partial(cached.invalidate, **kwargs))
 
+    async def clear(_global: bool = False, **kwargs: Any) -> int:
+        return await _offload(cached, functools.partial(cached.clear, _global, **kwargs))
+
     async def refresh(**kwargs: Any) -> Any:
         await invalidate(**kwargs)
         return await wrapper(**kwargs)
@@ -193,6 +196,7 @@ def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     wrapper.set = set_  # type: ignore[attr-defined]
     wrapper.invalidate = invalidate  # type: ignore[attr-defined]
     wrapper.refresh = refresh  # type: ignore[attr-defined]
+    wrapper.clear = clear  # type: ignore[attr-defined]
     wrapper.original = original  # type: ignore[attr-defined]
     wrapper.cache_key = cached.cache_key  # type: ignore[attr-defined]
     return wrapper

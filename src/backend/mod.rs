@@ -77,7 +77,7 @@ impl Backend {
             BackendKind::Redis => {
                 let cfg = config_of(package.as_deref());
                 Store::Bytes(Arc::new(redis::RedisStore::open(
-                    &cfg.redis_url,
+                    &cfg.redis_endpoint_url(),
                     package.clone(),
                     &crate::region::region_name(ttl),
                 )?))

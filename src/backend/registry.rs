@@ -38,11 +38,14 @@ fn config_changed(change: &Change<'_>) {
     if old.file_dir != new.file_dir {
         forget_kind(change.package, BackendKind::File);
     }
-    if old.redis_url != new.redis_url {
+    if old.redis_endpoint_url() != new.redis_endpoint_url() {
         forget_kind(change.package, BackendKind::Redis);
     }
     if old.memory_maxsize != new.memory_maxsize {
         set_budget(change.package, new.memory_maxsize);
+    }
+    if old.memory_sweep_interval.to_bits() != new.memory_sweep_interval.to_bits() {
+        budget_of(change.package).set_sweep_interval(new.memory_sweep_interval);
     }
 }
 
@@ -57,7 +60,11 @@ pub fn budget_of(package: Option<&str>) -> Arc<Budget> {
     BUDGETS
         .lock()
         .entry(package.map(str::to_owned))
-        .or_insert_with(|| Arc::new(Budget::new(max)))
+        .or_insert_with(|| {
+            let budget = Budget::new(max);
+            budget.set_sweep_interval(config::config_of(package).memory_sweep_interval);
+            Arc::new(budget)
+        })
         .clone()
 }
 

@@ -16,12 +16,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::store::ByteStore;
 use crate::errors::{CacheError, CacheResult};
-use crate::process::unix_now;
+use crate::process::{unix_now, ForkLocal};
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Writes between two deletions of expired rows.
@@ -41,16 +40,14 @@ const INDEX: &str = "CREATE INDEX IF NOT EXISTS idx_cache_expires ON cache(expir
 /// One SQLite cache file.
 pub struct SqliteStore {
     path: PathBuf,
-    pool: Mutex<Pool>,
+    /// Idle connections: never shared across `fork()`.
+    pool: ForkLocal<Vec<Connection>>,
     writes: AtomicU32,
-    /// The leases this process holds, and its handle on the lease file.
+    /// The leases this process holds, and its handle on the lease file. A child of
+    /// `fork()` shares the parent's file description, and with it the parent's locks:
+    /// it opens its own, and holds none of the parent's leases.
     #[cfg(target_os = "linux")]
-    leases: Mutex<Leases>,
-}
-
-struct Pool {
-    pid: u32,
-    idle: Vec<Connection>,
+    leases: ForkLocal<Leases>,
 }
 
 fn backend_err(path: &std::path::Path, what: &str, e: impl std::fmt::Display) -> CacheError {
@@ -66,13 +63,10 @@ impl SqliteStore {
     pub fn open(path: PathBuf) -> Self {
         SqliteStore {
             path,
-            pool: Mutex::new(Pool {
-                pid: std::process::id(),
-                idle: Vec::new(),
-            }),
+            pool: ForkLocal::new(),
             writes: AtomicU32::new(0),
             #[cfg(target_os = "linux")]
-            leases: Mutex::new(Leases::default()),
+            leases: ForkLocal::new(),
         }
     }
 
@@ -99,18 +93,7 @@ impl SqliteStore {
     }
 
     fn acquire(&self) -> CacheResult<Connection> {
-        let pooled = {
-            let mut pool = self.pool.lock();
-            let pid = std::process::id();
-            if pool.pid != pid {
-                // Connections must not cross fork(): the child leaves the parent's alone.
-                for conn in pool.idle.drain(..) {
-                    std::mem::forget(conn);
-                }
-                pool.pid = pid;
-            }
-            pool.idle.pop()
-        };
+        let pooled = self.pool.with(|idle| idle.as_mut().and_then(Vec::pop));
         match pooled {
             Some(conn) => Ok(conn),
             None => self.connect(),
@@ -118,10 +101,16 @@ impl SqliteStore {
     }
 
     fn release(&self, conn: Connection) {
-        let mut pool = self.pool.lock();
-        if pool.pid == std::process::id() && pool.idle.len() < POOL_SIZE {
-            pool.idle.push(conn);
-        }
+        let surplus = self.pool.with(|idle| {
+            let idle = idle.get_or_insert_with(Vec::new);
+            if idle.len() < POOL_SIZE {
+                idle.push(conn);
+                None
+            } else {
+                Some(conn)
+            }
+        });
+        drop(surplus);
     }
 
     fn with_conn<T>(
@@ -142,63 +131,57 @@ impl SqliteStore {
     #[cfg(target_os = "linux")]
     fn take_lease(&self, key: &str, token: &str) -> bool {
         let offset = lease_offset(key);
-        let mut leases = self.leases.lock();
-        leases.of_this_process(&self.path);
-        if leases.held.contains_key(&offset) {
-            return false;
-        }
-        if !leases.lock(offset, true) {
-            return false;
-        }
-        leases.held.insert(offset, token.to_owned());
-        true
+        self.leases.with(|leases| {
+            let leases = leases.get_or_insert_with(|| Leases::open(&self.path));
+            if leases.held.contains_key(&offset) {
+                return false;
+            }
+            if !leases.lock(offset, true) {
+                return false;
+            }
+            leases.held.insert(offset, token.to_owned());
+            true
+        })
     }
 
     /// Gives back the lease of `key` if `token` holds it.
     #[cfg(target_os = "linux")]
     fn give_lease(&self, key: &str, token: &str) {
         let offset = lease_offset(key);
-        let mut leases = self.leases.lock();
-        leases.of_this_process(&self.path);
-        if leases.held.get(&offset).is_some_and(|t| t == token) {
-            leases.held.remove(&offset);
-            leases.lock(offset, false);
-        }
+        self.leases.with(|leases| {
+            let leases = leases.get_or_insert_with(|| Leases::open(&self.path));
+            if leases.held.get(&offset).is_some_and(|t| t == token) {
+                leases.held.remove(&offset);
+                leases.lock(offset, false);
+            }
+        });
     }
 }
 
 /// The leases of one file that this process holds: the offsets and their tokens, and
 /// the lease file whose byte locks other processes see.
 #[cfg(target_os = "linux")]
-#[derive(Default)]
 struct Leases {
-    pid: u32,
     file: Option<std::fs::File>,
     held: std::collections::HashMap<i64, String>,
 }
 
 #[cfg(target_os = "linux")]
 impl Leases {
-    /// Opens the lease file in this process. A child of `fork()` shares the parent's
-    /// file description, and with it the parent's locks: it opens its own, and holds
-    /// none of the parent's leases.
-    fn of_this_process(&mut self, db: &std::path::Path) {
-        let pid = std::process::id();
-        if self.pid == pid {
-            return;
-        }
-        std::mem::forget(self.file.take());
-        self.held.clear();
-        self.pid = pid;
+    /// Opens the lease file in this process (the file beside the database).
+    fn open(db: &std::path::Path) -> Leases {
         let mut name = db.to_path_buf().into_os_string();
         name.push("-lease");
-        self.file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(name)
-            .ok();
+        Leases {
+            file: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(name)
+                .ok(),
+            held: std::collections::HashMap::new(),
+        }
     }
 
     /// Locks (or unlocks) the byte at `offset`; `false` if another process holds it.

@@ -9,10 +9,12 @@
 //! `configure()` and the other Python functions are in [`py`].
 
 pub mod py;
+pub mod since_0_6;
+pub mod switch;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::fmt::{self, Write};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use parking_lot::RwLock;
@@ -42,11 +44,19 @@ impl BackendKind {
     /// Parses a backend name, naming the offending parameter on failure.
     pub fn parse(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<Self> {
         let bad = || {
-            CacheError::config(
-                param,
-                repr_of(value),
-                "use 'memory', 'file', 'redis' or 'null'",
-            )
+            let dynamo = value.extract::<String>().is_ok_and(|n| n == "dynamodb");
+            CacheError::UnknownBackend {
+                param: param.to_owned(),
+                value: repr_of(value),
+                expected: format!(
+                    "backend must be one of ('memory', 'file', 'redis', 'null'){}",
+                    if dynamo {
+                        "; the DynamoDB backend of cachu 0.6 is not provided"
+                    } else {
+                        ""
+                    }
+                ),
+            }
         };
         let name = value
             .cast::<PyString>()
@@ -99,6 +109,20 @@ pub struct Config {
     pub memory_copy: bool,
     /// The key that signs values of the file and Redis backends (`seal.rs`).
     pub signing_key: Option<Secret>,
+    /// `cache_deadline`: the seconds of cache work (backend operations) one call may
+    /// spend; past them it goes on without the cache (cachu 0.6).
+    pub cache_deadline: Option<f64>,
+    /// `memory_sweep_interval`: the most seconds between two sweeps of expired memory
+    /// entries (0: every insert; infinity, the default: only as the store grows, which
+    /// sweeps a shard when it has doubled since its last sweep).
+    pub memory_sweep_interval: f64,
+    /// `redis_socket_timeout`: the connect and command timeout of Redis, where the URL
+    /// sets none.
+    pub redis_socket_timeout: Option<f64>,
+    /// `redis_retry_count` and `redis_health_check_interval` of cachu 0.6: kept and
+    /// shown; the client reconnects by itself (one try per breaker second).
+    pub redis_retry_count: i64,
+    pub redis_health_check_interval: i64,
 }
 
 /// A key that is never shown.
@@ -124,11 +148,40 @@ impl Default for Config {
             memory_maxsize: None,
             memory_copy: true,
             signing_key: None,
+            cache_deadline: None,
+            memory_sweep_interval: f64::INFINITY,
+            redis_socket_timeout: None,
+            redis_retry_count: 3,
+            redis_health_check_interval: 30,
         }
     }
 }
 
 impl Config {
+    /// The Redis URL that connections use: `redis_url`, with `redis_socket_timeout`
+    /// as its timeouts where it sets none.
+    pub fn redis_endpoint_url(&self) -> String {
+        let Some(t) = self.redis_socket_timeout else {
+            return self.redis_url.clone();
+        };
+        let (head, fragment) = match self.redis_url.split_once('#') {
+            Some((h, f)) => (h, Some(f)),
+            None => (self.redis_url.as_str(), None),
+        };
+        let mut url = head.to_owned();
+        for name in ["socket_timeout", "socket_connect_timeout"] {
+            if !head.contains(&format!("{name}=")) {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                let _ = write!(url, "{name}={t}");
+            }
+        }
+        if let Some(f) = fragment {
+            url.push('#');
+            url.push_str(f);
+        }
+        url
+    }
+
     pub fn on_backend_error(&self) -> &'static str {
         if self.raise_backend_errors {
             "raise"
@@ -150,7 +203,20 @@ type Registry = HashMap<Option<String>, Arc<Config>>;
 static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(HashMap::new()));
 static DEFAULT: LazyLock<Arc<Config>> = LazyLock::new(|| Arc::new(Config::default()));
 static GENERATION: AtomicU64 = AtomicU64::new(1);
-static DISABLED: AtomicBool = AtomicBool::new(false);
+/// The switches of `disable()`: [`OFF_GLOBALLY`], [`OFF_IN_SCOPES`], or 0 (all on):
+/// one load on the hot path whatever is disabled.
+static SWITCH: AtomicU8 = AtomicU8::new(0);
+const OFF_GLOBALLY: u8 = 1;
+const OFF_IN_SCOPES: u8 = 2;
+
+/// The packages and tags that `disable(package=..., tag=...)` switched off.
+#[derive(Default, Clone)]
+pub struct Scopes {
+    pub packages: HashSet<String>,
+    pub tags: HashSet<String>,
+}
+
+static SCOPES: LazyLock<RwLock<(bool, Scopes)>> = LazyLock::new(RwLock::default);
 /// The names of the cached functions of each package: the scope of a Redis clear when
 /// the package has no key prefix.
 static FUNCTIONS: LazyLock<RwLock<HashMap<Option<String>, HashSet<String>>>> =
@@ -184,10 +250,63 @@ pub fn bump_generation() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Whether `disable()` is in force.
+/// Whether `disable()` is in force for every cache.
 #[inline]
 pub fn is_disabled_now() -> bool {
-    DISABLED.load(Ordering::Relaxed)
+    SWITCH.load(Ordering::Relaxed) & OFF_GLOBALLY != 0
+}
+
+/// Whether caching is off for the functions of `package` declared with `tag` (`""`:
+/// untagged): globally, or by one of the scopes (OR-ed).
+#[inline]
+pub fn is_off(package: Option<&str>, tag: &str) -> bool {
+    match SWITCH.load(Ordering::Relaxed) {
+        0 => false,
+        s if s & OFF_GLOBALLY != 0 => true,
+        _ => is_off_in_scopes(package, tag),
+    }
+}
+
+#[cold]
+fn is_off_in_scopes(package: Option<&str>, tag: &str) -> bool {
+    let scopes = SCOPES.read();
+    package.is_some_and(|p| scopes.1.packages.contains(p))
+        || (!tag.is_empty() && scopes.1.tags.contains(tag))
+}
+
+/// `disable()` with no scope turns every cache off; with a package and/or a tag, the
+/// caches of those (scopes accumulate). `enable()` with no scope turns everything
+/// back on; with a scope, lifts that scope only (never a global `disable()`).
+pub fn switch(on: bool, package: Option<&str>, tag: Option<&str>) {
+    let mut guard = SCOPES.write();
+    let (globally, scopes) = &mut *guard;
+    match (package, tag, on) {
+        (None, None, false) => *globally = true,
+        (None, None, true) => {
+            *globally = false;
+            *scopes = Scopes::default();
+        }
+        _ => {
+            for (name, set) in [(package, &mut scopes.packages), (tag, &mut scopes.tags)] {
+                if let Some(name) = name {
+                    if on {
+                        set.remove(name);
+                    } else {
+                        set.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let any_scope = !scopes.packages.is_empty() || !scopes.tags.is_empty();
+    let value =
+        if *globally { OFF_GLOBALLY } else { 0 } | if any_scope { OFF_IN_SCOPES } else { 0 };
+    SWITCH.store(value, Ordering::Relaxed);
+}
+
+/// Whether caching is off globally, and the scopes switched off.
+pub fn switches() -> (bool, Scopes) {
+    SCOPES.read().clone()
 }
 
 /// The configuration of `package`, or the defaults if it never configured.
@@ -297,9 +416,4 @@ pub fn all_configs() -> Vec<(Option<String>, Arc<Config>)> {
 /// The defaults.
 pub fn defaults() -> Arc<Config> {
     DEFAULT.clone()
-}
-
-/// Sets the global switch of `disable()` / `enable()`.
-pub fn set_disabled(disabled: bool) {
-    DISABLED.store(disabled, Ordering::Relaxed);
 }

@@ -1,16 +1,12 @@
 //! The Python face of the configuration: `configure()`, `get_config()`, `CacheConfig`,
-//! `disable()` / `enable()`, and the parsing of every option, naming the one that is
-//! wrong.
+//! and the parsing of every option, naming the one that is wrong.
 
 use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyString};
 
-use super::{
-    config_of, defaults, is_disabled_now, resolve_package, set_disabled, update, BackendKind,
-    Config, Secret,
-};
+use super::{config_of, defaults, resolve_package, update, BackendKind, Config, Secret};
 use crate::errors::{repr_of, CacheError, CacheResult};
 
 fn parse_str(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<String> {
@@ -30,7 +26,7 @@ fn parse_file_dir(value: &Bound<'_, PyAny>) -> CacheResult<String> {
         return Err(CacheError::config(
             "file_dir",
             format!("{shown:?}"),
-            "it must be an existing directory",
+            "file_dir must be an existing directory",
         ));
     }
     if !is_writable(&path) {
@@ -200,6 +196,37 @@ impl PyConfig {
         self.inner.signing_key.as_ref().map(|_| "<secret>")
     }
 
+    /// cachu 0.6's name of `backend`.
+    #[getter]
+    fn backend_default(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+    /// cachu 0.6's view of `on_backend_error`: `True` for `'miss'`.
+    #[getter]
+    fn fail_open(&self) -> bool {
+        !self.inner.raise_backend_errors
+    }
+    #[getter]
+    fn cache_deadline(&self) -> Option<f64> {
+        self.inner.cache_deadline
+    }
+    #[getter]
+    fn memory_sweep_interval(&self) -> f64 {
+        self.inner.memory_sweep_interval
+    }
+    #[getter]
+    fn redis_socket_timeout(&self) -> Option<f64> {
+        self.inner.redis_socket_timeout
+    }
+    #[getter]
+    fn redis_retry_count(&self) -> i64 {
+        self.inner.redis_retry_count
+    }
+    #[getter]
+    fn redis_health_check_interval(&self) -> i64 {
+        self.inner.redis_health_check_interval
+    }
+
     /// The settings as a plain dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         config_dict(py, &self.inner)
@@ -244,6 +271,14 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("memory_maxsize", c.memory_maxsize)?;
     d.set_item("memory_copy", c.memory_copy)?;
     d.set_item("signing_key", c.signing_key.as_ref().map(|_| "<secret>"))?;
+    // cachu 0.6's names and options.
+    d.set_item("backend_default", c.backend.name())?;
+    d.set_item("fail_open", !c.raise_backend_errors)?;
+    d.set_item("cache_deadline", c.cache_deadline)?;
+    d.set_item("memory_sweep_interval", c.memory_sweep_interval)?;
+    d.set_item("redis_socket_timeout", c.redis_socket_timeout)?;
+    d.set_item("redis_retry_count", c.redis_retry_count)?;
+    d.set_item("redis_health_check_interval", c.redis_health_check_interval)?;
     Ok(d)
 }
 
@@ -271,15 +306,7 @@ pub fn configure(
     package: Option<String>,
     unknown: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<PyConfig> {
-    if let Some((name, value)) = unknown.and_then(|u| u.iter().next()) {
-        let name = name.to_string();
-        return Err(CacheError::config(
-            name.clone(),
-            repr_of(&value),
-            format!("configure() has no option '{name}'; the options are backend, key_prefix, file_dir, redis_url, lock_timeout, on_backend_error, on_lock_timeout, memory_maxsize, memory_copy and signing_key"),
-        )
-        .into());
-    }
+    let later = super::since_0_6::parse(unknown)?;
     let backend = present_arg(backend)
         .map(|v| BackendKind::parse("backend", &v))
         .transpose()?;
@@ -307,6 +334,26 @@ pub fn configure(
     let signing_key = present_arg(signing_key)
         .map(|v| parse_signing_key(&v))
         .transpose()?;
+    if let (Some(a), Some(b)) = (backend, later.backend_default) {
+        if a != b {
+            return Err(CacheError::config(
+                "backend_default",
+                format!("'{b}'"),
+                format!("backend='{a}' was given too: they are one option (backend_default is cachu 0.6's name); give one"),
+            )
+            .into());
+        }
+    }
+    if let (Some(raise), Some(open)) = (raise_backend_errors, later.fail_open) {
+        if raise == open {
+            return Err(CacheError::config(
+                "fail_open",
+                if open { "True" } else { "False" },
+                "on_backend_error was given too, and says the opposite (fail_open=True is on_backend_error='miss')",
+            )
+            .into());
+        }
+    }
     let raise_lock_timeout = present_arg(on_lock_timeout)
         .map(|v| parse_choice("on_lock_timeout", &v, ["run", "raise"]))
         .transpose()?;
@@ -344,6 +391,7 @@ pub fn configure(
         if let Some(v) = signing_key {
             cfg.signing_key = v;
         }
+        later.apply(cfg);
     })?;
     Ok(PyConfig { inner: cfg })
 }
@@ -373,22 +421,4 @@ pub fn get_all_configs(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 pub fn _caller_package(py: Python<'_>) -> Option<String> {
     super::caller_package(py)
-}
-
-/// Turns every cache off: decorated functions call through until `enable()`.
-#[pyfunction]
-pub fn disable() {
-    set_disabled(true);
-}
-
-/// Turns caching back on after `disable()`.
-#[pyfunction]
-pub fn enable() {
-    set_disabled(false);
-}
-
-/// Whether `disable()` is in force.
-#[pyfunction]
-pub fn is_disabled() -> bool {
-    is_disabled_now()
 }

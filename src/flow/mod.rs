@@ -40,6 +40,10 @@ pub struct Policy {
     /// `on_lock_timeout='raise'`.
     pub raise_lock_timeout: bool,
     pub lock_timeout: Duration,
+    /// `cache_deadline`: the backend time one call may spend; past it, the call goes
+    /// on without the cache (waits for other callers do not count: `lock_timeout`
+    /// bounds them).
+    pub cache_deadline: Option<Duration>,
 }
 
 /// What the driver does next.
@@ -86,6 +90,14 @@ pub enum Step {
 }
 
 impl Step {
+    /// Whether the step is backend I/O (what `cache_deadline` counts).
+    pub fn is_io(self) -> bool {
+        matches!(
+            self,
+            Step::Read | Step::Lease { .. } | Step::Store { .. } | Step::Release
+        )
+    }
+
     /// Whether the call ends with this step.
     pub fn is_final(self) -> bool {
         matches!(
@@ -152,7 +164,9 @@ enum State {
 pub struct Flow {
     policy: Policy,
     state: State,
-    deadline: Instant,
+    /// `lock_timeout` after the first wait's start: a call that never waits never
+    /// reads the clock.
+    deadline: Option<Instant>,
     pause: Duration,
     /// The lease is ours: released whatever happens.
     holds_lease: bool,
@@ -160,6 +174,11 @@ pub struct Flow {
     broken: bool,
     /// The step that the driver is doing (for [`Flow::step`]).
     step: Step,
+    /// Backend time spent so far (counted only with a `cache_deadline`).
+    spent: Duration,
+    /// What follows a `Release`: the function's exception, or (the deadline passed
+    /// before the store) the result.
+    after_release: Step,
 }
 
 impl Flow {
@@ -192,11 +211,49 @@ impl Flow {
         Flow {
             policy,
             state: State::Done,
-            deadline: Instant::now() + policy.lock_timeout,
+            deadline: None,
             pause: FIRST_POLL,
             holds_lease: false,
             broken: false,
             step: Step::Read,
+            spent: Duration::ZERO,
+            after_release: Step::Reraise,
+        }
+    }
+
+    /// Whether the driver counts the time of backend steps ([`Flow::charge`]).
+    pub fn timed(&self) -> bool {
+        self.policy.cache_deadline.is_some()
+    }
+
+    /// Adds the time a backend step took.
+    pub fn charge(&mut self, took: Duration) {
+        self.spent += took;
+    }
+
+    fn deadline_passed(&self) -> bool {
+        self.policy.cache_deadline.is_some_and(|d| self.spent >= d)
+    }
+
+    /// Past `cache_deadline`, the backend steps left are skipped: no more reads (the
+    /// call computes, once per key in this process), no store; a lease held is still
+    /// released.
+    fn without_cache(&mut self, step: Step) -> Step {
+        match step {
+            Step::Read | Step::Lease { .. } => {
+                self.broken = true;
+                if self.state == State::Rechecking {
+                    self.compute()
+                } else {
+                    self.go(State::Joining, Step::Join)
+                }
+            }
+            Step::Store { release: true } => {
+                self.after_release = Step::Computed;
+                self.go(State::Releasing, Step::Release)
+            }
+            Step::Store { release: false } => self.end(Step::Computed),
+            other => other,
         }
     }
 
@@ -220,14 +277,22 @@ impl Flow {
         step
     }
 
-    fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+    fn remaining(&mut self) -> Duration {
+        let now = Instant::now();
+        let lock_timeout = self.policy.lock_timeout;
+        self.deadline
+            .get_or_insert_with(|| now + lock_timeout)
+            .saturating_duration_since(now)
     }
 
     /// Told what the current step found, the step to do next.
     pub fn answer(&mut self, answer: Answer) -> Step {
-        self.step = self.decide(answer);
-        self.step
+        let mut step = self.decide(answer);
+        if step.is_io() && self.deadline_passed() {
+            step = self.without_cache(step);
+        }
+        self.step = step;
+        step
     }
 
     // One arm per transition: the table reads as the flow's specification.
@@ -335,7 +400,7 @@ impl Flow {
             // function's own exception.
             (State::Releasing, A::Stored | A::Failed) => {
                 self.holds_lease = false;
-                self.end(Step::Reraise)
+                self.end(self.after_release)
             }
             (state, answer) => unreachable!("the call flow has no answer {answer:?} in {state:?}"),
         }

@@ -7,6 +7,7 @@ fn policy(leases: bool) -> Policy {
         raise_backend_errors: false,
         raise_lock_timeout: false,
         lock_timeout: Duration::from_secs(10),
+        cache_deadline: None,
     }
 }
 
@@ -302,4 +303,26 @@ fn a_raising_cache_if_releases_the_lease_then_reraises() {
         ],
     );
     assert_eq!(steps[4..], [Step::Release, Step::Reraise]);
+}
+
+#[test]
+fn past_the_cache_deadline_the_call_goes_on_without_the_cache() {
+    let mut p = policy(true);
+    p.cache_deadline = Some(Duration::from_millis(100));
+    let mut flow = Flow::start(p);
+    assert!(flow.timed());
+    flow.charge(Duration::from_millis(150)); // the first round trip was slow
+    assert_eq!(flow.answer(Answer::Held), Step::Find);
+    assert_eq!(flow.answer(Answer::NoFlight), Step::Pause(FIRST_POLL));
+    // The next look at the backend is skipped: compute, not stored.
+    assert_eq!(flow.answer(Answer::Slept), Step::Join);
+    assert_eq!(flow.answer(Answer::Leader), Step::Compute);
+    assert_eq!(flow.answer(Answer::Computed), Step::Computed);
+    // A lease held is still released, and the result returned.
+    let mut flow = Flow::start(p);
+    flow.answer(Answer::Acquired);
+    flow.answer(Answer::Leader);
+    flow.charge(Duration::from_secs(1));
+    assert_eq!(flow.answer(Answer::Computed), Step::Release);
+    assert_eq!(flow.answer(Answer::Stored), Step::Computed);
 }

@@ -21,7 +21,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::{bind_method, failure, pickled_by_name, take_flags, CachedFunction, Resolved};
+use super::{
+    bind_method, failure, pickled_by_name, take_flags, CachedFunction, CallArgs, Resolved,
+};
 use crate::backend::redis::wire;
 use crate::backend::{decode, Backend, ByteStore, Decoded, LeaseReply};
 use crate::codec::{self, Stored};
@@ -109,7 +111,7 @@ impl AsyncCachedFunction {
         let this = cached.get();
         let (kwargs, flags) = take_flags(kwargs)?;
         let kwargs = kwargs.as_ref();
-        if flags.skip || config::is_disabled_now() {
+        if flags.skip || this.is_off() {
             return this.call_func(py, args, kwargs);
         }
         let r = this.resolve_here();
@@ -123,7 +125,7 @@ impl AsyncCachedFunction {
         let key = this.key_in_buffer(&r, args, kwargs)?;
         let policy = r.policy(&backend, flags.overwrite);
         let flow = if backend.is_local() && !flags.overwrite {
-            if let Some(v) = this.lookup(py, &r, &backend, &key)? {
+            if let Some(v) = this.lookup(py, &r, &backend, &key, CallArgs::of(args, kwargs))? {
                 return match &self.hit {
                     None => Ok(Ready::new(py, Ok(v))?.into_any()),
                     Some(hit) => hit.bind(py).call1((v,)),
@@ -133,11 +135,8 @@ impl AsyncCachedFunction {
         } else {
             Flow::start(policy)
         };
-        let redis_url = (backend.kind == BackendKind::Redis).then(|| {
-            config::config_of(backend.package.as_deref())
-                .redis_url
-                .clone()
-        });
+        let redis_url = (backend.kind == BackendKind::Redis)
+            .then(|| config::config_of(backend.package.as_deref()).redis_endpoint_url());
         let call = AsyncCall {
             cached: self.cached.clone_ref(py),
             r: Arc::clone(&r.0),
@@ -155,6 +154,9 @@ impl AsyncCachedFunction {
             result: None,
             error: None,
             held: None,
+            args: args.clone().unbind(),
+            kwargs: kwargs.map(|k| k.clone().unbind()),
+            io_started: None,
         };
         self.drive.bind(py).call1((call, args, kwargs))
     }
@@ -195,6 +197,12 @@ impl AsyncCachedFunction {
     /// Pickled by reference, as a function is.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         pickled_by_name(slf.as_any())
+    }
+
+    /// How this function is cached, as cachu 0.6's `CacheMeta`.
+    #[getter]
+    fn _cache_meta<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.cached.bind(py).getattr("_cache_meta")
     }
 
     /// The decorated function's core: keys, storage, statistics.
@@ -257,6 +265,11 @@ pub struct AsyncCall {
     error: Option<PyErr>,
     /// The lease, while this call holds it.
     held: Option<crate::lease::Held>,
+    /// The call's arguments (for the callbacks that take them).
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+    /// When the I/O awaited started (counted only with a `cache_deadline`).
+    io_started: Option<std::time::Instant>,
 }
 
 impl AsyncCall {
@@ -269,6 +282,9 @@ impl AsyncCall {
     }
 
     fn answer(&mut self, answer: Answer) {
+        if let Some(t) = self.io_started.take() {
+            self.flow.charge(t.elapsed());
+        }
         self.flow.answer(answer);
         if !self.flow.holds_lease() {
             self.held = None;
@@ -277,6 +293,9 @@ impl AsyncCall {
 
     /// A backend error at the current step (see [`failure`]).
     fn fail(&mut self, py: Python<'_>, e: Option<PyErr>) {
+        if let Some(t) = self.io_started.take() {
+            self.flow.charge(t.elapsed());
+        }
         let kept = self.error.take();
         self.error = failure(py, &mut self.flow, e, kept);
         if !self.flow.holds_lease() {
@@ -286,7 +305,12 @@ impl AsyncCall {
 
     /// A value found: validated (and counted, with the hit).
     fn found(&mut self, py: Python<'_>, value: Bound<'_, PyAny>, created_at: f64) -> PyResult<()> {
-        match self.cached.get().validated(py, value, created_at)? {
+        let (args, kwargs) = (self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
+        match self
+            .cached
+            .get()
+            .validated(py, value, created_at, CallArgs::of(args, kwargs))?
+        {
             Some(v) => {
                 self.value = Some(v.unbind());
                 self.answer(Answer::Found);
@@ -446,7 +470,8 @@ impl AsyncCall {
             .clone_ref(py);
         let result = result.bind(py);
         let this = self.cached.get();
-        match this.to_store(&self.r, result) {
+        let (args, kwargs) = (self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
+        match this.to_store(&self.r, result, CallArgs::of(args, kwargs)) {
             Ok(value) => {
                 let shared = CachedFunction::published(py, result, value.as_ref().map(|(s, _)| s));
                 self.publish(py, Some(Ok(&shared.materialize(py)?)));
@@ -467,7 +492,9 @@ impl AsyncCall {
             match step {
                 Step::Read if local => {
                     let this = self.cached.get();
-                    match this.read(py, &self.backend, &self.key)? {
+                    let (args, kwargs) =
+                        (self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
+                    match this.read(py, &self.backend, &self.key, CallArgs::of(args, kwargs))? {
                         Ok(Some(v)) => {
                             self.value = Some(v.unbind());
                             self.answer(Answer::Found);
@@ -487,7 +514,10 @@ impl AsyncCall {
                         self.file_io(py, step)
                     };
                     match started {
-                        Ok(()) => return Ok(Await::Io),
+                        Ok(()) => {
+                            self.io_started = self.flow.timed().then(std::time::Instant::now);
+                            return Ok(Await::Io);
+                        }
                         Err(e) if matches!(step, Step::Store { .. }) && self.op.is_none() => {
                             // `cache_if` or the TTL raised: the lease is released.
                             self.error = Some(e);
@@ -668,6 +698,10 @@ impl AsyncCall {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.cached)?;
+        visit.call(&self.args)?;
+        if let Some(k) = &self.kwargs {
+            visit.call(k)?;
+        }
         for o in [&self.follow, &self.op, &self.value, &self.result]
             .into_iter()
             .flatten()

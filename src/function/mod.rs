@@ -38,7 +38,7 @@ use crate::process::unix_now;
 use crate::region::{region_name, whole_seconds};
 use crate::vectorcall;
 use crate::warn;
-use options::{Options, Ttl};
+use options::{Options, Ttl, WithArgs};
 use values::{CacheEntry, Stats, ALL_STATS};
 
 /// How long a region whose backend failed to open is left alone before a retry.
@@ -75,6 +75,7 @@ pub(crate) struct Resolved {
     head: String,
     pub(crate) backend: Result<Arc<Backend>, (PyErr, Instant)>,
     pub(crate) lock_timeout: Duration,
+    cache_deadline: Option<Duration>,
     /// `on_backend_error='raise'`.
     raise_backend_errors: bool,
     /// `on_lock_timeout='raise'`.
@@ -100,6 +101,7 @@ impl Resolved {
             raise_backend_errors: self.raise_backend_errors,
             raise_lock_timeout: self.raise_lock_timeout,
             lock_timeout: self.lock_timeout,
+            cache_deadline: self.cache_deadline,
         }
     }
 }
@@ -138,6 +140,26 @@ pub(crate) fn take_flags<'py>(
     Ok((Some(kw), flags))
 }
 
+/// The arguments of one call, for the callbacks that take them (as a dict, built only
+/// for those).
+#[derive(Clone, Copy)]
+pub(crate) struct CallArgs<'a, 'py> {
+    pub(crate) args: &'a [Bound<'py, PyAny>],
+    pub(crate) kwargs: Option<&'a Bound<'py, PyDict>>,
+}
+
+impl<'a, 'py> CallArgs<'a, 'py> {
+    pub(crate) fn of(
+        args: &'a Bound<'py, PyTuple>,
+        kwargs: Option<&'a Bound<'py, PyDict>>,
+    ) -> Self {
+        CallArgs {
+            args: args.as_slice(),
+            kwargs,
+        }
+    }
+}
+
 /// What the computing caller hands to those that waited for it.
 pub(crate) type Outcome = Result<Stored, PyErr>;
 
@@ -151,8 +173,11 @@ pub struct CachedFunction {
     ttl: Ttl,
     backend: Option<BackendKind>,
     package: Option<String>,
+    /// The tag as declared (`disable(tag=...)` names it so).
+    tag: String,
     cache_if: Option<Py<PyAny>>,
     validate: Option<Py<PyAny>>,
+    with_args: WithArgs,
     pub(crate) stats: Arc<Stats>,
     flights: Flights<Outcome>,
     resolved: RwLock<Option<Arc<Resolved>>>,
@@ -182,6 +207,7 @@ impl CachedFunction {
         Ok(CachedFunction {
             func: func.clone().unbind(),
             head: function_head(&name, &o.tag),
+            tag: o.tag,
             name,
             plan,
             ttl: o.ttl,
@@ -189,6 +215,7 @@ impl CachedFunction {
             package: o.package,
             cache_if: o.cache_if,
             validate: o.validate,
+            with_args: o.with_args,
             stats,
             flights: Flights::default(),
             resolved: RwLock::new(None),
@@ -262,6 +289,7 @@ impl CachedFunction {
             ),
             backend,
             lock_timeout: Duration::from_secs_f64(cfg.lock_timeout),
+            cache_deadline: cfg.cache_deadline.map(Duration::from_secs_f64),
             raise_backend_errors: cfg.raise_backend_errors,
             raise_lock_timeout: cfg.raise_lock_timeout,
             copy: cfg.memory_copy || kind != BackendKind::Memory,
@@ -353,9 +381,10 @@ impl CachedFunction {
         py: Python<'py>,
         backend: &Backend,
         key: &str,
+        call: CallArgs<'_, 'py>,
     ) -> PyResult<Result<Option<Bound<'py, PyAny>>, PyErr>> {
         match backend.get(py, key) {
-            Ok(Some((value, created_at))) => self.validated(py, value, created_at).map(Ok),
+            Ok(Some((value, created_at))) => self.validated(py, value, created_at, call).map(Ok),
             Ok(None) => Ok(Ok(None)),
             Err(e) => Ok(Err(e)),
         }
@@ -370,8 +399,9 @@ impl CachedFunction {
         r: &Resolved,
         backend: &Backend,
         key: &str,
+        call: CallArgs<'_, 'py>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.read(py, backend, key)? {
+        match self.read(py, backend, key, call)? {
             Ok(Some(v)) => {
                 self.count_hit();
                 Ok(Some(v))
@@ -401,6 +431,7 @@ impl CachedFunction {
         py: Python<'py>,
         value: Bound<'py, PyAny>,
         created_at: f64,
+        call: CallArgs<'_, 'py>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if let Some(validate) = &self.validate {
             let entry = CacheEntry {
@@ -408,11 +439,26 @@ impl CachedFunction {
                 created_at,
                 age: (unix_now() - created_at).max(0.0),
             };
-            if !validate.bind(py).call1((entry,))?.is_truthy()? {
+            let validate = validate.bind(py);
+            let valid = if self.with_args.validate {
+                validate.call1((entry, self.args_of(py, call)?))?
+            } else {
+                validate.call1((entry,))?
+            };
+            if !valid.is_truthy()? {
                 return Ok(None);
             }
         }
         Ok(Some(value))
+    }
+
+    /// The call's arguments as the callbacks that take them see them.
+    pub(crate) fn args_of<'py>(
+        &self,
+        py: Python<'py>,
+        call: CallArgs<'_, 'py>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        self.plan.args_dict(py, call.args, call.kwargs)
     }
 
     /// A backend failure: raised with `on_backend_error='raise'`, else said once and
@@ -436,11 +482,20 @@ impl CachedFunction {
 
     /// The seconds to keep `result`, from a fixed or a dynamic TTL. A dynamic TTL's
     /// exception is raised; a value that is no TTL is `Ok(Err(why))`.
-    fn ttl_for(&self, result: &Bound<'_, PyAny>) -> PyResult<Result<f64, PyErr>> {
+    fn ttl_for<'py>(
+        &self,
+        result: &Bound<'py, PyAny>,
+        call: CallArgs<'_, 'py>,
+    ) -> PyResult<Result<f64, PyErr>> {
         match &self.ttl {
             Ttl::Fixed(t) => Ok(Ok(*t as f64)),
             Ttl::Dynamic(f) => {
-                let v = f.bind(result.py()).call1((result,))?;
+                let py = result.py();
+                let v = if self.with_args.ttl {
+                    f.bind(py).call1((result, self.args_of(py, call)?))?
+                } else {
+                    f.bind(py).call1((result,))?
+                };
                 Ok(whole_seconds(&v).map(|s| s as f64).ok_or_else(|| {
                     CacheError::config(
                         "ttl",
@@ -454,25 +509,36 @@ impl CachedFunction {
     }
 
     /// The seconds to keep a value stored with `.set()` / `cache_set()`.
-    pub(crate) fn ttl_to_set(&self, value: &Bound<'_, PyAny>) -> PyResult<f64> {
-        self.ttl_for(value)?
+    pub(crate) fn ttl_to_set<'py>(
+        &self,
+        value: &Bound<'py, PyAny>,
+        call: CallArgs<'_, 'py>,
+    ) -> PyResult<f64> {
+        self.ttl_for(value, call)?
     }
 
     /// What the flow's `Store` keeps of a computed `result`: `None` when `cache_if`
     /// refuses it, when the dynamic TTL returns no TTL, or when it can be neither
     /// copied nor pickled (both said once: the caller still gets the result). What
     /// the callbacks raise is raised.
-    pub(crate) fn to_store(
+    pub(crate) fn to_store<'py>(
         &self,
         r: &Resolved,
-        result: &Bound<'_, PyAny>,
+        result: &Bound<'py, PyAny>,
+        call: CallArgs<'_, 'py>,
     ) -> PyResult<Option<(Stored, f64)>> {
         if let Some(f) = &self.cache_if {
-            if !f.bind(result.py()).call1((result,))?.is_truthy()? {
+            let py = result.py();
+            let wanted = if self.with_args.cache_if {
+                f.bind(py).call1((result, self.args_of(py, call)?))?
+            } else {
+                f.bind(py).call1((result,))?
+            };
+            if !wanted.is_truthy()? {
                 return Ok(None);
             }
         }
-        let ttl = match self.ttl_for(result)? {
+        let ttl = match self.ttl_for(result, call)? {
             Ok(ttl) => ttl,
             Err(why) => {
                 warn::bad_ttl(result.py(), (&self.name, self.id), &why);
@@ -536,6 +602,13 @@ impl CachedFunction {
             r.lock_timeout
         ))
         .into()
+    }
+
+    /// Whether caching is off for this function (`disable()`, globally or for its
+    /// package or tag).
+    #[inline]
+    pub(crate) fn is_off(&self) -> bool {
+        config::is_off(self.package.as_deref(), &self.tag)
     }
 
     /// The decorated function's `__name__`.

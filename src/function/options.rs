@@ -49,6 +49,72 @@ pub struct Options {
     pub(crate) cache_if: Option<Py<PyAny>>,
     pub(crate) validate: Option<Py<PyAny>>,
     pub(crate) package: Option<String>,
+    /// Which callbacks take the call's arguments too (`ttl`, `cache_if`, `validate`).
+    pub(crate) with_args: WithArgs,
+}
+
+/// Which callbacks take a second argument: the call's arguments as a dict (cachu 0.6).
+#[derive(Clone, Copy, Default)]
+pub struct WithArgs {
+    pub ttl: bool,
+    pub cache_if: bool,
+    pub validate: bool,
+}
+
+impl WithArgs {
+    pub fn any(self) -> bool {
+        self.ttl || self.cache_if || self.validate
+    }
+}
+
+/// Whether a callback takes the call's arguments after the value, decided once from
+/// its signature as cachu 0.6 does: two positional parameters (a default counts, as
+/// in `def f(result, args=None)`) or `*args` mean yes; one means no; none, or more
+/// than two required, is refused. A callable without a readable signature takes one.
+fn takes_args(param: &'static str, f: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = f.py();
+    let inspect = py.import("inspect")?;
+    let Ok(sig) = inspect.getattr("signature")?.call1((f,)) else {
+        return Ok(false);
+    };
+    let kind_of =
+        |name: &str| -> PyResult<Bound<'_, PyAny>> { inspect.getattr("Parameter")?.getattr(name) };
+    let (only, either, var) = (
+        kind_of("POSITIONAL_ONLY")?,
+        kind_of("POSITIONAL_OR_KEYWORD")?,
+        kind_of("VAR_POSITIONAL")?,
+    );
+    let empty = inspect.getattr("Parameter")?.getattr("empty")?;
+    let (mut positional, mut required) = (0, 0);
+    for p in sig
+        .getattr("parameters")?
+        .call_method0("values")?
+        .try_iter()?
+    {
+        let p = p?;
+        let kind = p.getattr("kind")?;
+        if kind.eq(&var)? {
+            return Ok(true);
+        }
+        if kind.eq(&only)? || kind.eq(&either)? {
+            positional += 1;
+            if p.getattr("default")?.is(&empty) {
+                required += 1;
+            }
+        }
+    }
+    if positional == 0 || required > 2 {
+        return Err(CacheError::config(
+            param,
+            repr_of(f),
+            format!(
+                "a {param} callable takes (value) or (value, args): this one takes {} positional arguments",
+                if positional == 0 { positional } else { required }
+            ),
+        )
+        .into());
+    }
+    Ok(positional >= 2)
 }
 
 impl Options {
@@ -98,6 +164,22 @@ impl Options {
             ),
             None => config::caller_package(py),
         };
+        let with_args = WithArgs {
+            ttl: match &ttl {
+                Ttl::Dynamic(f) => takes_args("ttl", f.bind(py))?,
+                Ttl::Fixed(_) => false,
+            },
+            cache_if: cache_if
+                .as_ref()
+                .map(|f| takes_args("cache_if", f.bind(py)))
+                .transpose()?
+                .unwrap_or(false),
+            validate: validate
+                .as_ref()
+                .map(|f| takes_args("validate", f.bind(py)))
+                .transpose()?
+                .unwrap_or(false),
+        };
         Ok(Options {
             ttl,
             backend,
@@ -106,6 +188,7 @@ impl Options {
             cache_if,
             validate,
             package,
+            with_args,
         })
     }
 }
@@ -136,6 +219,7 @@ impl Options {
             cache_if: self.cache_if.as_ref().map(|f| f.clone_ref(py)),
             validate: self.validate.as_ref().map(|f| f.clone_ref(py)),
             package: self.package.clone(),
+            with_args: self.with_args,
         }
     }
 }

@@ -15,13 +15,15 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
 use super::values::CacheInfo;
-use super::{bind_method, failure, pickled_by_name, take_flags, CachedFunction, Outcome, Resolved};
+use super::{
+    bind_method, failure, pickled_by_name, take_flags, CachedFunction, CallArgs, Outcome, Resolved,
+};
 use crate::backend::{Backend, Lease, Token};
 use crate::codec::Stored;
-use crate::config;
 use crate::errors::{repr_of, CacheError};
 use crate::flight::{Flight, Join, Leader, Waited};
 use crate::flow::{Answer, Flow, Step};
+use crate::pattern::escape_glob;
 use crate::vectorcall::FastCall;
 
 /// The longest a wait goes without looking for a signal.
@@ -96,10 +98,13 @@ impl CachedFunction {
         mut flow: Flow,
     ) -> PyResult<Bound<'py, PyAny>> {
         let token = Token::lazy();
+        let call = CallArgs::of(args, kwargs);
         let mut got = Gathered::default();
         loop {
-            let answer = match flow.step() {
-                Step::Read => match self.read(py, backend, key)? {
+            let step = flow.step();
+            let started = (flow.timed() && step.is_io()).then(Instant::now);
+            let answer = match step {
+                Step::Read => match self.read(py, backend, key, call)? {
                     Ok(Some(v)) => {
                         got.found = Some(v);
                         Answer::Found
@@ -113,7 +118,7 @@ impl CachedFunction {
                 Step::Lease { read } => {
                     match backend.lease(py, key, &token, r.lock_timeout, read) {
                         Ok(Lease::Found(v, created_at)) => {
-                            match self.validated(py, v, created_at)? {
+                            match self.validated(py, v, created_at, call)? {
                                 Some(v) => {
                                     got.found = Some(v);
                                     Answer::Found
@@ -186,7 +191,7 @@ impl CachedFunction {
                 }
                 Step::Store { release } => {
                     let result = got.result.clone().expect("Store comes after Computed");
-                    match self.to_store(r, &result) {
+                    match self.to_store(r, &result, call) {
                         Err(e) => {
                             got.publish(Err(e.clone_ref(py)));
                             got.error = Some(e);
@@ -240,6 +245,9 @@ impl CachedFunction {
                 }
                 Step::RaiseLockTimeout => return Err(Self::lock_timed_out(key, r)),
             };
+            if let Some(t) = started {
+                flow.charge(t.elapsed());
+            }
             if answer == Answer::Failed {
                 got.error = failure(py, &mut flow, got.failed.take(), got.error.take());
                 continue;
@@ -258,7 +266,7 @@ impl CachedFunction {
         let py = slf.py();
         let (kwargs, flags) = take_flags(kwargs)?;
         let kwargs = kwargs.as_ref();
-        if flags.skip || config::is_disabled_now() {
+        if flags.skip || this.is_off() {
             return this.call_func(py, args, kwargs);
         }
         let r = this.resolve_here();
@@ -270,7 +278,16 @@ impl CachedFunction {
             }
         };
         let key = this.key_in_buffer(&r, args, kwargs)?;
-        let flow = Flow::start(r.policy(backend, flags.overwrite));
+        let policy = r.policy(backend, flags.overwrite);
+        // A memory hit keeps its straight line: the flow's own read, then the flow.
+        let flow = if !policy.leases && !flags.overwrite {
+            if let Some(v) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
+                return Ok(v);
+            }
+            Flow::missed(policy)
+        } else {
+            Flow::start(policy)
+        };
         this.drive(py, &r, backend, &key, args, kwargs, flow)
     }
 }
@@ -285,12 +302,13 @@ impl FastCall for CachedFunction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
         let py = slf.py();
-        if !config::is_disabled_now() && this.takes_positional(args.len()) {
+        if !this.is_off() && this.takes_positional(args.len()) {
             let r = this.resolve_here();
             if let Ok(backend) = &r.backend {
                 if !backend.has_leases() {
                     let key = this.key_positional(py, &r, args)?;
-                    if let Some(v) = this.lookup(py, &r, backend, &key)? {
+                    let call = CallArgs { args, kwargs: None };
+                    if let Some(v) = this.lookup(py, &r, backend, &key, call)? {
                         return Ok(v);
                     }
                     let args = PyTuple::new(py, args)?;
@@ -390,7 +408,7 @@ impl CachedFunction {
     ) -> PyResult<()> {
         let r = self.resolve();
         let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
-        let ttl = self.ttl_to_set(value)?;
+        let ttl = self.ttl_to_set(value, CallArgs { args: &[], kwargs })?;
         self.backend_or_err(py, &r)?.set(value, &key, ttl)
     }
 
@@ -400,6 +418,80 @@ impl CachedFunction {
         let r = self.resolve();
         let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
         self.backend_or_err(py, &r)?.delete(py, &key)
+    }
+
+    /// Removes the entries whose arguments include these (all of this function's with
+    /// none); `_global=True` matches them under any key prefix. Returns how many were
+    /// removed (cachu 0.6's partial-match clear).
+    #[pyo3(signature = (_global=false, **kwargs))]
+    #[allow(clippy::used_underscore_binding)] // cachu 0.6's name of the parameter
+    fn clear(
+        &self,
+        py: Python<'_>,
+        _global: bool,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<usize> {
+        let r = self.resolve();
+        let mut fragments = Vec::new();
+        let mut given = 0;
+        if let Some(kwargs) = kwargs {
+            for (k, v) in kwargs.iter() {
+                given += 1;
+                let name: String = k.extract()?;
+                if let Some(f) = self.plan.fragment(&name, &v)? {
+                    fragments.push((name, f));
+                }
+            }
+        }
+        if given > 0 && fragments.is_empty() {
+            crate::warn::once(
+                py,
+                &format!("clear-all:{}", self.id),
+                &format!(
+                    "cachu: {}.clear(): every argument given is left out of keys; all of its entries are cleared",
+                    self.name
+                ),
+            );
+        }
+        fragments.sort();
+        let head = if _global {
+            let region = &r.head[..=r.head.find(':').unwrap_or(0)];
+            format!("{}*{}", escape_glob(region), escape_glob(&self.head))
+        } else {
+            escape_glob(&r.head)
+        };
+        let mut pattern = head;
+        for (_, f) in &fragments {
+            pattern.push('*');
+            pattern.push_str(&escape_glob(f));
+        }
+        pattern.push('*');
+        self.backend_or_err(py, &r)?.clear(py, Some(&pattern))
+    }
+
+    /// How this function is cached, as cachu 0.6's `CacheMeta`.
+    #[getter]
+    fn _cache_meta<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("ttl", this.ttl.region_ttl())?;
+        let kind = this
+            .backend
+            .unwrap_or_else(|| crate::config::config_of(this.package.as_deref()).backend);
+        kwargs.set_item("backend", kind.name())?;
+        kwargs.set_item("tag", &this.tag)?;
+        kwargs.set_item(
+            "exclude",
+            pyo3::types::PySet::new(py, this.plan.excluded())?,
+        )?;
+        kwargs.set_item("cache_if", this.cache_if.as_ref().map(|f| f.clone_ref(py)))?;
+        kwargs.set_item("validate", this.validate.as_ref().map(|f| f.clone_ref(py)))?;
+        kwargs.set_item("package", this.package.as_deref())?;
+        kwargs.set_item("key_generator", slf.getattr("cache_key")?)?;
+        py.import("cachu._since_0_6")?
+            .getattr("CacheMeta")?
+            .call((), Some(&kwargs))
     }
 
     /// Removes the entry of these arguments, then calls (and caches) again.

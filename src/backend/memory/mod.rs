@@ -43,6 +43,8 @@ struct Slot<V> {
 pub struct Budget {
     max: AtomicUsize,
     used: AtomicUsize,
+    /// `memory_sweep_interval` in nanoseconds (`u64::MAX`: sweeps only as stores grow).
+    sweep_every_ns: AtomicU64,
     stores: Mutex<Vec<Weak<dyn Evict>>>,
 }
 
@@ -65,6 +67,7 @@ impl Budget {
         Budget {
             max: AtomicUsize::new(max.unwrap_or(usize::MAX)),
             used: AtomicUsize::new(0),
+            sweep_every_ns: AtomicU64::new(u64::MAX),
             stores: Mutex::new(Vec::new()),
         }
     }
@@ -73,6 +76,17 @@ impl Budget {
     pub fn set_max(&self, max: Option<usize>) {
         self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
         self.enforce();
+    }
+
+    /// Sweeps expired entries at least every `seconds` (on the next insert after
+    /// that long); infinity leaves sweeps to the stores' growth alone.
+    pub fn set_sweep_interval(&self, seconds: f64) {
+        let ns = if seconds.is_finite() {
+            (seconds.max(0.0) * 1e9) as u64
+        } else {
+            u64::MAX
+        };
+        self.sweep_every_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Counts `store` among the stores that give up entries for this budget.
@@ -270,6 +284,8 @@ pub struct MemoryStore<V> {
     budget: Arc<Budget>,
     /// Advanced by every insert: the recency of entries.
     clock: AtomicU64,
+    /// When the last sweep by time ran (`Budget::set_sweep_interval`).
+    swept_ns: AtomicU64,
 }
 
 impl<V> Drop for MemoryStore<V> {
@@ -303,6 +319,7 @@ impl<V> MemoryStore<V> {
             shards,
             budget,
             clock: AtomicU64::new(0),
+            swept_ns: AtomicU64::new(now_ns()),
         }
     }
 
@@ -365,6 +382,18 @@ impl<V> MemoryStore<V> {
         }
         self.budget.freed(out.len() - before);
         drop(map);
+        let every = self.budget.sweep_every_ns.load(Ordering::Relaxed);
+        if every != u64::MAX {
+            let last = self.swept_ns.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= every
+                && self
+                    .swept_ns
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                out.extend(self.sweep());
+            }
+        }
         if self.budget.over() {
             out.extend(self.evict_over_budget(Some(key)));
         }
@@ -569,210 +598,4 @@ fn sweep_map<V>(map: &mut Table<V>, now: u64, out: &mut Vec<V>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stores_and_reads_back() {
-        let s = MemoryStore::default();
-        assert!(s.insert("5m:f|x=1", "one".to_owned(), 300.0).is_empty());
-        assert_eq!(
-            s.get_with("5m:f|x=1", |v, _| v.clone()).as_deref(),
-            Some("one")
-        );
-        assert_eq!(s.get_with("5m:f|x=2", |v, _| v.clone()), None);
-        let replaced = s.insert("5m:f|x=1", "uno".to_owned(), 300.0);
-        assert_eq!(replaced, vec!["one".to_owned()]);
-        assert_eq!(s.remove("5m:f|x=1").as_deref(), Some("uno"));
-        assert_eq!(s.get_with("5m:f|x=1", |v, _| v.clone()), None);
-    }
-
-    #[test]
-    fn expired_entries_are_misses_and_get_swept() {
-        let s = MemoryStore::default();
-        let _ = s.insert("k", 1, 0.0);
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        assert_eq!(s.get_with("k", |v, _| *v), None);
-        assert_eq!(s.count_matching(|_| true), 0);
-        assert_eq!(s.sweep(), vec![1]);
-        assert_eq!(s.sweep(), Vec::<i32>::new());
-    }
-
-    #[test]
-    fn created_at_is_unix_time() {
-        let s = MemoryStore::default();
-        let before = unix_now();
-        let _ = s.insert("k", (), 60.0);
-        let created = s.get_with("k", |(), c| c).unwrap();
-        assert!(created >= before && created <= unix_now());
-    }
-
-    #[test]
-    fn selective_removal_and_counting() {
-        let s = MemoryStore::default();
-        for i in 0..100 {
-            let tag = if i % 2 == 0 { "|even|" } else { "|odd|" };
-            let _ = s.insert(&format!("5m:f|{tag}|i={i}"), i, 300.0);
-        }
-        assert_eq!(s.count_matching(|k| k.contains("|even|")), 50);
-        let (removed, live) = s.remove_matching(|k| k.contains("|odd|"));
-        assert_eq!((removed.len(), live), (50, 50));
-        assert_eq!(s.count_matching(|_| true), 50);
-        assert_eq!(
-            s.keys_matching(|k| k.ends_with("i=4")),
-            vec!["5m:f||even||i=4"]
-        );
-    }
-
-    #[test]
-    fn inserts_sweep_expired_entries_on_the_way() {
-        let s = MemoryStore::default();
-        let n = SWEEP_FLOOR * SHARDS;
-        let mut swept = 0;
-        for i in 0..n {
-            swept += s.insert(&format!("old{i}"), i, 0.0).len(); // expired at once
-        }
-        for i in 0..n {
-            swept += s.insert(&format!("new{i}"), i, 300.0).len();
-        }
-        assert!(
-            swept > n / 2,
-            "only {swept} of {n} expired entries swept by inserts"
-        );
-        assert!(s.len() < n * 3 / 2, "{} entries held", s.len());
-    }
-
-    #[test]
-    fn sweeps_are_rare_however_large_the_store() {
-        // A sweep scans its shard, so it comes only after the shard doubled since the
-        // last one: a million live entries do not make every insert slower.
-        let s = MemoryStore::default();
-        let n = 1 << 20;
-        for i in 0..n {
-            let _ = s.insert(&format!("k{i}"), i, 300.0);
-        }
-        assert_eq!(s.len(), n);
-        let per_shard = n / SHARDS / SWEEP_FLOOR; // 64: what a sweep per 1024 inserts did
-        for shard in &*s.shards {
-            let sweeps = shard.map.read().sweeps;
-            assert!(
-                sweeps <= per_shard.ilog2() + 1,
-                "{sweeps} sweeps of one shard"
-            );
-        }
-    }
-
-    #[test]
-    fn concurrent_readers_and_writers() {
-        let s = Arc::new(MemoryStore::default());
-        let handles: Vec<_> = (0..4)
-            .map(|t| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    for i in 0..2000 {
-                        let key = format!("k{}", i % 97);
-                        let _ = s.insert(&key, t * 10_000 + i, 300.0);
-                        assert!(s.get_with(&key, |v, _| *v).is_some());
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-        assert_eq!(s.count_matching(|_| true), 97);
-    }
-
-    #[test]
-    fn a_budget_evicts_the_least_recently_used() {
-        let budget = Arc::new(Budget::new(Some(64)));
-        let s = MemoryStore::new(budget.clone());
-        for i in 0..64 {
-            let _ = s.insert(&format!("k{i}"), i, 300.0);
-        }
-        assert_eq!((budget.used(), s.len()), (64, 64));
-        // Touch the first half: the rest is older.
-        for i in 0..32 {
-            assert!(s.get_with(&format!("k{i}"), |v, _| *v).is_some());
-        }
-        let mut evicted = Vec::new();
-        for i in 64..96 {
-            evicted.extend(s.insert(&format!("k{i}"), i, 300.0));
-        }
-        assert!(budget.used() <= 64, "{} entries kept", budget.used());
-        assert_eq!(budget.used(), s.len());
-        evicted.sort_unstable();
-        assert_eq!(
-            evicted,
-            (32..64).collect::<Vec<_>>(),
-            "not the least recently used"
-        );
-        for i in 96..200 {
-            let _ = s.insert(&format!("k{i}"), i, 300.0);
-        }
-        assert!(budget.used() <= 64 && budget.used() == s.len());
-        assert_eq!(s.remove("k199"), Some(199));
-        let (removed, _) = s.remove_matching(|_| true);
-        assert_eq!((removed.len(), budget.used()), (s.len() + removed.len(), 0));
-    }
-
-    #[test]
-    fn a_budget_evicts_expired_entries_before_live_ones() {
-        let budget = Arc::new(Budget::new(Some(64)));
-        let s = MemoryStore::new(budget.clone());
-        for i in 0..32 {
-            let _ = s.insert(&format!("live{i}"), i, 300.0);
-        }
-        for i in 0..32 {
-            let _ = s.insert(&format!("gone{i}"), 100 + i, 0.0); // newer, but expired
-        }
-        let mut evicted = Vec::new();
-        for i in 32..64 {
-            evicted.extend(s.insert(&format!("live{i}"), i, 300.0));
-        }
-        evicted.sort_unstable();
-        assert_eq!(evicted, (100..132).collect::<Vec<_>>());
-        assert_eq!(s.count_matching(|k| k.starts_with("live")), 64);
-    }
-
-    #[test]
-    fn budgets_are_shared_by_the_stores_of_a_package() {
-        let budget = Arc::new(Budget::new(Some(10)));
-        let a = MemoryStore::new(budget.clone());
-        let b = MemoryStore::new(budget.clone());
-        for i in 0..10 {
-            let _ = a.insert(&format!("a{i}"), i, 300.0);
-        }
-        for i in 0..5 {
-            let _ = b.insert(&format!("b{i}"), i, 300.0);
-        }
-        // b evicts its own entries first; with only the new one left, a sibling must
-        // give up entries (the backend layer asks it).
-        assert!(budget.over());
-        let _ = a.evict_over_budget(None);
-        assert!(!budget.over());
-        assert_eq!(budget.used(), a.len() + b.len());
-    }
-
-    #[test]
-    fn a_tag_clear_removes_the_tag_s_entries_only() {
-        let s = MemoryStore::<u32>::default();
-        for i in 0..100 {
-            drop(s.insert(&format!("5m:f||users||x={i}"), i, 60.0));
-            drop(s.insert(&format!("5m:g|x={i}"), i, 60.0));
-            drop(s.insert(&format!("5m:h||other||x={i}"), i, 60.0));
-        }
-        assert_eq!(s.remove("5m:f||users||x=0"), Some(0));
-        let (removed, live) = s.remove_tag("users");
-        assert_eq!((removed.len(), live), (99, 99));
-        assert_eq!(s.len(), 200);
-        assert!(s.keys_matching(|k| k.contains("||users||")).is_empty());
-        // The index forgets what leaves by any path.
-        drop(s.remove_matching(|k| k.starts_with("5m:h")));
-        assert_eq!(s.remove_tag("other").0.len(), 0);
-        let shard_tags: usize = s.shards.iter().map(|sh| sh.map.read().tags.len()).sum();
-        assert_eq!(shard_tags, 0);
-        assert_eq!(tag_of("5m:f||a.b||x=1"), Some("a.b"));
-        assert_eq!(tag_of("5m:f|x='a'"), None);
-    }
-}
+mod tests;
