@@ -50,7 +50,8 @@ pub fn cache_set(
     kwargs: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<()> {
     let f = cached_of(r#fn)?;
-    f.get().set(r#fn.py(), value, kwargs)
+    f.get()
+        .set(r#fn.py(), value, &PyTuple::empty(r#fn.py()), kwargs)
 }
 
 /// Removes the entry of these arguments.
@@ -58,7 +59,8 @@ pub fn cache_set(
 #[pyo3(signature = (r#fn, **kwargs))]
 pub fn cache_delete(r#fn: &Bound<'_, PyAny>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
     let f = cached_of(r#fn)?;
-    f.get().invalidate(r#fn.py(), kwargs)
+    f.get()
+        .invalidate(r#fn.py(), &PyTuple::empty(r#fn.py()), kwargs)
 }
 
 /// Hits, misses and current size of a decorated function.

@@ -335,6 +335,11 @@ impl KeyPlan {
         Ok(bound)
     }
 
+    /// The parameter a first positional argument binds to, if any.
+    pub fn first_positional(&self) -> Option<&str> {
+        self.positional.first().map(|p| p.name.as_str())
+    }
+
     /// The parameters named by `exclude=`.
     pub fn excluded(&self) -> &HashSet<String> {
         &self.exclude

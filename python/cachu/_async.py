@@ -176,18 +176,18 @@ def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     async def get(*args: Any, **kwargs: Any) -> Any:
         return await _offload(cached, functools.partial(cached.get, *args, **kwargs))
 
-    async def set_(value: Any, **kwargs: Any) -> None:
-        await _offload(cached, functools.partial(cached.set, value, **kwargs))
+    async def set_(value: Any, *args: Any, **kwargs: Any) -> None:
+        await _offload(cached, functools.partial(cached.set, value, *args, **kwargs))
 
-    async def invalidate(**kwargs: Any) -> None:
-        await _offload(cached, functools.partial(cached.invalidate, **kwargs))
+    async def invalidate(*args: Any, **kwargs: Any) -> None:
+        await _offload(cached, functools.partial(cached.invalidate, *args, **kwargs))
 
     async def clear(_global: bool = False, **kwargs: Any) -> int:
         return await _offload(cached, functools.partial(cached.clear, _global, **kwargs))
 
-    async def refresh(**kwargs: Any) -> Any:
-        await invalidate(**kwargs)
-        return await wrapper(**kwargs)
+    async def refresh(*args: Any, **kwargs: Any) -> Any:
+        await invalidate(*args, **kwargs)
+        return await wrapper(*args, **kwargs)
 
     async def original(*args: Any, **kwargs: Any) -> Any:
         return await func(*args, **kwargs)
@@ -199,6 +199,7 @@ def wrap(cached: CachedFunction) -> AsyncCachedFunction:
     wrapper.clear = clear  # type: ignore[attr-defined]
     wrapper.original = original  # type: ignore[attr-defined]
     wrapper.cache_key = cached.cache_key  # type: ignore[attr-defined]
+    wrapper.cache_info = cached.cache_info  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -103,13 +103,13 @@ class CachedFunction:
     __wrapped__: Callable[..., Any]
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     def __get__(self, instance: Any, owner: Optional[type] = None, /) -> Any: ...
-    def get(self, *default: Any, **kwargs: Any) -> Any:
+    def get(self, *args: Any, **kwargs: Any) -> Any:
         """The cached value for these arguments; ``default`` if absent, else ``KeyError``."""
-    def set(self, value: Any, **kwargs: Any) -> None:
+    def set(self, value: Any, *args: Any, **kwargs: Any) -> None:
         """Stores ``value`` for these arguments."""
-    def invalidate(self, **kwargs: Any) -> None:
+    def invalidate(self, *args: Any, **kwargs: Any) -> None:
         """Removes the entry of these arguments."""
-    def refresh(self, **kwargs: Any) -> Any:
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
         """Removes the entry of these arguments, then calls (and caches) again."""
     def original(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the undecorated function: the cache is neither read nor written."""
@@ -172,6 +172,7 @@ def get_all_configs() -> dict[Optional[str], dict[str, Any]]: ...
 def disable(package: Optional[str] = None, tag: Optional[str] = None) -> None: ...
 def enable(package: Optional[str] = None, tag: Optional[str] = None) -> None: ...
 def is_disabled(package: Optional[str] = None, tag: Optional[str] = None) -> bool: ...
+
 @final
 class DisabledScopes:
     """What is switched off: a snapshot."""

@@ -20,7 +20,6 @@ use super::{
 };
 use crate::backend::{Backend, Lease, Token};
 use crate::codec::Stored;
-use crate::errors::{repr_of, CacheError};
 use crate::flight::{Flight, Join, Leader, Waited};
 use crate::flow::{Answer, Flow, Step};
 use crate::pattern::escape_glob;
@@ -321,14 +320,22 @@ impl FastCall for CachedFunction {
     }
 }
 
-/// An optional default, and the keyword arguments without it.
-type DefaultAndKwargs<'py> = (Option<Bound<'py, PyAny>>, Option<Bound<'py, PyDict>>);
+/// An optional default, the positional arguments and the keyword arguments without it.
+type DefaultAndArgs<'py> = (
+    Option<Bound<'py, PyAny>>,
+    Bound<'py, PyTuple>,
+    Option<Bound<'py, PyDict>>,
+);
 
-/// Splits `.get(default, **kwargs)` / `.get(default=..., **kwargs)`.
+/// Splits the arguments of `.get()`: `default=` is the default; else a lone positional
+/// argument that cannot bind (the function has no positional parameter, or its first
+/// one is given by keyword too) is, as in cachu 0.2.7's `f.get(None, user_id=1)`;
+/// other positional arguments bind as in a call (`f.get(123)` is `user_id=123`).
 fn split_default<'py>(
     args: &Bound<'py, PyTuple>,
     kwargs: Option<&Bound<'py, PyDict>>,
-) -> PyResult<DefaultAndKwargs<'py>> {
+    first_parameter: Option<&str>,
+) -> PyResult<DefaultAndArgs<'py>> {
     let py = args.py();
     let kwargs = kwargs.map(PyDictMethods::copy).transpose()?;
     let mut default = None;
@@ -338,19 +345,15 @@ fn split_default<'py>(
             default = Some(d);
         }
     }
-    match args.len() {
-        0 => {}
-        1 if default.is_none() => default = Some(args.get_item(0)?),
-        _ => {
-            return Err(CacheError::config(
-                "args",
-                repr_of(args),
-                "get() takes the default as its only positional argument; pass parameters by name",
-            )
-            .into())
-        }
+    let taken = match (first_parameter, &kwargs) {
+        (None, _) => true,
+        (Some(name), Some(k)) => k.contains(name)?,
+        (Some(_), None) => false,
+    };
+    if default.is_none() && args.len() == 1 && taken {
+        return Ok((Some(args.get_item(0)?), PyTuple::empty(py), kwargs));
     }
-    Ok((default, kwargs))
+    Ok((default, args.clone(), kwargs))
 }
 
 #[pymethods]
@@ -379,7 +382,11 @@ impl CachedFunction {
     }
 
     /// The cached value for these arguments, without calling the function; `default`
-    /// if there is none, else `KeyError`.
+    /// if there is none, else `KeyError`. Arguments bind to the function's parameters
+    /// as in a call; a lone positional argument beside keyword ones is the default, as
+    /// in cachu 0.2.7 (`f.get(None, user_id=1)`). While caching is off nothing is
+    /// cached; with a failing backend, a miss (or `BackendError`, with
+    /// `on_backend_error='raise'`).
     #[pyo3(signature = (*args, **kwargs))]
     fn get<'py>(
         slf: &Bound<'py, Self>,
@@ -387,37 +394,74 @@ impl CachedFunction {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let (default, kwargs) = split_default(args, kwargs)?;
         let this = slf.get();
+        let (default, args, kwargs) = split_default(args, kwargs, this.plan.first_positional())?;
         let r = this.resolve();
-        let key = this.key(&r, &PyTuple::empty(py), kwargs.as_ref())?;
-        let backend = this.backend_or_err(py, &r)?;
-        match backend.get(py, &key)? {
+        let key = this.key(&r, &args, kwargs.as_ref())?;
+        let found = if this.is_off() {
+            None
+        } else {
+            match this.backend_or_err(py, &r).and_then(|b| b.get(py, &key)) {
+                Ok(found) => found,
+                Err(e) => {
+                    Self::backend_failed(py, &r, e)?;
+                    None
+                }
+            }
+        };
+        match found {
             Some((v, _)) => Ok(v),
             None => default.ok_or_else(|| Self::missing(&key)),
         }
     }
 
-    /// Stores `value` for these arguments.
-    #[pyo3(signature = (value, **kwargs))]
+    /// Stores `value` for these arguments (bound as in a call). A failing backend
+    /// raises `BackendError`: nobody is told a value is cached that is not. While
+    /// caching is off, nothing is stored.
+    #[pyo3(signature = (value, *args, **kwargs))]
     pub fn set(
         &self,
         py: Python<'_>,
         value: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        if self.is_off() {
+            return Ok(());
+        }
         let r = self.resolve();
-        let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
-        let ttl = self.ttl_to_set(value, CallArgs { args: &[], kwargs })?;
+        let key = self.key(&r, args, kwargs)?;
+        let ttl = self.ttl_to_set(value, CallArgs::of(args, kwargs))?;
         self.backend_or_err(py, &r)?.set(value, &key, ttl)
     }
 
-    /// Removes the entry of these arguments.
-    #[pyo3(signature = (**kwargs))]
-    pub fn invalidate(&self, py: Python<'_>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+    /// Removes the entry of these arguments (bound as in a call). A failing backend
+    /// raises `BackendError`: nobody is told a stale entry is gone that is not. While
+    /// caching is off, there is nothing to remove.
+    #[pyo3(signature = (*args, **kwargs))]
+    pub fn invalidate(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        if self.is_off() {
+            return Ok(());
+        }
         let r = self.resolve();
-        let key = self.key(&r, &PyTuple::empty(py), kwargs)?;
+        let key = self.key(&r, args, kwargs)?;
         self.backend_or_err(py, &r)?.delete(py, &key)
+    }
+
+    /// Removes the entry of these arguments, then calls (and caches) again.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn refresh<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().invalidate(slf.py(), args, kwargs)?;
+        Self::__call__(slf, args, kwargs)
     }
 
     /// Removes the entries whose arguments include these (all of this function's with
@@ -494,17 +538,6 @@ impl CachedFunction {
             .call((), Some(&kwargs))
     }
 
-    /// Removes the entry of these arguments, then calls (and caches) again.
-    #[pyo3(signature = (**kwargs))]
-    fn refresh<'py>(
-        slf: &Bound<'py, Self>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        slf.get().invalidate(py, kwargs)?;
-        Self::__call__(slf, &PyTuple::empty(py), kwargs)
-    }
-
     /// Calls the undecorated function: the cache is neither read nor written.
     #[pyo3(signature = (*args, **kwargs))]
     fn original<'py>(
@@ -527,12 +560,26 @@ impl CachedFunction {
         self.key_for(args, kwargs.as_ref())
     }
 
-    /// Hits and misses of this function, and how many entries it has in its backend.
+    /// Hits and misses of this function, and how many entries it has in its backend
+    /// (0 while caching is off, when no backend is asked; 0 with a warning when the
+    /// backend fails, or `BackendError` with `on_backend_error='raise'`): a status
+    /// endpoint keeps working in an outage.
     pub fn cache_info(&self, py: Python<'_>) -> PyResult<CacheInfo> {
-        let prefix = self.entries_prefix();
-        let currsize = match self.backend_now(py) {
-            Ok(b) => b.count_prefix(py, &prefix)?,
-            Err(_) => 0,
+        let currsize = if self.is_off() {
+            0
+        } else {
+            let r = self.resolve();
+            let prefix = self.entries_prefix();
+            match self
+                .backend_or_err(py, &r)
+                .and_then(|b| b.count_prefix(py, &prefix))
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    Self::backend_failed(py, &r, e)?;
+                    0
+                }
+            }
         };
         Ok(CacheInfo {
             hits: self.stats.hits.load(std::sync::atomic::Ordering::Relaxed),

@@ -153,9 +153,15 @@ fn hash_of(key: &str) -> u64 {
 }
 
 /// The tag of a key, as [`crate::key::function_head`] writes it:
-/// `{region}:{prefix}{name}||{tag}||{params}`.
+/// `{region}:{prefix}{name}||{tag}||{params}` (an untagged key has one `|` after the
+/// name). Costs a scan to the first `|` for an untagged key: every insert asks.
 fn tag_of(key: &str) -> Option<&str> {
-    let start = key.find("||")? + 2;
+    let bytes = key.as_bytes();
+    let bar = bytes.iter().position(|&b| b == b'|')?;
+    if bytes.get(bar + 1) != Some(&b'|') {
+        return None;
+    }
+    let start = bar + 2;
     let len = key[start..].find("||")?;
     Some(&key[start..start + len])
 }

@@ -202,6 +202,7 @@ fn a_tag_clear_removes_the_tag_s_entries_only() {
     assert_eq!(shard_tags, 0);
     assert_eq!(tag_of("5m:f||a.b||x=1"), Some("a.b"));
     assert_eq!(tag_of("5m:f|x='a'"), None);
+    assert_eq!(tag_of("5m:f|x='a||b||c'"), None);
 }
 
 #[test]
