@@ -496,3 +496,18 @@ def test_wrapper_keeps_function_metadata():
     assert documented.__module__ == __name__
     assert documented.__wrapped__(1) == 3
     assert str(inspect.signature(documented)) == "(a, b=2)"
+
+
+def test_this_readme_s_quick_start_runs_when_pasted():
+    """The first Python block of the project's own README runs as it stands."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Quick start") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("querying the database") == 1  # the second call is a hit
