@@ -24,13 +24,16 @@ pub mod warn;
 #[pyo3::pymodule]
 mod _cachu {
     #[pymodule_export]
-    use crate::backend::py::{get_backend, NoValue, PyBackend};
+    use crate::backend::py::{_instances, get_backend, NoValue, PyBackend};
     #[pymodule_export]
     use crate::backend::redis::py::{
         _redis_admit, _redis_command, _redis_endpoint, _redis_failed, _redis_ok,
     };
     #[pymodule_export]
-    use crate::config::py::{_caller_package, configure, get_all_configs, get_config, PyConfig};
+    use crate::config::py::{
+        _caller_package, _config_restore, _config_snapshot, configure, get_all_configs, get_config,
+        ConfigSnapshot, PyConfig,
+    };
     #[pymodule_export]
     use crate::config::switch::{
         disable, enable, get_disabled_scopes, is_disabled, DisabledScopes,

@@ -44,6 +44,7 @@ from cachu._cachu import get_backend as get_backend
 from cachu._cachu import get_config as get_config
 from cachu._cachu import get_disabled_scopes as get_disabled_scopes
 from cachu._cachu import is_disabled as is_disabled
+from cachu._config import configure_defaults as configure_defaults
 from cachu._redis import get_redis_client as get_redis_client
 from cachu._since_0_6 import BACKENDS as BACKENDS
 from cachu._since_0_6 import CacheMeta as CacheMeta
@@ -85,6 +86,7 @@ __all__ = [
     "clear_async_backends",
     "clear_backends",
     "configure",
+    "configure_defaults",
     "disable",
     "enable",
     "get_all_configs",

@@ -175,3 +175,13 @@ pub fn get_backend(
         inner: instance(package.as_deref(), kind, ttl)?,
     })
 }
+
+/// Every backend instance opened so far (of every package): what the pytest plugin
+/// clears its test's entries from.
+#[pyfunction]
+pub fn _instances() -> Vec<PyBackend> {
+    super::registry::all_instances()
+        .into_iter()
+        .map(|inner| PyBackend { inner })
+        .collect()
+}

@@ -34,6 +34,25 @@ fn check_config(cfg: &Config) -> CacheResult<()> {
 /// Regions opened under an old file directory or Redis URL give way to new ones; a new
 /// memory bound applies at once.
 fn config_changed(change: &Change<'_>) {
+    if change.package == Some(config::EVERY_PACKAGE) {
+        // The defaults: every package that reads them changes with them.
+        let mut packages: Vec<Option<String>> =
+            INSTANCES.lock().keys().map(|k| k.0.clone()).collect();
+        packages.extend(BUDGETS.lock().keys().cloned());
+        packages.sort();
+        packages.dedup();
+        for p in packages
+            .iter()
+            .filter(|p| !config::has_own_config(p.as_deref()))
+        {
+            config_changed(&Change {
+                package: p.as_deref(),
+                old: change.old,
+                new: change.new,
+            });
+        }
+        return;
+    }
     let (old, new) = (change.old, change.new);
     if old.file_dir != new.file_dir {
         forget_kind(change.package, BackendKind::File);
@@ -86,6 +105,11 @@ pub fn instance(package: Option<&str>, kind: BackendKind, ttl: i64) -> PyResult<
     // Opening may do I/O (a SQLite file): not under the registry lock.
     let fresh = Arc::new(Backend::new(kind, key.0.clone(), ttl, budget_of(package))?);
     Ok(INSTANCES.lock().entry(key).or_insert(fresh).clone())
+}
+
+/// Every instance created so far, of every package.
+pub fn all_instances() -> Vec<Arc<Backend>> {
+    INSTANCES.lock().values().cloned().collect()
 }
 
 /// Every instance created so far for `package`, optionally of one kind and TTL.

@@ -201,7 +201,14 @@ impl Config {
 type Registry = HashMap<Option<String>, Arc<Config>>;
 
 static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(HashMap::new()));
-static DEFAULT: LazyLock<Arc<Config>> = LazyLock::new(|| Arc::new(Config::default()));
+/// The configuration of every package that never configured its own
+/// (`configure(package="*")`).
+static DEFAULT: LazyLock<RwLock<Arc<Config>>> =
+    LazyLock::new(|| RwLock::new(Arc::new(Config::default())));
+
+/// The `package=` that names the defaults of every package without its own
+/// configuration (no Python package is called `*`).
+pub const EVERY_PACKAGE: &str = "*";
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 /// The switches of `disable()`: [`OFF_GLOBALLY`], [`OFF_IN_SCOPES`], or 0 (all on):
 /// one load on the hot path whatever is disabled.
@@ -314,7 +321,12 @@ pub fn config_of(package: Option<&str>) -> Arc<Config> {
     let reg = REGISTRY.read();
     reg.get(&package.map(str::to_owned))
         .cloned()
-        .unwrap_or_else(|| DEFAULT.clone())
+        .unwrap_or_else(defaults)
+}
+
+/// Whether `package` configured its own settings (else it reads the defaults).
+pub fn has_own_config(package: Option<&str>) -> bool {
+    REGISTRY.read().contains_key(&package.map(str::to_owned))
 }
 
 /// The package of the Python code that called into cachu: the first dotted part of the
@@ -381,27 +393,77 @@ pub fn listen(listener: Listener) {
 
 /// Changes the configuration of `package` with `edit`: checked by the listener first
 /// (nothing changes if it refuses), then published, and the listener told.
+/// `package` [`EVERY_PACKAGE`] changes the defaults that every package without its
+/// own configuration reads.
 pub fn update(package: Option<&str>, edit: impl FnOnce(&mut Config)) -> CacheResult<Arc<Config>> {
     let key = package.map(str::to_owned);
     let mut reg = REGISTRY.write();
-    let old = reg.get(&key).cloned().unwrap_or_else(|| DEFAULT.clone());
+    let every = package == Some(EVERY_PACKAGE);
+    let old = if every {
+        defaults()
+    } else {
+        reg.get(&key).cloned().unwrap_or_else(defaults)
+    };
     let mut cfg = (*old).clone();
     edit(&mut cfg);
     if let Some(l) = LISTENER.get() {
         (l.check)(&cfg)?;
     }
     let cfg = Arc::new(cfg);
-    reg.insert(key, cfg.clone());
-    drop(reg);
-    if let Some(l) = LISTENER.get() {
-        (l.changed)(&Change {
-            package,
-            old: &old,
-            new: &cfg,
-        });
+    if every {
+        *DEFAULT.write() = cfg.clone();
+    } else {
+        reg.insert(key, cfg.clone());
     }
+    drop(reg);
+    tell(package, &old, &cfg);
     bump_generation();
     Ok(cfg)
+}
+
+fn tell(package: Option<&str>, old: &Config, new: &Config) {
+    if let Some(l) = LISTENER.get() {
+        (l.changed)(&Change { package, old, new });
+    }
+}
+
+/// Every package's configuration and the defaults, as they are now.
+pub struct Snapshot {
+    packages: Registry,
+    defaults: Arc<Config>,
+}
+
+/// The configuration of every package and the defaults, to [`restore`] later.
+pub fn snapshot() -> Snapshot {
+    Snapshot {
+        packages: REGISTRY.read().clone(),
+        defaults: defaults(),
+    }
+}
+
+/// Puts back a [`snapshot`]: every package's configuration and the defaults as they
+/// were, the backends told of each change.
+pub fn restore(snapshot: &Snapshot) {
+    let old_defaults = defaults();
+    let old = std::mem::replace(&mut *REGISTRY.write(), snapshot.packages.clone());
+    *DEFAULT.write() = snapshot.defaults.clone();
+    tell(Some(EVERY_PACKAGE), &old_defaults, &snapshot.defaults);
+    let keys: HashSet<&Option<String>> = old.keys().chain(snapshot.packages.keys()).collect();
+    for key in keys {
+        let before = old
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| old_defaults.clone());
+        let after = snapshot
+            .packages
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| snapshot.defaults.clone());
+        if before != after {
+            tell(key.as_deref(), &before, &after);
+        }
+    }
+    bump_generation();
 }
 
 /// A copy of every package's configuration.
@@ -415,5 +477,5 @@ pub fn all_configs() -> Vec<(Option<String>, Arc<Config>)> {
 
 /// The defaults.
 pub fn defaults() -> Arc<Config> {
-    DEFAULT.clone()
+    DEFAULT.read().clone()
 }

@@ -422,3 +422,20 @@ pub fn get_all_configs(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 pub fn _caller_package(py: Python<'_>) -> Option<String> {
     super::caller_package(py)
 }
+
+/// Every package's configuration and the defaults, kept to be put back
+/// (`_config_restore`): what the pytest plugin's isolated cache restores.
+#[pyclass(frozen, module = "cachu._cachu")]
+pub struct ConfigSnapshot(super::Snapshot);
+
+/// The configuration of every package and the defaults, as they are now.
+#[pyfunction]
+pub fn _config_snapshot() -> ConfigSnapshot {
+    ConfigSnapshot(super::snapshot())
+}
+
+/// Puts back what `_config_snapshot` kept.
+#[pyfunction]
+pub fn _config_restore(snapshot: &ConfigSnapshot) {
+    super::restore(&snapshot.0);
+}
