@@ -1,5 +1,7 @@
-//! Warnings to the user, each said once per process: a broken backend must not flood
-//! the log on every call.
+//! Warnings to the user, each said once per process (a broken backend must not flood
+//! the log on every call), and the same records on the standard `logging` module's
+//! `cachu` logger, where services collect them: a warning's reported location is a
+//! line inside the library, a log record's logger and level are what operators filter.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -7,6 +9,47 @@ use std::sync::LazyLock;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeWarning;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `logging.getLogger("cachu")`.
+fn logger(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
+    LOGGER
+        .get_or_try_init(py, || {
+            py.import("logging")?
+                .getattr("getLogger")?
+                .call1(("cachu",))
+                .map(Bound::unbind)
+        })
+        .ok()
+        .map(|l| l.bind(py))
+}
+
+/// Logging's levels, as `logging.DEBUG`... are.
+#[derive(Clone, Copy)]
+pub enum Level {
+    Debug = 10,
+    Info = 20,
+    Warning = 30,
+}
+
+/// Whether the `cachu` logger records `level` (so a message need not be made).
+pub fn enabled(py: Python<'_>, level: Level) -> bool {
+    logger(py)
+        .and_then(|l| l.call_method1("isEnabledFor", (level as i32,)).ok())
+        .and_then(|r| r.is_truthy().ok())
+        .unwrap_or(false)
+}
+
+/// A record on the `cachu` logger. A failing handler never fails the call.
+pub fn log(py: Python<'_>, level: Level, message: &str) {
+    if let Some(l) = logger(py) {
+        if let Err(e) = l.call_method1("log", (level as i32, message)) {
+            e.write_unraisable(py, None);
+        }
+    }
+}
 
 static SAID: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
 
@@ -14,6 +57,7 @@ static SAID: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(Hash
 pub fn once(py: Python<'_>, topic: &str, message: &str) {
     let first = SAID.lock().insert(topic.to_owned());
     if first {
+        log(py, Level::Warning, message);
         let category = py.get_type::<PyRuntimeWarning>();
         let Ok(msg) = std::ffi::CString::new(message.replace('\0', " ")) else {
             return;

@@ -185,6 +185,7 @@ class DisabledScopes:
     def tags(self) -> frozenset[str]: ...
 
 def get_disabled_scopes() -> DisabledScopes: ...
+
 @final
 class ConfigSnapshot:
     """Every package's configuration and the defaults, kept to be put back."""

@@ -91,6 +91,31 @@ impl Backend {
         })
     }
 
+    /// Runs the I/O `f` of the byte store `b` with the GIL released; then, with the GIL
+    /// back, reports an outage of the store that has ended (on the `cachu` logger).
+    fn io<T: Send>(
+        &self,
+        py: Python<'_>,
+        b: &Arc<dyn ByteStore>,
+        f: impl FnOnce() -> T + Send,
+    ) -> T {
+        let out = py.detach(f);
+        if let Some(message) = b.take_recovery() {
+            crate::warn::log(py, crate::warn::Level::Info, &message);
+        }
+        out
+    }
+
+    /// Reports an outage of this backend's store that has ended, if one has: for the
+    /// async API, whose I/O runs elsewhere.
+    pub fn report_recovery(&self, py: Python<'_>) {
+        if let Store::Bytes(b) = &self.store {
+            if let Some(message) = b.take_recovery() {
+                crate::warn::log(py, crate::warn::Level::Info, &message);
+            }
+        }
+    }
+
     /// The store of pickled values, for the async API (`None` for memory and null).
     pub fn byte_store(&self) -> Option<Arc<dyn ByteStore>> {
         match &self.store {
@@ -123,7 +148,7 @@ impl Backend {
                 Ok(Some((stored.materialize(py)?, created)))
             }
             Store::Bytes(b) => {
-                let Some((data, created)) = py.detach(|| b.get(key))? else {
+                let Some((data, created)) = self.io(py, b, || b.get(key))? else {
                     return Ok(None);
                 };
                 let signing = self.signing_key();
@@ -171,7 +196,7 @@ impl Backend {
             return Ok(Lease::Acquired);
         };
         let signing = self.signing_key();
-        Ok(match py.detach(|| b.lease(key, token, lease, read))? {
+        Ok(match self.io(py, b, || b.lease(key, token, lease, read))? {
             LeaseReply::Found(data, created) => {
                 match decode_or_discard(py, b.as_ref(), signing.as_deref(), key, &data, created) {
                     Some(v) => Lease::Found(v, created),
@@ -211,7 +236,7 @@ impl Backend {
         let value = pickled
             .as_ref()
             .map(|(d, ttl)| (d.as_slice(), created, *ttl));
-        py.detach(|| b.store_and_release(key, value, token))?;
+        self.io(py, b, || b.store_and_release(key, value, token))?;
         Ok(())
     }
 
@@ -269,7 +294,7 @@ impl Backend {
     pub fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
         match &self.store {
             Store::Memory(m) => drop(m.remove(key)),
-            Store::Bytes(b) => py.detach(|| b.delete(key))?,
+            Store::Bytes(b) => self.io(py, b, || b.delete(key))?,
             Store::Null => {}
         }
         Ok(())
@@ -284,7 +309,7 @@ impl Backend {
                 drop(removed);
                 live
             }
-            Store::Bytes(b) => py.detach(|| b.clear(pattern))?,
+            Store::Bytes(b) => self.io(py, b, || b.clear(pattern))?,
             Store::Null => 0,
         })
     }

@@ -65,6 +65,11 @@ pub trait ByteStore: Send + Sync + 'static {
     /// Where the data lives, for messages.
     fn location(&self) -> String;
 
+    /// The message of an outage of this store that has ended since the last look.
+    fn take_recovery(&self) -> Option<String> {
+        None
+    }
+
     /// [`ByteStore::lease`] for the async API: by default on the runtime's blocking pool.
     fn lease_async(
         self: Arc<Self>,

@@ -179,6 +179,8 @@ pub struct Flow {
     /// What follows a `Release`: the function's exception, or (the deadline passed
     /// before the store) the result.
     after_release: Step,
+    /// `lock_timeout` passed while another caller computed: this one computes.
+    gave_up: bool,
 }
 
 impl Flow {
@@ -218,7 +220,13 @@ impl Flow {
             step: Step::Read,
             spent: Duration::ZERO,
             after_release: Step::Reraise,
+            gave_up: false,
         }
+    }
+
+    /// Whether the call computes because it waited `lock_timeout` for another caller.
+    pub fn gave_up_waiting(&self) -> bool {
+        self.gave_up
     }
 
     /// Whether the driver counts the time of backend steps ([`Flow::charge`]).
@@ -427,6 +435,7 @@ impl Flow {
     /// `lock_timeout` has passed while another caller computes: raise, or compute here
     /// (and store: the value is as good as the other's).
     fn timed_out(&mut self) -> Step {
+        self.gave_up = true;
         if self.policy.raise_lock_timeout {
             self.end(Step::RaiseLockTimeout)
         } else {

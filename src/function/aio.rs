@@ -539,6 +539,9 @@ impl AsyncCall {
                     return Ok(Await::Pause);
                 }
                 Step::Compute => {
+                    if self.flow.gave_up_waiting() {
+                        CachedFunction::log_gave_up(py, &self.key, &self.r);
+                    }
                     self.cached.get().count_miss();
                     return Ok(Await::Compute);
                 }

@@ -45,6 +45,9 @@ impl Decorator {
             .is_truthy()?;
         let cached = Bound::new(py, CachedFunction::new(py, func, options)?)?;
         vectorcall::install(&cached, &cached.get().entry);
+        if crate::warn::enabled(py, crate::warn::Level::Debug) {
+            crate::warn::log(py, crate::warn::Level::Debug, &cached.get().describe(py));
+        }
         py.import("functools")?
             .getattr("update_wrapper")?
             .call1((&cached, func))?;

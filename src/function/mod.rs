@@ -596,6 +596,19 @@ impl CachedFunction {
         }
     }
 
+    /// Said on the `cachu` logger when a call gives up waiting for another's
+    /// computation of `key` and computes itself.
+    pub(crate) fn log_gave_up(py: Python<'_>, key: &str, r: &Resolved) {
+        warn::log(
+            py,
+            warn::Level::Warning,
+            &format!(
+                "cachu: waited {:?} (lock_timeout) for another caller to compute key {key:?}; computing it here",
+                r.lock_timeout
+            ),
+        );
+    }
+
     pub(crate) fn lock_timed_out(key: &str, r: &Resolved) -> PyErr {
         CacheError::LockTimeout(format!(
             "waited {:?} (lock_timeout) for another caller to compute key {key:?}",
@@ -609,6 +622,40 @@ impl CachedFunction {
     #[inline]
     pub(crate) fn is_off(&self) -> bool {
         config::is_off(self.package.as_deref(), &self.tag)
+    }
+
+    /// What decoration settled, for the `cachu` logger's DEBUG record: the resolved
+    /// package, backend (and where it comes from) and TTL region.
+    pub(crate) fn describe(&self, py: Python<'_>) -> String {
+        let qualname = self
+            .func
+            .bind(py)
+            .getattr(intern!(py, "__qualname__"))
+            .and_then(|q| q.extract::<String>())
+            .unwrap_or_else(|_| self.name.clone());
+        let own = config::has_own_config(self.package.as_deref());
+        let (kind, source) = match self.backend {
+            Some(k) => (k, "from @cache(backend=...)"),
+            None if own => (
+                config::config_of(self.package.as_deref()).backend,
+                "from the package's configure()",
+            ),
+            None => (
+                config::defaults().backend,
+                "the default: the package has no configure() of its own",
+            ),
+        };
+        let ttl = match &self.ttl {
+            Ttl::Fixed(t) => format!("ttl={t}"),
+            Ttl::Dynamic(_) => "a dynamic ttl".to_owned(),
+        };
+        format!(
+            "cachu: {qualname} is cached for package {}: backend {kind} ({source}), {ttl} (region {})",
+            self.package
+                .as_deref()
+                .map_or_else(|| "None".to_owned(), |p| format!("'{p}'")),
+            region_name(self.ttl.region_ttl())
+        )
     }
 
     /// The decorated function's `__name__`.

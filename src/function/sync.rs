@@ -173,6 +173,9 @@ impl CachedFunction {
                     Answer::Slept
                 }
                 Step::Compute => {
+                    if flow.gave_up_waiting() {
+                        Self::log_gave_up(py, key, r);
+                    }
                     self.count_miss();
                     match self.call_func(py, args, kwargs) {
                         Ok(v) => {

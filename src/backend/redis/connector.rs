@@ -27,6 +27,8 @@ pub(crate) struct Health {
     outages: AtomicU64,
     /// The message of the current outage: the same text for every call of it.
     message: Mutex<String>,
+    /// The outage that ended last, until it is reported ([`Health::take_recovery`]).
+    recovered: AtomicU64,
 }
 
 impl Health {
@@ -37,6 +39,7 @@ impl Health {
             epoch: Instant::now(),
             outages: AtomicU64::new(0),
             message: Mutex::new(String::new()),
+            recovered: AtomicU64::new(0),
         }
     }
 
@@ -82,9 +85,19 @@ impl Health {
     }
 
     pub(crate) fn ok(&self) {
-        if self.down.load(Ordering::Relaxed) {
-            self.down.store(false, Ordering::Release);
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
+            let n = self.outages.load(Ordering::Relaxed);
+            self.recovered.store(n, Ordering::Release);
         }
+    }
+
+    /// The number of the outage that ended since the last look, if one did: said by a
+    /// caller that holds the GIL (the one that saw the end does not).
+    pub(crate) fn take_recovery(&self) -> Option<u64> {
+        if self.recovered.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(self.recovered.swap(0, Ordering::AcqRel)).filter(|n| *n != 0)
     }
 }
 

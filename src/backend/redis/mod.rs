@@ -292,6 +292,15 @@ impl ByteStore for RedisStore {
     fn location(&self) -> String {
         self.conn.endpoint.shown.clone()
     }
+
+    fn take_recovery(&self) -> Option<String> {
+        self.conn.health.take_recovery().map(|n| {
+            format!(
+                "cachu: Redis at {} recovered (outage {n} is over)",
+                self.conn.endpoint.shown
+            )
+        })
+    }
 }
 
 #[cfg(test)]

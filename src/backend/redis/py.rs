@@ -62,8 +62,19 @@ pub fn _redis_failed(url: &str, detail: &str) -> PyResult<String> {
 
 /// Records a successful call.
 #[pyfunction]
-pub fn _redis_ok(url: &str) -> PyResult<()> {
-    connector(url)?.health.ok();
+pub fn _redis_ok(py: Python<'_>, url: &str) -> PyResult<()> {
+    let c = connector(url)?;
+    c.health.ok();
+    if let Some(n) = c.health.take_recovery() {
+        crate::warn::log(
+            py,
+            crate::warn::Level::Info,
+            &format!(
+                "cachu: Redis at {} recovered (outage {n} is over)",
+                c.endpoint.shown
+            ),
+        );
+    }
     Ok(())
 }
 
