@@ -3,9 +3,30 @@
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, ClassVar, Final, Literal, Optional, TypeVar, Union, final
+from typing import (
+    Any,
+    ClassVar,
+    Concatenate,
+    Final,
+    Generic,
+    Literal,
+    Optional,
+    ParamSpec,
+    TypeVar,
+    Union,
+    final,
+    overload,
+)
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+from typing_extensions import Self
+
+_P = ParamSpec("_P")
+_P2 = ParamSpec("_P2")
+_R = TypeVar("_R")
+_R2 = TypeVar("_R2")
+_S = TypeVar("_S")
+_T = TypeVar("_T")
+
 
 __version__: Final[str]
 
@@ -97,33 +118,57 @@ class CacheInfo:
     def currsize(self) -> int: ...
 
 @final
-class CachedFunction:
-    """A function decorated with ``@cache(...)``."""
+class CachedFunction(Generic[_P, _R]):
+    """A function decorated with ``@cache(...)``: called as the function is (the same
+    parameters and result), with typed helpers. The per-call switches
+    ``_skip_cache=True`` / ``_overwrite_cache=True`` are not part of the function's
+    signature: typed code calls ``.original(...)`` and ``.refresh(...)`` instead."""
 
-    __wrapped__: Callable[..., Any]
-    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
-    def __get__(self, instance: Any, owner: Optional[type] = None, /) -> Any: ...
-    def get(self, *args: Any, **kwargs: Any) -> Any:
+    __wrapped__: Callable[_P, _R]
+    def __class_getitem__(cls, item: Any) -> Any: ...
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R: ...
+    @overload
+    def __get__(self, instance: None, owner: Optional[type] = None, /) -> Self: ...
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[_S, _P2], _R2],
+        instance: _S,
+        owner: Optional[type] = None,
+        /,
+    ) -> CachedFunction[_P2, _R2]: ...
+    @overload
+    def get(  # type: ignore[overload-overlap]
+        self, *args: Any, default: _T, **kwargs: Any
+    ) -> Union[_R, _T]:
         """The cached value for these arguments; ``default`` if absent, else ``KeyError``."""
-    def set(self, value: Any, *args: Any, **kwargs: Any) -> None:
+    @overload
+    def get(self, *args: Any, **kwargs: Any) -> _R: ...
+    def set(self, value: _R, *args: Any, **kwargs: Any) -> None:
         """Stores ``value`` for these arguments."""
     def invalidate(self, *args: Any, **kwargs: Any) -> None:
         """Removes the entry of these arguments."""
-    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+    def refresh(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Removes the entry of these arguments, then calls (and caches) again."""
-    def original(self, *args: Any, **kwargs: Any) -> Any:
+    def original(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Calls the undecorated function: the cache is neither read nor written."""
-    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+    def cache_key(self, *args: _P.args, **kwargs: _P.kwargs) -> str:
         """The key a call with these arguments reads and writes."""
     def clear(self, _global: bool = False, **kwargs: Any) -> int:
         """Removes the entries whose arguments include these (cachu 0.6)."""
     def cache_info(self) -> CacheInfo: ...
     @property
     def _is_memory(self) -> bool: ...
+    @property
+    def _cache_meta(self) -> Any: ...
 
 @final
 class Decorator:
-    def __call__(self, func: _F) -> _F: ...
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, func: Callable[_P, Coroutine[Any, Any, _R]], /
+    ) -> AsyncCachedFunction[_P, _R]: ...
+    @overload
+    def __call__(self, func: Callable[_P, _R], /) -> CachedFunction[_P, _R]: ...
 
 @final
 class Backend:
@@ -195,12 +240,16 @@ def _config_restore(snapshot: ConfigSnapshot) -> None: ...
 def _instances() -> list[Backend]: ...
 def _caller_package() -> Optional[str]: ...
 def cache(
-    ttl: Union[int, Callable[[Any], int], None] = None,
+    ttl: Union[int, Callable[[Any], int], Callable[[Any, dict[str, Any]], int], None] = None,
     backend: Optional[str] = None,
     tag: Optional[str] = None,
     exclude: Optional[set[str]] = None,
-    cache_if: Optional[Callable[[Any], bool]] = None,
-    validate: Optional[Callable[[CacheEntry], bool]] = None,
+    cache_if: Union[
+        Callable[[Any], bool], Callable[[Any, dict[str, Any]], bool], None
+    ] = None,
+    validate: Union[
+        Callable[[CacheEntry], bool], Callable[[CacheEntry, dict[str, Any]], bool], None
+    ] = None,
     package: Optional[str] = None,
 ) -> Decorator: ...
 def cache_get(fn: Callable[..., Any], *default: Any, **kwargs: Any) -> Any: ...
@@ -264,22 +313,47 @@ class AsyncCall:
     def abandon(self) -> None: ...
 
 @final
-class AsyncCachedFunction:
-    """A coroutine function decorated with ``@cache(...)`` / ``@async_cache(...)``: a
-    memory hit returns a ``Ready`` (or ``hit(value)`` when given), anything else the
-    coroutine of ``drive``."""
+class AsyncCachedFunction(Generic[_P, _R]):
+    """A coroutine function decorated with ``@cache(...)`` / ``@async_cache(...)``:
+    awaited as the function is, with awaitable helpers. A memory hit returns a
+    completed awaitable, anything else the coroutine of ``drive``."""
 
-    __wrapped__: Callable[..., Any]
+    __wrapped__: Callable[_P, Coroutine[Any, Any, _R]]
     def __new__(
         cls,
-        cached: CachedFunction,
+        cached: CachedFunction[..., Any],
         drive: Callable[[AsyncCall, tuple[Any, ...], Optional[dict[str, Any]]], Awaitable[Any]],
         hit: Optional[Callable[[Any], Awaitable[Any]]] = None,
-    ) -> AsyncCachedFunction: ...
-    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
-    def __get__(self, instance: Any, owner: Optional[type] = None, /) -> Any: ...
+    ) -> AsyncCachedFunction[..., Any]: ...
+    def __class_getitem__(cls, item: Any) -> Any: ...
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> Coroutine[Any, Any, _R]: ...
+    @overload
+    def __get__(self, instance: None, owner: Optional[type] = None, /) -> Self: ...
+    @overload
+    def __get__(
+        self: AsyncCachedFunction[Concatenate[_S, _P2], _R2],
+        instance: _S,
+        owner: Optional[type] = None,
+        /,
+    ) -> AsyncCachedFunction[_P2, _R2]: ...
     @property
-    def __cachu__(self) -> CachedFunction: ...
+    def __cachu__(self) -> CachedFunction[..., Any]: ...
+    @property
+    def _cache_meta(self) -> Any: ...
+    # The awaitable helpers (set by cachu._async.wrap).
+    @overload
+    def get(  # type: ignore[overload-overlap]
+        self, *args: Any, default: _T, **kwargs: Any
+    ) -> Coroutine[Any, Any, Union[_R, _T]]: ...
+    @overload
+    def get(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, _R]: ...
+    def set(self, value: _R, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, None]: ...
+    def invalidate(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, None]: ...
+    def refresh(self, *args: _P.args, **kwargs: _P.kwargs) -> Coroutine[Any, Any, _R]: ...
+    def original(self, *args: _P.args, **kwargs: _P.kwargs) -> Coroutine[Any, Any, _R]: ...
+    def clear(self, _global: bool = False, **kwargs: Any) -> Coroutine[Any, Any, int]: ...
+    def cache_key(self, *args: _P.args, **kwargs: _P.kwargs) -> str: ...
+    def cache_info(self) -> CacheInfo: ...
 
 @final
 class Ready(Coroutine[Any, Any, Any]):

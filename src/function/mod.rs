@@ -706,6 +706,18 @@ pub(crate) fn failure(
     kept
 }
 
+/// `CachedFunction[P, R]` in annotations evaluated at run time: a generic alias, as
+/// for the typing stubs' generic classes.
+pub(crate) fn generic_alias<'py>(
+    cls: &Bound<'py, pyo3::types::PyType>,
+    item: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    cls.py()
+        .import("types")?
+        .getattr("GenericAlias")?
+        .call1((cls, item))
+}
+
 /// A decorated function looked up on an instance: a bound method, as for a function.
 pub(crate) fn bind_method(
     func: &Bound<'_, PyAny>,

@@ -371,6 +371,14 @@ impl CachedFunction {
         Self::call_packed(slf, args, kwargs)
     }
 
+    #[classmethod]
+    fn __class_getitem__<'py>(
+        cls: &Bound<'py, pyo3::types::PyType>,
+        item: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        super::generic_alias(cls, item)
+    }
+
     fn __get__(
         slf: &Bound<'_, Self>,
         obj: Option<&Bound<'_, PyAny>>,
