@@ -27,7 +27,6 @@ _R2 = TypeVar("_R2")
 _S = TypeVar("_S")
 _T = TypeVar("_T")
 
-
 __version__: Final[str]
 
 class CacheError(Exception):
@@ -244,9 +243,7 @@ def cache(
     backend: Optional[str] = None,
     tag: Optional[str] = None,
     exclude: Optional[set[str]] = None,
-    cache_if: Union[
-        Callable[[Any], bool], Callable[[Any, dict[str, Any]], bool], None
-    ] = None,
+    cache_if: Union[Callable[[Any], bool], Callable[[Any, dict[str, Any]], bool], None] = None,
     validate: Union[
         Callable[[CacheEntry], bool], Callable[[CacheEntry, dict[str, Any]], bool], None
     ] = None,
