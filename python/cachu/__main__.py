@@ -1,4 +1,6 @@
-"""``python -m cachu demo | bench``: a short tour of the library, and a quick timing."""
+"""``python -m cachu``: ``demo`` (a short tour), ``bench`` (a quick timing), and the
+operator's ``keys``, ``stats``, ``get`` and ``clear`` on a cache directory or a Redis
+server (``python -m cachu keys --help``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 from typing import Any
 
 import cachu
+from cachu import _cli
 
 
 def demo() -> int:
@@ -127,14 +130,18 @@ def bench(n: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cachu", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cachu {cachu.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="a short tour of the library")
     b = sub.add_parser("bench", help="time a memory hit next to functools.lru_cache")
     b.add_argument("-n", type=int, default=200_000)
+    _cli.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo()
-    return bench(args.n)
+    if args.command == "bench":
+        return bench(args.n)
+    return _cli.run(args)
 
 
 if __name__ == "__main__":
