@@ -48,7 +48,7 @@ mod _cachu {
     #[pymodule_export]
     use crate::function::decorator::{cache, Decorator};
     #[pymodule_export]
-    use crate::function::values::{CacheEntry, CacheInfo};
+    use crate::function::values::{metrics, CacheEntry, CacheInfo};
     #[pymodule_export]
     use crate::function::CachedFunction;
     #[pymodule_export]

@@ -92,3 +92,42 @@ def test_results_not_cached_and_waits_given_up_are_logged(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "cachu"]
     assert any("unpicklable() was not cached" in m for m in messages), messages
     assert any("lock_timeout" in m and "computing it here" in m for m in messages), messages
+
+
+def test_metrics_count_per_function_and_export_to_prometheus(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from cachu.prometheus import CachuCollector
+    from conftest import free_port
+
+    cachu.configure(package="metered")
+    dead = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.2"
+    cachu.configure(package="metered_down", backend="redis", redis_url=dead)
+
+    @cachu.cache(ttl=300, package="metered")
+    def get_user(user_id):
+        return user_id
+
+    @cachu.cache(ttl=300, package="metered_down")
+    def get_order(order_id):
+        return order_id
+
+    for i in (1, 1, 1, 2):
+        get_user(i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        get_order(1)
+    by_name = {(f["package"], f["function"]): f for f in cachu.metrics()["functions"]}
+    user = by_name[("metered", get_user.__qualname__)]
+    assert (user["hits"], user["misses"], user["errors"]) == (2, 2, 0)
+    order = by_name[("metered_down", get_order.__qualname__)]
+    assert order["errors"] >= 1 and order["misses"] == 1
+    servers = {s["server"]: s for s in cachu.metrics()["redis"]}
+    assert servers[dead]["down"] and servers[dead]["outages"] >= 1
+
+    registry = CollectorRegistry()
+    registry.register(CachuCollector())
+    text = generate_latest(registry).decode()
+    qualname = get_user.__qualname__
+    assert f'cachu_hits_total{{function="{qualname}",package="metered"}} 2.0' in text
+    assert "cachu_redis_down{server=" in text

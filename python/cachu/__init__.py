@@ -44,6 +44,7 @@ from cachu._cachu import get_backend as get_backend
 from cachu._cachu import get_config as get_config
 from cachu._cachu import get_disabled_scopes as get_disabled_scopes
 from cachu._cachu import is_disabled as is_disabled
+from cachu._cachu import metrics as metrics
 from cachu._config import configure_defaults as configure_defaults
 from cachu._redis import get_redis_client as get_redis_client
 from cachu._since_0_6 import BACKENDS as BACKENDS
@@ -98,5 +99,6 @@ __all__ = [
     "get_disabled_scopes",
     "get_redis_client",
     "is_disabled",
+    "metrics",
     "presets",
 ]

@@ -229,6 +229,8 @@ class DisabledScopes:
     def tags(self) -> frozenset[str]: ...
 
 def get_disabled_scopes() -> DisabledScopes: ...
+def metrics() -> dict[str, list[dict[str, Any]]]:
+    """Hits, misses and backend errors per decorated function; outages per Redis server."""
 
 @final
 class ConfigSnapshot:

@@ -304,6 +304,9 @@ impl AsyncCall {
         if let Some(t) = self.io_started.take() {
             self.flow.charge(t.elapsed());
         }
+        if e.is_some() {
+            self.cached.get().count_error();
+        }
         let kept = self.error.take();
         self.error = failure(py, &mut self.flow, e, kept);
         if !self.flow.holds_lease() {

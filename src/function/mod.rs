@@ -199,8 +199,13 @@ impl CachedFunction {
         let plan = KeyPlan::new(&target, o.exclude)?;
         let stats = Arc::new(Stats {
             package: o.package.clone(),
+            function: target
+                .getattr(intern!(py, "__qualname__"))
+                .and_then(|q| q.extract())
+                .unwrap_or_else(|_| name.clone()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
         });
         ALL_STATS.lock().push(Arc::downgrade(&stats));
         config::register_function(o.package.as_deref(), &name);
@@ -408,6 +413,7 @@ impl CachedFunction {
             }
             Ok(None) => Ok(None),
             Err(e) => {
+                self.count_error();
                 Self::backend_failed(py, r, e)?;
                 Ok(None)
             }
@@ -422,6 +428,10 @@ impl CachedFunction {
     #[inline]
     pub(crate) fn count_miss(&self) {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_error(&self) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `value` if `validate=` accepts it (or there is none).

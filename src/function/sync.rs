@@ -251,6 +251,7 @@ impl CachedFunction {
                 flow.charge(t.elapsed());
             }
             if answer == Answer::Failed {
+                self.count_error();
                 got.error = failure(py, &mut flow, got.failed.take(), got.error.take());
                 continue;
             }
@@ -275,6 +276,7 @@ impl CachedFunction {
         let backend = match &r.backend {
             Ok(b) => b,
             Err((e, _)) => {
+                this.count_error();
                 Self::backend_failed(py, &r, e.clone_ref(py))?;
                 return this.call_func(py, args, kwargs);
             }

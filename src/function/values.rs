@@ -14,8 +14,12 @@ use crate::errors::repr_of;
 /// Hit and miss counters of one decorated function.
 pub struct Stats {
     pub package: Option<String>,
+    /// The function's `__qualname__`, for [`metrics`].
+    pub function: String,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Backend failures its calls met (each a miss, or raised).
+    pub errors: AtomicU64,
 }
 
 pub(crate) static ALL_STATS: LazyLock<Mutex<Vec<Weak<Stats>>>> =
@@ -98,4 +102,39 @@ impl CacheInfo {
             self.hits, self.misses, self.currsize
         )
     }
+}
+
+/// Counters a service exports (`cachu.metrics()`): per decorated function its hits,
+/// misses and backend errors; per Redis server its outages so far and whether it is
+/// down now.
+#[pyfunction]
+pub fn metrics(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    use pyo3::types::{PyDict, PyList};
+    let functions = PyList::empty(py);
+    let all: Vec<_> = {
+        let mut all = ALL_STATS.lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.iter().filter_map(Weak::upgrade).collect()
+    };
+    for s in all {
+        let d = PyDict::new(py);
+        d.set_item("package", s.package.as_deref())?;
+        d.set_item("function", &s.function)?;
+        d.set_item("hits", s.hits.load(Ordering::Relaxed))?;
+        d.set_item("misses", s.misses.load(Ordering::Relaxed))?;
+        d.set_item("errors", s.errors.load(Ordering::Relaxed))?;
+        functions.append(d)?;
+    }
+    let servers = PyList::empty(py);
+    for (server, outages, down) in crate::backend::redis::connector::health_of_all() {
+        let d = PyDict::new(py);
+        d.set_item("server", server)?;
+        d.set_item("outages", outages)?;
+        d.set_item("down", down)?;
+        servers.append(d)?;
+    }
+    let out = PyDict::new(py);
+    out.set_item("functions", functions)?;
+    out.set_item("redis", servers)?;
+    Ok(out)
 }

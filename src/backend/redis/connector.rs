@@ -20,11 +20,11 @@ use crate::process::ForkLocal;
 const BREAKER: Duration = Duration::from_secs(1);
 /// Whether the server is reachable, and since when it is not.
 pub(crate) struct Health {
-    down: AtomicBool,
+    pub(crate) down: AtomicBool,
     /// Milliseconds since `epoch` before which calls fail without trying.
     retry_at: AtomicU64,
     epoch: Instant,
-    outages: AtomicU64,
+    pub(crate) outages: AtomicU64,
     /// The message of the current outage: the same text for every call of it.
     message: Mutex<String>,
     /// The outage that ended last, until it is reported ([`Health::take_recovery`]).
@@ -156,6 +156,25 @@ pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
         .entry(url.to_owned())
         .or_insert(fresh)
         .clone())
+}
+
+/// Every server this process has talked to: its URL as shown (password masked), how
+/// many outages it had, and whether it is down now.
+pub fn health_of_all() -> Vec<(String, u64, bool)> {
+    let all: Vec<Arc<Connector>> = CONNECTORS.lock().values().cloned().collect();
+    let mut out: Vec<(String, u64, bool)> = all
+        .iter()
+        .map(|c| {
+            (
+                c.endpoint.shown.clone(),
+                c.health.outages.load(Ordering::Relaxed),
+                c.health.down.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
 }
 
 /// Drops the connection of every URL; the next call connects again.
