@@ -259,6 +259,21 @@ impl CachedFunction {
         }
     }
 
+    /// The settings and key a write helper (`.set`, `.invalidate`) uses, or `None`
+    /// while caching is off (nothing is written).
+    fn key_to_write(
+        &self,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<(Arc<Resolved>, String)>> {
+        if self.is_off() {
+            return Ok(None);
+        }
+        let r = self.resolve();
+        let key = self.key(&r, args, kwargs)?;
+        Ok(Some((r, key)))
+    }
+
     /// Any call, as `tp_call` receives it.
     fn call_packed<'py>(
         slf: &Bound<'py, Self>,
@@ -439,11 +454,9 @@ impl CachedFunction {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        if self.is_off() {
+        let Some((r, key)) = self.key_to_write(args, kwargs)? else {
             return Ok(());
-        }
-        let r = self.resolve();
-        let key = self.key(&r, args, kwargs)?;
+        };
         let ttl = self.ttl_to_set(value, CallArgs::of(args, kwargs))?;
         self.backend_or_err(py, &r)?.set(value, &key, ttl)
     }
@@ -458,11 +471,9 @@ impl CachedFunction {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        if self.is_off() {
+        let Some((r, key)) = self.key_to_write(args, kwargs)? else {
             return Ok(());
-        }
-        let r = self.resolve();
-        let key = self.key(&r, args, kwargs)?;
+        };
         self.backend_or_err(py, &r)?.delete(py, &key)
     }
 
