@@ -370,3 +370,18 @@ def test_past_the_cache_deadline_a_call_stores_nothing_and_returns(mode, redis_u
         assert call(1) == 1
         assert len(runs) == expected_runs, (deadline, runs)
         assert not [k for k in redis_server.client().keys("lock:*")], "a lease was left held"
+
+
+def test_get_redis_client_takes_0_2_and_0_6_forms(redis_url, redis_server):
+    cachu.configure(package=PKG, redis_url=redis_url)
+    for client in (
+        cachu.get_redis_client(package=PKG),
+        cachu.get_redis_client(
+            cachu.get_config(package=PKG).redis_url,
+            health_check_interval=30,
+            socket_timeout=1.0,
+            retry_count=2,
+        ),
+    ):
+        client.set("direct_key", "value")
+        assert redis_server.client().get("direct_key") == b"value"

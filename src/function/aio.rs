@@ -734,7 +734,8 @@ impl Drop for AsyncCall {
     /// wait for it start again instead of waiting out `lock_timeout`.
     fn drop(&mut self) {
         if self.leading.is_some() {
-            Python::attach(|py| self.publish(py, None));
+            // Not at interpreter exit, when nothing waits any more.
+            let _ = Python::try_attach(|py| self.publish(py, None));
         }
     }
 }
