@@ -116,21 +116,27 @@ impl AsyncCachedFunction {
         }
         let r = this.resolve_here();
         let backend = match &r.backend {
-            Ok(b) => b.clone(),
+            Ok(b) => b,
             Err((e, _)) => {
+                this.count_error();
                 CachedFunction::backend_failed(py, &r, e.clone_ref(py))?;
                 return this.call_func(py, args, kwargs);
             }
         };
         let key = this.key_in_buffer(&r, args, kwargs)?;
-        let policy = r.policy(&backend, flags.overwrite);
-        let flow = if backend.is_local() && !flags.overwrite {
-            if let Some(v) = this.lookup(py, &r, &backend, &key, CallArgs::of(args, kwargs))? {
+        // A memory hit keeps its straight line: the flow's own read, then the flow.
+        let local = backend.is_local() && !flags.overwrite;
+        if local {
+            if let Some(v) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
                 return match &self.hit {
                     None => Ok(Ready::new(py, Ok(v))?.into_any()),
                     Some(hit) => hit.bind(py).call1((v,)),
                 };
             }
+        }
+        let backend = backend.clone();
+        let policy = r.policy(&backend, flags.overwrite);
+        let flow = if local {
             Flow::missed(policy)
         } else {
             Flow::start(policy)
