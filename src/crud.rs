@@ -20,6 +20,12 @@ pub fn cached_of<'py>(func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, CachedFun
     if let Ok(f) = func.cast::<CachedFunction>() {
         return Ok(f.clone());
     }
+    // A function under a bare `@cache`.
+    if let Ok(d) = func.cast::<crate::function::decorator::Decorator>() {
+        if let Some(f) = d.get().bare_function(py)? {
+            return cached_of(&f.clone());
+        }
+    }
     for attr in [intern!(py, "__func__"), intern!(py, "__cachu__")] {
         if let Ok(inner) = func.getattr(attr) {
             if let Ok(f) = inner.cast_into::<CachedFunction>() {

@@ -109,3 +109,51 @@ def test_async_functions_have_the_same_helpers():
     asyncio.run(main())
     sync_helpers = {"get", "set", "invalidate", "refresh", "original", "cache_key", "cache_info"}
     assert all(callable(getattr(get_user, name)) for name in sync_helpers | {"clear"})
+
+
+def test_bare_cache_without_parentheses_is_cache_with_defaults():
+    runs = []
+
+    @cachu.cache
+    def get_user(user_id):
+        runs.append(user_id)
+        return {"id": user_id}
+
+    assert get_user(1) == get_user(1) == {"id": 1}
+    assert runs == [1]
+    assert get_user.__name__ == "get_user"
+    assert get_user.cache_key(1).startswith("5m:get_user|")  # the default ttl, 300
+    assert get_user.get(user_id=1) == {"id": 1}
+    assert cachu.cache_info(get_user).hits == 1
+
+    class Repo:
+        @cachu.cache
+        def find(self, x):
+            runs.append(("find", x))
+            return x
+
+    assert Repo().find(2) == Repo().find(2) == 2
+    assert runs.count(("find", 2)) == 1
+
+    @cachu.cache
+    async def fetch(x):
+        runs.append(("fetch", x))
+        return x
+
+    async def main():
+        assert await fetch(3) == await fetch(3) == 3
+
+    asyncio.run(main())
+    assert runs.count(("fetch", 3)) == 1
+
+
+def test_a_named_function_given_by_position_is_still_a_dynamic_ttl():
+    def compute_ttl(result):
+        return 3600 if result["stable"] else 60
+
+    @cachu.cache(compute_ttl)  # cachu 0.2.7 takes the ttl by position
+    def get_data(x):
+        return {"stable": x > 0}
+
+    assert get_data(1) == {"stable": True}
+    assert get_data.cache_key(1).startswith("-1s:get_data|")

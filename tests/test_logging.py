@@ -131,3 +131,15 @@ def test_metrics_count_per_function_and_export_to_prometheus(tmp_path):
     qualname = get_user.__qualname__
     assert f'cachu_hits_total{{function="{qualname}",package="metered"}} 2.0' in text
     assert "cachu_redis_down{server=" in text
+
+    cachu.configure(package="metered_file", backend="file", file_dir=str(tmp_path))
+
+    @cachu.cache(ttl=300, package="metered_file")
+    def on_file(x):
+        return x
+
+    on_file(1)
+    on_file(1)
+    region = [b for b in cachu.metrics()["backends"] if b["package"] == "metered_file"]
+    assert len(region) == 1 and region[0]["operations"] >= 3 and region[0]["seconds"] > 0
+    assert "cachu_backend_seconds_total{" in generate_latest(registry).decode()

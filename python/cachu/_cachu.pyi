@@ -230,7 +230,8 @@ class DisabledScopes:
 
 def get_disabled_scopes() -> DisabledScopes: ...
 def metrics() -> dict[str, list[dict[str, Any]]]:
-    """Hits, misses and backend errors per decorated function; outages per Redis server."""
+    """Hits, misses and backend errors per decorated function; outages per Redis server;
+    backend operations and their time per region."""
 
 @final
 class ConfigSnapshot:

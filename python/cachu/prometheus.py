@@ -7,7 +7,9 @@
 
 Exports ``cachu_hits_total``, ``cachu_misses_total`` and ``cachu_backend_errors_total``
 labelled by package and function, and ``cachu_redis_outages_total`` and
-``cachu_redis_down`` labelled by server (password masked), read at each scrape.
+``cachu_redis_down`` labelled by server (password masked), and
+``cachu_backend_operations_total`` / ``cachu_backend_seconds_total`` per region (their
+ratio is the mean latency of a backend operation), read at each scrape.
 """
 
 from __future__ import annotations
@@ -55,3 +57,16 @@ class CachuCollector(Collector):
             down.add_metric([s["server"]], 1.0 if s["down"] else 0.0)
         yield outages
         yield down
+        region = ["package", "backend", "ttl"]
+        ops = CounterMetricFamily(
+            "cachu_backend_operations", "Backend operations of sync calls.", labels=region
+        )
+        seconds = CounterMetricFamily(
+            "cachu_backend_seconds", "Time backend operations of sync calls took.", labels=region
+        )
+        for b in m["backends"]:
+            labels_of = [str(b["package"]), b["backend"], str(b["ttl"])]
+            ops.add_metric(labels_of, b["operations"])
+            seconds.add_metric(labels_of, b["seconds"])
+        yield ops
+        yield seconds

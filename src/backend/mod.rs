@@ -45,6 +45,10 @@ pub struct Backend {
     pub package: Option<String>,
     pub ttl: i64,
     pub(crate) store: Store,
+    /// The backend operations of sync calls (file, Redis) and the time they took,
+    /// for `cachu.metrics()`.
+    pub(crate) io_ops: std::sync::atomic::AtomicU64,
+    pub(crate) io_ns: std::sync::atomic::AtomicU64,
 }
 
 fn matches(pattern: Option<&str>, key: &str) -> bool {
@@ -88,6 +92,8 @@ impl Backend {
             package,
             ttl,
             store,
+            io_ops: std::sync::atomic::AtomicU64::new(0),
+            io_ns: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -99,7 +105,12 @@ impl Backend {
         b: &Arc<dyn ByteStore>,
         f: impl FnOnce() -> T + Send,
     ) -> T {
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
         let out = py.detach(f);
+        self.io_ops.fetch_add(1, Relaxed);
+        self.io_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
         if let Some(message) = b.take_recovery() {
             crate::warn::log(py, crate::warn::Level::Info, &message);
         }

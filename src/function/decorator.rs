@@ -3,6 +3,7 @@
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use super::options::Options;
 use super::CachedFunction;
@@ -10,34 +11,38 @@ use crate::errors::{repr_of, CacheError};
 use crate::vectorcall;
 
 /// The decorator that `cache(...)` returns.
+///
+/// `@cache` without parentheses hands the function itself to `cache()`, where a
+/// dynamic TTL would stand (`cache(compute_ttl)`, which cachu 0.2.7 takes). A named
+/// function given so is both: if the decorator is then applied to a function, it is
+/// that function's dynamic TTL; if it is called otherwise, it stands for that
+/// function cached with the default options (`@cache` is `@cache()`), made on first
+/// use. A bare-decorated function called with one function as its only argument is
+/// taken for the first case: such a function is decorated with `@cache()`.
 #[pyclass(frozen, module = "cachu._cachu")]
 pub struct Decorator {
+    /// The options, or `None` when the callable given cannot be a TTL (bare use only).
     options: Mutex<Option<Options>>,
+    /// `@cache` without parentheses: the function, and the default options.
+    bare: Option<(Py<PyAny>, Options)>,
+    decorated: PyOnceLock<Py<PyAny>>,
 }
 
 impl Decorator {
     pub fn new(options: Options) -> Self {
         Decorator {
             options: Mutex::new(Some(options)),
+            bare: None,
+            decorated: PyOnceLock::new(),
         }
     }
-}
 
-#[pymethods]
-impl Decorator {
-    fn __call__(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        if !func.is_callable() {
-            return Err(
-                CacheError::config("func", repr_of(func), "@cache decorates a function").into(),
-            );
-        }
-        let options = {
-            let opts = self.options.lock();
-            opts.as_ref().map(|o| o.clone_ref(py))
-        }
-        .ok_or_else(|| {
-            CacheError::config("func", repr_of(func), "this decorator was already used")
-        })?;
+    fn decorate(
+        &self,
+        py: Python<'_>,
+        func: &Bound<'_, PyAny>,
+        options: Options,
+    ) -> PyResult<Py<PyAny>> {
         let is_async = py
             .import("inspect")?
             .getattr("iscoroutinefunction")?
@@ -62,9 +67,104 @@ impl Decorator {
         }
         Ok(cached.into_any().unbind())
     }
+
+    /// What a bare `@cache` stands for: its function, cached with the default options.
+    pub(crate) fn bare_function<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<&Bound<'py, PyAny>>> {
+        let Some((func, defaults)) = &self.bare else {
+            return Ok(None);
+        };
+        let decorated = self.decorated.get_or_try_init(py, || {
+            self.decorate(py, func.bind(py), defaults.clone_ref(py))
+        })?;
+        Ok(Some(decorated.bind(py)))
+    }
 }
 
-/// `cache(...)`: a decorator that caches a function's results.
+#[pymethods]
+impl Decorator {
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, pyo3::types::PyTuple>,
+        kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let no_keywords = kwargs.is_none_or(pyo3::types::PyDictMethods::is_empty);
+        let options = self.options.lock().as_ref().map(|o| o.clone_ref(py));
+        if let (1, true, Some(options)) = (args.len(), no_keywords, options) {
+            let func = args.get_item(0)?;
+            if func.is_callable() {
+                return Ok(self.decorate(py, &func, options)?.into_bound(py));
+            }
+            if self.bare.is_none() {
+                return Err(CacheError::config(
+                    "func",
+                    repr_of(&func),
+                    "@cache decorates a function",
+                )
+                .into());
+            }
+        }
+        match self.bare_function(py)? {
+            Some(f) => f.call(args, kwargs),
+            None => {
+                Err(
+                    CacheError::config("func", repr_of(args), "@cache(...) decorates one function")
+                        .into(),
+                )
+            }
+        }
+    }
+
+    /// A bare `@cache`'s function's attributes (`.get`, `__name__`, ...).
+    fn __getattr__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        match self.bare_function(py)? {
+            Some(f) => f.getattr(name),
+            None => Err(pyo3::exceptions::PyAttributeError::new_err(format!(
+                "'Decorator' object has no attribute '{name}'"
+            ))),
+        }
+    }
+
+    /// A bare `@cache` on a method, looked up on an instance.
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        obj: Option<&Bound<'py, PyAny>>,
+        owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        match slf.get().bare_function(py)? {
+            Some(f) => f.call_method1(
+                "__get__",
+                (
+                    obj.map_or_else(|| py.None().into_bound(py), Clone::clone),
+                    owner.cloned(),
+                ),
+            ),
+            None => Ok(slf.clone().into_any()),
+        }
+    }
+}
+
+/// Whether `value`, given where a TTL stands, may be a function under a bare `@cache`:
+/// a function defined with `def` (a lambda is a TTL).
+fn may_be_bare(value: &Bound<'_, PyAny>) -> bool {
+    let py = value.py();
+    py.import("inspect")
+        .and_then(|i| i.getattr("isfunction")?.call1((value,)))
+        .and_then(|r| r.is_truthy())
+        .unwrap_or(false)
+        && value
+            .getattr(pyo3::intern!(py, "__name__"))
+            .and_then(|n| n.extract::<String>())
+            .is_ok_and(|n| n != "<lambda>")
+}
+
+/// `cache(...)`: a decorator that caches a function's results (`@cache(ttl=300)`; bare
+/// `@cache` is `@cache()`).
 #[pyfunction]
 #[pyo3(signature = (ttl=None, backend=None, tag=None, exclude=None, cache_if=None, validate=None, package=None))]
 pub fn cache(
@@ -78,6 +178,17 @@ pub fn cache(
     package: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Decorator> {
     let default_ttl = 300_i64.into_pyobject(py)?.into_any();
+    let others = [backend, tag, exclude, cache_if, validate, package];
+    if let Some(func) = ttl.filter(|t| may_be_bare(t) && others.iter().all(Option::is_none)) {
+        // Both readings are kept; the use decides (see `Decorator`).
+        let defaults = Options::parse(py, &default_ttl, None, None, None, None, None, None)?;
+        let as_ttl = Options::parse(py, func, None, None, None, None, None, None).ok();
+        return Ok(Decorator {
+            options: Mutex::new(as_ttl),
+            bare: Some((func.clone().unbind(), defaults)),
+            decorated: PyOnceLock::new(),
+        });
+    }
     let ttl = ttl.unwrap_or(&default_ttl);
     Ok(Decorator::new(Options::parse(
         py, ttl, backend, tag, exclude, cache_if, validate, package,

@@ -106,7 +106,8 @@ impl CacheInfo {
 
 /// Counters a service exports (`cachu.metrics()`): per decorated function its hits,
 /// misses and backend errors; per Redis server its outages so far and whether it is
-/// down now.
+/// down now; per file or Redis region the backend operations of sync calls and the
+/// seconds they took (a mean latency between two scrapes).
 #[pyfunction]
 pub fn metrics(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     use pyo3::types::{PyDict, PyList};
@@ -133,8 +134,23 @@ pub fn metrics(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         d.set_item("down", down)?;
         servers.append(d)?;
     }
+    let regions = PyList::empty(py);
+    for b in crate::backend::registry::all_instances() {
+        let ops = b.io_ops.load(Ordering::Relaxed);
+        if ops == 0 {
+            continue;
+        }
+        let d = PyDict::new(py);
+        d.set_item("package", b.package.as_deref())?;
+        d.set_item("backend", b.kind.name())?;
+        d.set_item("ttl", b.ttl)?;
+        d.set_item("operations", ops)?;
+        d.set_item("seconds", b.io_ns.load(Ordering::Relaxed) as f64 / 1e9)?;
+        regions.append(d)?;
+    }
     let out = PyDict::new(py);
     out.set_item("functions", functions)?;
     out.set_item("redis", servers)?;
+    out.set_item("backends", regions)?;
     Ok(out)
 }
