@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -14,7 +15,7 @@ import textwrap
 import threading
 import time
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -423,3 +424,90 @@ def tls_redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     server = RedisServer(directory, tls=make_tls_files(directory))
     yield server
     server.stop()
+
+
+# One behaviour on every backend, sync and async: the parity fixture.
+
+
+class Flavor:
+    """One backend and one way of calling: decorates plain bodies as sync or async
+    functions of a package configured for the backend, and calls them."""
+
+    def __init__(self, backend: str, mode: str, package: str) -> None:
+        self.backend = backend
+        self.mode = mode
+        self.package = package
+        self.loop = asyncio.new_event_loop() if mode == "async" else None
+
+    def cache(self, body: Callable[..., Any], **options: Any) -> Any:
+        """``body`` decorated with ``@cache(**options)``, as a coroutine function in the
+        async mode (awaiting ``delay`` seconds first, where a body asks for it)."""
+        options.setdefault("ttl", 300)
+        decorate = cachu.cache(package=self.package, **options)
+        if self.mode == "sync":
+            return decorate(body)
+
+        # The body's signature (through __wrapped__) makes the keys, as for sync.
+        @functools.wraps(body)
+        async def coroutine(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(getattr(body, "delay", 0))
+            return body(*args, **kwargs)
+
+        return decorate(coroutine)
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.loop is None:
+            return fn(*args, **kwargs)
+        return self.loop.run_until_complete(fn(*args, **kwargs))
+
+    def call_together(self, fn: Any, n: int, *args: Any) -> list[Any]:
+        """``n`` concurrent calls: threads for sync functions, tasks of one loop for
+        async ones."""
+        if self.loop is None:
+            out: list[Any] = [None] * n
+            barrier = threading.Barrier(n)
+
+            def run(i: int) -> None:
+                barrier.wait()
+                out[i] = fn(*args)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            return out
+
+        async def together() -> list[Any]:
+            return list(await asyncio.gather(*(fn(*args) for _ in range(n))))
+
+        return self.loop.run_until_complete(together())
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+
+def configure_flavor(flavor: Flavor, tmp_path: Any, redis_url: str, **options: Any) -> None:
+    cachu.configure(
+        package=flavor.package,
+        backend=flavor.backend,
+        file_dir=str(tmp_path),
+        redis_url=redis_url,
+        **options,
+    )
+
+
+@pytest.fixture(
+    params=[(b, m) for b in ("memory", "file", "redis") for m in ("sync", "async")],
+    ids=lambda p: "-".join(p),
+)
+def flavor(request: Any, tmp_path: Any) -> Iterator[Flavor]:
+    backend, mode = request.param
+    url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:1/0"
+    f = Flavor(backend, mode, f"parity_{backend}_{mode}")
+    configure_flavor(f, tmp_path, url, on_backend_error="miss", lock_timeout=10)
+    f.url = url  # type: ignore[attr-defined]
+    yield f
+    f.close()

@@ -4,104 +4,20 @@ through one fixture that runs each behaviour for memory, file and Redis, sync an
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import cachu
 from cachu import BackendError, CacheLockTimeout
-from conftest import free_port
+from conftest import Flavor, configure_flavor, free_port
 
-BACKENDS = ["memory", "file", "redis"]
 MODES = ["sync", "async"]
-
-
-class Flavor:
-    """One backend and one way of calling: decorates plain bodies as sync or async
-    functions of a package configured for the backend, and calls them."""
-
-    def __init__(self, backend: str, mode: str, package: str) -> None:
-        self.backend = backend
-        self.mode = mode
-        self.package = package
-        self.loop = asyncio.new_event_loop() if mode == "async" else None
-
-    def cache(self, body: Callable[..., Any], **options: Any) -> Any:
-        """``body`` decorated with ``@cache(**options)``, as a coroutine function in the
-        async mode (awaiting ``delay`` seconds first, where a body asks for it)."""
-        options.setdefault("ttl", 300)
-        decorate = cachu.cache(package=self.package, **options)
-        if self.mode == "sync":
-            return decorate(body)
-
-        # The body's signature (through __wrapped__) makes the keys, as for sync.
-        @functools.wraps(body)
-        async def coroutine(*args: Any, **kwargs: Any) -> Any:
-            await asyncio.sleep(getattr(body, "delay", 0))
-            return body(*args, **kwargs)
-
-        return decorate(coroutine)
-
-    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.loop is None:
-            return fn(*args, **kwargs)
-        return self.loop.run_until_complete(fn(*args, **kwargs))
-
-    def call_together(self, fn: Any, n: int, *args: Any) -> list[Any]:
-        """``n`` concurrent calls: threads for sync functions, tasks of one loop for
-        async ones."""
-        if self.loop is None:
-            out: list[Any] = [None] * n
-            barrier = threading.Barrier(n)
-
-            def run(i: int) -> None:
-                barrier.wait()
-                out[i] = fn(*args)
-
-            threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            return out
-
-        async def together() -> list[Any]:
-            return list(await asyncio.gather(*(fn(*args) for _ in range(n))))
-
-        return self.loop.run_until_complete(together())
-
-    def close(self) -> None:
-        if self.loop is not None:
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-
-def configure(flavor: Flavor, tmp_path: Any, redis_url: str, **options: Any) -> None:
-    cachu.configure(
-        package=flavor.package,
-        backend=flavor.backend,
-        file_dir=str(tmp_path),
-        redis_url=redis_url,
-        **options,
-    )
-
-
-@pytest.fixture(params=[(b, m) for b in BACKENDS for m in MODES], ids=lambda p: "-".join(p))
-def flavor(request: Any, tmp_path: Any) -> Iterator[Flavor]:
-    backend, mode = request.param
-    url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:1/0"
-    f = Flavor(backend, mode, f"parity_{backend}_{mode}")
-    configure(f, tmp_path, url, on_backend_error="miss", lock_timeout=10)
-    f.url = url  # type: ignore[attr-defined]
-    yield f
-    f.close()
 
 
 class Unpicklable:
@@ -115,7 +31,7 @@ class Unpicklable:
 def test_an_unpicklable_result_is_returned_not_cached_and_said_so(
     flavor, tmp_path, on_backend_error
 ):
-    configure(flavor, tmp_path, flavor.url, on_backend_error=on_backend_error)
+    configure_flavor(flavor, tmp_path, flavor.url, on_backend_error=on_backend_error)
     runs = []
 
     def make(x):
@@ -290,7 +206,7 @@ def redis_down(mode: str, name: str, tmp_path: Any, **options: Any) -> Iterator[
     f = Flavor("redis", mode, f"parity_{name}_{mode}")
     f.url = f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=0.2"  # type: ignore[attr-defined]
     try:
-        configure(f, tmp_path, f.url, **options)  # type: ignore[attr-defined]
+        configure_flavor(f, tmp_path, f.url, **options)  # type: ignore[attr-defined]
         yield f
     finally:
         f.close()
@@ -309,7 +225,7 @@ def test_a_redis_outage_raises_backend_error_when_configured_to(mode, tmp_path):
         with pytest.raises(BackendError, match="unreachable"):
             f.call(fn, 1)
         assert runs == []
-        configure(f, tmp_path, f.url, on_backend_error="miss")  # type: ignore[attr-defined]
+        configure_flavor(f, tmp_path, f.url, on_backend_error="miss")  # type: ignore[attr-defined]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert f.call(fn, 1) == 1
@@ -340,7 +256,7 @@ def test_a_waiter_past_lock_timeout_raises_when_configured_to(backend, mode, tmp
     url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:1/0"
     f = Flavor(backend, mode, f"parity_timeout_{backend}_{mode}")
     try:
-        configure(f, tmp_path, url, lock_timeout=0.3, on_lock_timeout="raise")
+        configure_flavor(f, tmp_path, url, lock_timeout=0.3, on_lock_timeout="raise")
 
         def slow(x):
             time.sleep(1.0 if mode == "sync" else 0)
