@@ -81,6 +81,29 @@ fn first_pid() -> u32 {
     PID.load(Ordering::Relaxed)
 }
 
+/// A number drawn uniformly from [0, 1): a xorshift64* generator per thread, seeded
+/// from the hasher's per-process randomness (not for secrets).
+pub fn uniform() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(now_ns());
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        // The top 53 bits, as a fraction of 2^53.
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
 /// A value that belongs to the process that made it.
 pub struct ForkLocal<T> {
     slot: Mutex<Option<(u32, T)>>,
@@ -180,6 +203,15 @@ mod tests {
             libc::waitpid(child, std::ptr::null_mut(), 0);
             assert_eq!(ok, 1, "the child saw its parent's id");
         }
+    }
+
+    #[test]
+    fn uniform_numbers_fill_the_unit_interval() {
+        let draws: Vec<f64> = (0..10_000).map(|_| uniform()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        assert!(draws.iter().filter(|u| **u < 0.1).count() > 800);
     }
 
     #[test]

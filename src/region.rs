@@ -128,6 +128,24 @@ pub fn parse_region_ttl(value: &Bound<'_, PyAny>) -> PyResult<i64> {
         })
 }
 
+/// A TTL jitter: a number `0 <= J < 1` (`bool` is not a number here).
+pub fn parse_jitter(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let is_number = (value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
+        && !value.is_instance_of::<PyBool>();
+    is_number
+        .then(|| value.extract::<f64>().ok())
+        .flatten()
+        .filter(|j| (0.0..1.0).contains(j))
+        .ok_or_else(|| {
+            CacheError::config(
+                "ttl_jitter",
+                repr_of(value),
+                "expected a number J with 0 <= J < 1 (each TTL is ttl * (1 - J * U), U in [0, 1))",
+            )
+            .into()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

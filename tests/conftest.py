@@ -509,5 +509,6 @@ def flavor(request: Any, tmp_path: Any) -> Iterator[Flavor]:
     f = Flavor(backend, mode, f"parity_{backend}_{mode}")
     configure_flavor(f, tmp_path, url, on_backend_error="miss", lock_timeout=10)
     f.url = url  # type: ignore[attr-defined]
+    f.file_dir = tmp_path  # type: ignore[attr-defined]
     yield f
     f.close()

@@ -285,3 +285,49 @@ def _outcome(fn: Any, x: Any) -> Any:
         return fn(x)
     except CacheLockTimeout as e:
         return e
+
+
+def test_ttl_jitter_spreads_the_expiries_of_entries_filled_together(flavor, redis_server):
+    def value(x):
+        return x
+
+    fn = flavor.cache(value, ttl=1000, ttl_jitter=0.5)
+    for i in range(40):
+        flavor.call(fn, i)
+    if flavor.backend == "memory":
+        return  # memory keeps deadlines internally; its spread is checked below
+    if flavor.backend == "redis":
+        client = redis_server.client()
+        ttls = [client.ttl(k) for k in client.keys(f"16m:{value.__name__}|*")]
+    else:
+        import sqlite3
+
+        path = next(p for p in __import__("pathlib").Path(flavor.file_dir).glob("*16min.db"))
+        rows = sqlite3.connect(path).execute("SELECT expires_at - created_at FROM cache").fetchall()
+        ttls = [r[0] for r in rows]
+    assert len(ttls) == 40
+    assert all(499 <= t <= 1000 for t in ttls), ttls
+    assert max(ttls) - min(ttls) > 100, ttls  # spread, not all equal
+
+
+def test_ttl_jitter_expires_memory_entries_apart():
+    cachu.configure(package="jitter_memory", ttl_jitter=0.9)
+
+    @cachu.cache(ttl=2, package="jitter_memory")
+    def value(x):
+        return x
+
+    for i in range(50):
+        value(i)
+    time.sleep(1.1)  # a jitter of 0.9 keeps each for 0.2 to 2 s: about half are gone
+    left = cachu.cache_info(value).currsize
+    assert 5 < left < 45, left
+    assert cachu.get_config(package="jitter_memory").ttl_jitter == 0.9
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1, 1.5, True, "0.1"])
+def test_a_bad_ttl_jitter_is_refused_naming_it(bad):
+    with pytest.raises(cachu.ConfigurationError, match="ttl_jitter"):
+        cachu.cache(ttl=60, ttl_jitter=bad)
+    with pytest.raises(cachu.ConfigurationError, match="ttl_jitter"):
+        cachu.configure(package="jitter_bad", ttl_jitter=bad)

@@ -123,6 +123,8 @@ pub struct Config {
     /// shown; the client reconnects by itself (one try per breaker second).
     pub redis_retry_count: i64,
     pub redis_health_check_interval: i64,
+    /// `ttl_jitter`: the package's default for `@cache(ttl_jitter=...)` (0: none).
+    pub ttl_jitter: f64,
 }
 
 /// A key that is never shown.
@@ -153,6 +155,7 @@ impl Default for Config {
             redis_socket_timeout: None,
             redis_retry_count: 3,
             redis_health_check_interval: 30,
+            ttl_jitter: 0.0,
         }
     }
 }

@@ -226,6 +226,10 @@ impl PyConfig {
     fn redis_health_check_interval(&self) -> i64 {
         self.inner.redis_health_check_interval
     }
+    #[getter]
+    fn ttl_jitter(&self) -> f64 {
+        self.inner.ttl_jitter
+    }
 
     /// The settings as a plain dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -279,6 +283,7 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("redis_socket_timeout", c.redis_socket_timeout)?;
     d.set_item("redis_retry_count", c.redis_retry_count)?;
     d.set_item("redis_health_check_interval", c.redis_health_check_interval)?;
+    d.set_item("ttl_jitter", c.ttl_jitter)?;
     Ok(d)
 }
 

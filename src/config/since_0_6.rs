@@ -10,8 +10,8 @@ use crate::errors::{repr_of, CacheError, CacheResult};
 /// Every option `configure()` takes, for the message about one it does not.
 pub const ALL_OPTIONS: &str = "backend (or backend_default), key_prefix, file_dir, redis_url, \
 lock_timeout, on_backend_error (or fail_open), on_lock_timeout, memory_maxsize, memory_copy, \
-signing_key, cache_deadline, memory_sweep_interval, redis_socket_timeout, redis_retry_count and \
-redis_health_check_interval";
+signing_key, cache_deadline, memory_sweep_interval, redis_socket_timeout, redis_retry_count, \
+redis_health_check_interval and ttl_jitter";
 
 /// The 0.6 options given to one `configure()` call.
 #[derive(Default)]
@@ -23,6 +23,7 @@ pub struct Since06 {
     redis_socket_timeout: Option<f64>,
     redis_retry_count: Option<i64>,
     redis_health_check_interval: Option<i64>,
+    ttl_jitter: Option<f64>,
 }
 
 fn number(value: &Bound<'_, PyAny>) -> Option<f64> {
@@ -103,6 +104,7 @@ pub fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Since06> {
             "redis_retry_count" => {
                 out.redis_retry_count = Some(whole("redis_retry_count", &value)?);
             }
+            "ttl_jitter" => out.ttl_jitter = Some(crate::region::parse_jitter(&value)?),
             "redis_health_check_interval" => {
                 out.redis_health_check_interval =
                     Some(whole("redis_health_check_interval", &value)?);
@@ -151,6 +153,9 @@ impl Since06 {
         }
         if let Some(v) = self.redis_health_check_interval {
             cfg.redis_health_check_interval = v;
+        }
+        if let Some(v) = self.ttl_jitter {
+            cfg.ttl_jitter = v;
         }
     }
 }

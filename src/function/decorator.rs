@@ -166,7 +166,7 @@ fn may_be_bare(value: &Bound<'_, PyAny>) -> bool {
 /// `cache(...)`: a decorator that caches a function's results (`@cache(ttl=300)`; bare
 /// `@cache` is `@cache()`).
 #[pyfunction]
-#[pyo3(signature = (ttl=None, backend=None, tag=None, exclude=None, cache_if=None, validate=None, package=None))]
+#[pyo3(signature = (ttl=None, backend=None, tag=None, exclude=None, cache_if=None, validate=None, package=None, *, ttl_jitter=None))]
 pub fn cache(
     py: Python<'_>,
     ttl: Option<&Bound<'_, PyAny>>,
@@ -176,9 +176,16 @@ pub fn cache(
     cache_if: Option<&Bound<'_, PyAny>>,
     validate: Option<&Bound<'_, PyAny>>,
     package: Option<&Bound<'_, PyAny>>,
+    ttl_jitter: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Decorator> {
     let default_ttl = 300_i64.into_pyobject(py)?.into_any();
-    let others = [backend, tag, exclude, cache_if, validate, package];
+    let jitter = ttl_jitter
+        .filter(|j| !j.is_none())
+        .map(crate::region::parse_jitter)
+        .transpose()?;
+    let others = [
+        backend, tag, exclude, cache_if, validate, package, ttl_jitter,
+    ];
     if let Some(func) = ttl.filter(|t| may_be_bare(t) && others.iter().all(Option::is_none)) {
         // Both readings are kept; the use decides (see `Decorator`).
         let defaults = Options::parse(py, &default_ttl, None, None, None, None, None, None)?;
@@ -190,7 +197,7 @@ pub fn cache(
         });
     }
     let ttl = ttl.unwrap_or(&default_ttl);
-    Ok(Decorator::new(Options::parse(
-        py, ttl, backend, tag, exclude, cache_if, validate, package,
-    )?))
+    let mut options = Options::parse(py, ttl, backend, tag, exclude, cache_if, validate, package)?;
+    options.ttl_jitter = jitter;
+    Ok(Decorator::new(options))
 }

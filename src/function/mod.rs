@@ -76,6 +76,8 @@ pub(crate) struct Resolved {
     pub(crate) backend: Result<Arc<Backend>, (PyErr, Instant)>,
     pub(crate) lock_timeout: Duration,
     cache_deadline: Option<Duration>,
+    /// The TTL jitter in force (0: none).
+    ttl_jitter: f64,
     /// `on_backend_error='raise'`.
     raise_backend_errors: bool,
     /// `on_lock_timeout='raise'`.
@@ -178,6 +180,8 @@ pub struct CachedFunction {
     cache_if: Option<Py<PyAny>>,
     validate: Option<Py<PyAny>>,
     with_args: WithArgs,
+    /// `ttl_jitter=` of the decorator, else the package's.
+    ttl_jitter: Option<f64>,
     pub(crate) stats: Arc<Stats>,
     flights: Flights<Outcome>,
     resolved: RwLock<Option<Arc<Resolved>>>,
@@ -221,6 +225,7 @@ impl CachedFunction {
             cache_if: o.cache_if,
             validate: o.validate,
             with_args: o.with_args,
+            ttl_jitter: o.ttl_jitter,
             stats,
             flights: Flights::default(),
             resolved: RwLock::new(None),
@@ -295,6 +300,7 @@ impl CachedFunction {
             backend,
             lock_timeout: Duration::from_secs_f64(cfg.lock_timeout),
             cache_deadline: cfg.cache_deadline.map(Duration::from_secs_f64),
+            ttl_jitter: self.ttl_jitter.unwrap_or(cfg.ttl_jitter),
             raise_backend_errors: cfg.raise_backend_errors,
             raise_lock_timeout: cfg.raise_lock_timeout,
             copy: cfg.memory_copy || kind != BackendKind::Memory,
@@ -555,7 +561,9 @@ impl CachedFunction {
                 return Ok(None);
             }
         };
-        Ok(self.capture(r, result).map(|s| (s, ttl)))
+        Ok(self
+            .capture(r, result)
+            .map(|s| (s, jittered(ttl, r.ttl_jitter))))
     }
 
     /// What the cache keeps of a result, or `None` (said once) if it can be neither
@@ -714,6 +722,15 @@ pub(crate) fn failure(
         warn::backend_failed(py, e);
     }
     kept
+}
+
+/// `ttl * (1 - jitter * U)`, `U` uniform in [0, 1): entries filled together do not
+/// expire together. A jitter of 0 leaves the TTL as it is (no random number is drawn).
+pub(crate) fn jittered(ttl: f64, jitter: f64) -> f64 {
+    if jitter <= 0.0 || ttl <= 0.0 {
+        return ttl;
+    }
+    ttl * (1.0 - jitter * crate::process::uniform())
 }
 
 /// `CachedFunction[P, R]` in annotations evaluated at run time: a generic alias, as

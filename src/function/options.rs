@@ -51,6 +51,8 @@ pub struct Options {
     pub(crate) package: Option<String>,
     /// Which callbacks take the call's arguments too (`ttl`, `cache_if`, `validate`).
     pub(crate) with_args: WithArgs,
+    /// `ttl_jitter=J`: each stored TTL is `ttl * (1 - J * U)`; `None`: the package's.
+    pub(crate) ttl_jitter: Option<f64>,
 }
 
 /// Which callbacks take a second argument: the call's arguments as a dict (cachu 0.6).
@@ -189,6 +191,7 @@ impl Options {
             validate,
             package,
             with_args,
+            ttl_jitter: None,
         })
     }
 }
@@ -220,6 +223,7 @@ impl Options {
             validate: self.validate.as_ref().map(|f| f.clone_ref(py)),
             package: self.package.clone(),
             with_args: self.with_args,
+            ttl_jitter: self.ttl_jitter,
         }
     }
 }
