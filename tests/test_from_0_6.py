@@ -385,3 +385,34 @@ def test_get_redis_client_takes_0_2_and_0_6_forms(redis_url, redis_server):
     ):
         client.set("direct_key", "value")
         assert redis_server.client().get("direct_key") == b"value"
+
+
+def test_the_memory_backend_s_sweep_and_counters():
+    cachu.configure(package="mylib", memory_maxsize=10)
+
+    @cache(ttl=0, package="mylib")
+    def gone(x):
+        return x
+
+    @cache(ttl=300, package="mylib")
+    def kept(x):
+        return x
+
+    for i in range(5):
+        gone(i)  # a TTL of 0: expired at once
+    backend = cachu.get_backend("memory", package="mylib", ttl=0)
+    assert backend.sweep() == 5
+    assert (backend.evictions, backend.expired_swept) == (0, 5)
+    for i in range(30):
+        kept(i)
+    region = cachu.get_backend("memory", package="mylib", ttl=300)
+    assert region.evictions >= 20
+
+
+def test_a_redis_backend_s_client(redis_url, redis_server):
+    cachu.configure(package=PKG, redis_url=redis_url)
+    backend = cachu.get_backend("redis", PKG, ttl=300)
+    backend.client.set("direct_key", "value")
+    assert redis_server.client().get("direct_key") == b"value"
+    with pytest.raises(AttributeError, match="no Redis client"):
+        _ = cachu.get_backend("memory", PKG, ttl=300).client

@@ -301,6 +301,23 @@ impl Backend {
         }
     }
 
+    /// Removes the expired entries of a memory region now; returns how many (other
+    /// stores expire entries by themselves: 0).
+    pub fn sweep(&self) -> usize {
+        match &self.store {
+            Store::Memory(m) => m.sweep().len(),
+            _ => 0,
+        }
+    }
+
+    /// A memory region's entries evicted for the budget and expired ones swept so far.
+    pub fn memory_counters(&self) -> (u64, u64) {
+        match &self.store {
+            Store::Memory(m) => m.counters(),
+            _ => (0, 0),
+        }
+    }
+
     /// Removes one key.
     pub fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
         match &self.store {

@@ -124,6 +124,40 @@ impl PyBackend {
 
     fn close(&self) {}
 
+    /// Removes a memory region's expired entries now; returns how many (cachu 0.6).
+    fn sweep(&self) -> usize {
+        self.inner.sweep()
+    }
+
+    /// Entries a memory region evicted for `memory_maxsize` so far (cachu 0.6).
+    #[getter]
+    fn evictions(&self) -> u64 {
+        self.inner.memory_counters().0
+    }
+
+    /// Expired entries `sweep()` removed so far (cachu 0.6).
+    #[getter]
+    fn expired_swept(&self) -> u64 {
+        self.inner.memory_counters().1
+    }
+
+    /// A redis-py client for this Redis region's server (cachu 0.6's `backend.client`).
+    #[getter]
+    fn client<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.inner.kind != BackendKind::Redis {
+            return Err(pyo3::exceptions::PyAttributeError::new_err(format!(
+                "a {} backend has no Redis client",
+                self.inner.kind
+            )));
+        }
+        let url = config::config_of(self.inner.package.as_deref())
+            .redis_url
+            .clone();
+        py.import("cachu._redis")?
+            .getattr("get_redis_client")?
+            .call1((url,))
+    }
+
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.kind.name()

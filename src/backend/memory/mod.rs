@@ -292,6 +292,9 @@ pub struct MemoryStore<V> {
     clock: AtomicU64,
     /// When the last sweep by time ran (`Budget::set_sweep_interval`).
     swept_ns: AtomicU64,
+    /// Entries evicted for the budget, and expired entries swept, so far.
+    evicted: AtomicU64,
+    expired_swept: AtomicU64,
 }
 
 impl<V> Drop for MemoryStore<V> {
@@ -326,6 +329,8 @@ impl<V> MemoryStore<V> {
             budget,
             clock: AtomicU64::new(0),
             swept_ns: AtomicU64::new(now_ns()),
+            evicted: AtomicU64::new(0),
+            expired_swept: AtomicU64::new(0),
         }
     }
 
@@ -495,7 +500,18 @@ impl<V> MemoryStore<V> {
             sweep_map(&mut shard.map.write(), now, &mut out);
         }
         self.budget.freed(out.len());
+        self.expired_swept
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
         out
+    }
+
+    /// Entries evicted for the budget, and expired entries swept by [`MemoryStore::sweep`],
+    /// so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.evicted.load(Ordering::Relaxed),
+            self.expired_swept.load(Ordering::Relaxed),
+        )
     }
 
     /// Evicts least recently used entries, shard by shard, until the budget is met or
@@ -555,6 +571,8 @@ impl<V> MemoryStore<V> {
             );
         }
         self.budget.freed(batch - left);
+        self.evicted
+            .fetch_add((batch - left) as u64, Ordering::Relaxed);
     }
 
     /// The budget this store counts against.
