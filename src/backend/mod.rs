@@ -188,6 +188,30 @@ impl Backend {
         }
     }
 
+    /// What a byte store keeps of a captured value: its pickle (a value kept pickled is
+    /// written as is, not unpickled to be pickled again), signed when the package
+    /// signs. For every write, sync and async.
+    pub fn encode_stored(&self, py: Python<'_>, stored: &Stored) -> PyResult<Vec<u8>> {
+        Ok(match stored {
+            Stored::Pickled(data) => self.encode(data.bind(py).as_bytes()),
+            other => self.encode(codec::dumps(&other.materialize(py)?)?.as_bytes()),
+        })
+    }
+
+    /// Writes a pickled value created now.
+    fn write_bytes(
+        &self,
+        py: Python<'_>,
+        store: &Arc<dyn ByteStore>,
+        key: &str,
+        data: &[u8],
+        ttl: f64,
+    ) -> PyResult<()> {
+        let created = unix_now();
+        self.io(py, store, || store.set(key, data, created, ttl))?;
+        Ok(())
+    }
+
     /// Whether misses take a lease that other processes honour (Redis).
     pub fn has_leases(&self) -> bool {
         matches!(&self.store, Store::Bytes(b) if b.has_leases())
@@ -233,16 +257,9 @@ impl Backend {
                 None => Ok(()),
             };
         };
-        let pickled = match value {
-            Some((Stored::Pickled(data), ttl)) => {
-                Some((self.encode(data.bind(py).as_bytes()), ttl))
-            }
-            Some((stored, ttl)) => Some((
-                self.encode(codec::dumps(&stored.materialize(py)?)?.as_bytes()),
-                ttl,
-            )),
-            None => None,
-        };
+        let pickled = value
+            .map(|(stored, ttl)| Ok::<_, PyErr>((self.encode_stored(py, stored)?, ttl)))
+            .transpose()?;
         let created = unix_now();
         let value = pickled
             .as_ref()
@@ -265,7 +282,7 @@ impl Backend {
             }
             Store::Bytes(b) => {
                 let data = self.encode(codec::dumps(value)?.as_bytes());
-                write_bytes(py, b.as_ref(), key, &data, ttl)?;
+                self.write_bytes(py, b, key, &data, ttl)?;
             }
             Store::Null => {}
         }
@@ -281,14 +298,10 @@ impl Backend {
                 self.keep_budget(m);
                 Ok(())
             }
-            // Already pickled: written as is, not unpickled to be pickled again.
-            Store::Bytes(b) => match stored {
-                Stored::Pickled(data) => {
-                    let data = self.encode(data.bind(py).as_bytes());
-                    write_bytes(py, b.as_ref(), key, &data, ttl)
-                }
-                _ => self.set(&stored.materialize(py)?, key, ttl),
-            },
+            Store::Bytes(b) => {
+                let data = self.encode_stored(py, stored)?;
+                self.write_bytes(py, b, key, &data, ttl)
+            }
             Store::Null => Ok(()),
         }
     }
@@ -361,7 +374,7 @@ impl Backend {
     pub fn keys(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<Vec<String>> {
         Ok(match &self.store {
             Store::Memory(m) => m.keys_matching(|k| matches(pattern, k)),
-            Store::Bytes(b) => py.detach(|| b.keys(pattern))?,
+            Store::Bytes(b) => self.io(py, b, || b.keys(pattern))?,
             Store::Null => Vec::new(),
         })
     }
@@ -372,7 +385,7 @@ impl Backend {
             Store::Memory(m) => m.count_matching(|k| k.starts_with(prefix)),
             Store::Bytes(b) => {
                 let pattern = format!("{}*", escape_glob(prefix));
-                py.detach(|| b.keys(Some(&pattern)))?.len()
+                self.io(py, b, || b.keys(Some(&pattern)))?.len()
             }
             Store::Null => 0,
         })
@@ -484,19 +497,6 @@ fn decode_or_discard<'py>(
             None
         }
     }
-}
-
-/// Writes a pickled value created now, with the GIL released.
-fn write_bytes(
-    py: Python<'_>,
-    store: &dyn ByteStore,
-    key: &str,
-    data: &[u8],
-    ttl: f64,
-) -> PyResult<()> {
-    let created = unix_now();
-    py.detach(|| store.set(key, data, created, ttl))?;
-    Ok(())
 }
 
 pub use crate::pattern::escape_glob;
