@@ -1,7 +1,6 @@
 //! `@cache(...)`: the decorator, which makes a [`CachedFunction`] of a function (and of
 //! a coroutine function, the async front of `_async.py` around it).
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
@@ -22,7 +21,7 @@ use crate::vectorcall;
 #[pyclass(frozen, module = "cachu._cachu")]
 pub struct Decorator {
     /// The options, or `None` when the callable given cannot be a TTL (bare use only).
-    options: Mutex<Option<Options>>,
+    options: Option<Options>,
     /// `@cache` without parentheses: the function, and the default options.
     bare: Option<(Py<PyAny>, Options)>,
     decorated: PyOnceLock<Py<PyAny>>,
@@ -31,7 +30,7 @@ pub struct Decorator {
 impl Decorator {
     pub fn new(options: Options) -> Self {
         Decorator {
-            options: Mutex::new(Some(options)),
+            options: Some(options),
             bare: None,
             decorated: PyOnceLock::new(),
         }
@@ -93,11 +92,12 @@ impl Decorator {
         kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let no_keywords = kwargs.is_none_or(pyo3::types::PyDictMethods::is_empty);
-        let options = self.options.lock().as_ref().map(|o| o.clone_ref(py));
-        if let (1, true, Some(options)) = (args.len(), no_keywords, options) {
+        if let (1, true, Some(options)) = (args.len(), no_keywords, &self.options) {
             let func = args.get_item(0)?;
             if func.is_callable() {
-                return Ok(self.decorate(py, &func, options)?.into_bound(py));
+                return Ok(self
+                    .decorate(py, &func, options.clone_ref(py))?
+                    .into_bound(py));
             }
             if self.bare.is_none() {
                 return Err(CacheError::config(
@@ -191,7 +191,7 @@ pub fn cache(
         let defaults = Options::parse(py, &default_ttl, None, None, None, None, None, None)?;
         let as_ttl = Options::parse(py, func, None, None, None, None, None, None).ok();
         return Ok(Decorator {
-            options: Mutex::new(as_ttl),
+            options: as_ttl,
             bare: Some((func.clone().unbind(), defaults)),
             decorated: PyOnceLock::new(),
         });

@@ -297,12 +297,15 @@ impl CachedFunction {
             }
         };
         let key = this.key_in_buffer(&r, args, kwargs)?;
-        let policy = r.policy(backend, flags.overwrite);
         // A memory hit keeps its straight line: the flow's own read, then the flow.
-        let flow = if !policy.leases && !flags.overwrite {
+        let local = !backend.has_leases() && !flags.overwrite;
+        if local {
             if let Some(v) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
                 return Ok(v);
             }
+        }
+        let policy = r.policy(backend, flags.overwrite);
+        let flow = if local {
             Flow::missed(policy)
         } else {
             Flow::start(policy)
