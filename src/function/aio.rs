@@ -26,7 +26,7 @@ use super::{
 };
 use crate::backend::redis::wire;
 use crate::backend::{decode, Backend, ByteStore, Decoded, LeaseReply};
-use crate::codec::{self, Stored};
+use crate::codec::Stored;
 use crate::config::{self, BackendKind};
 use crate::flow::{Answer, Flow, Step};
 use crate::lease::lease_token;
@@ -296,38 +296,53 @@ impl AsyncCall {
     }
 
     fn answer(&mut self, answer: Answer) {
-        if let Some(t) = self.io_started.take() {
-            self.flow.charge(t.elapsed());
-        }
+        self.charge_io();
         self.flow.answer(answer);
-        if !self.flow.holds_lease() {
-            self.held = None;
-        }
+        self.forget_released_lease();
     }
 
     /// A backend error at the current step (see [`failure`]).
     fn fail(&mut self, py: Python<'_>, e: Option<PyErr>) {
-        if let Some(t) = self.io_started.take() {
-            self.flow.charge(t.elapsed());
-        }
+        self.charge_io();
         if e.is_some() {
             self.cached.get().count_error();
         }
         let kept = self.error.take();
         self.error = failure(py, &mut self.flow, e, kept);
+        self.forget_released_lease();
+    }
+
+    /// Counts the time of the I/O just awaited (with a `cache_deadline`).
+    fn charge_io(&mut self) {
+        if let Some(t) = self.io_started.take() {
+            self.flow.charge(t.elapsed());
+        }
+    }
+
+    /// Once the flow no longer holds the lease, neither does this process.
+    fn forget_released_lease(&mut self) {
         if !self.flow.holds_lease() {
             self.held = None;
         }
     }
 
+    /// The call's arguments, for the callbacks that take them.
+    fn call_args<'py>(&self, py: Python<'py>) -> (Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>) {
+        (
+            self.args.bind(py).clone(),
+            self.kwargs.as_ref().map(|k| k.bind(py).clone()),
+        )
+    }
+
     /// A value found: validated (and counted, with the hit).
     fn found(&mut self, py: Python<'_>, value: Bound<'_, PyAny>, created_at: f64) -> PyResult<()> {
-        let (args, kwargs) = (self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
-        match self
-            .cached
-            .get()
-            .validated(py, value, created_at, CallArgs::of(args, kwargs))?
-        {
+        let (args, kwargs) = self.call_args(py);
+        match self.cached.get().validated(
+            py,
+            value,
+            created_at,
+            CallArgs::of(&args, kwargs.as_ref()),
+        )? {
             Some(v) => {
                 self.value = Some(v.unbind());
                 self.answer(Answer::Found);
@@ -470,11 +485,8 @@ impl AsyncCall {
         let Some((stored, ttl)) = self.prepare_store(py)? else {
             return Ok(None);
         };
-        let pickle = match &stored {
-            Stored::Pickled(data) => data.bind(py).as_bytes().to_vec(),
-            other => codec::dumps(&other.materialize(py)?)?.as_bytes().to_vec(),
-        };
-        Ok(Some((self.backend.encode(&pickle), unix_now(), ttl)))
+        let data = self.backend.encode_stored(py, &stored)?;
+        Ok(Some((data, unix_now(), ttl)))
     }
 
     /// The `Store` step's decisions: what is kept and for how long, published to the
@@ -487,8 +499,8 @@ impl AsyncCall {
             .clone_ref(py);
         let result = result.bind(py);
         let this = self.cached.get();
-        let (args, kwargs) = (self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
-        match this.to_store(&self.r, result, CallArgs::of(args, kwargs)) {
+        let (args, kwargs) = self.call_args(py);
+        match this.to_store(&self.r, result, CallArgs::of(&args, kwargs.as_ref())) {
             Ok(value) => {
                 let shared = CachedFunction::published(py, result, value.as_ref().map(|(s, _)| s));
                 self.publish(py, Some(Ok(&shared.materialize(py)?)));
@@ -509,9 +521,13 @@ impl AsyncCall {
             match step {
                 Step::Read if local => {
                     let this = self.cached.get();
-                    let (args, kwargs) =
-                        (self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)));
-                    match this.read(py, &self.backend, &self.key, CallArgs::of(args, kwargs))? {
+                    let (args, kwargs) = self.call_args(py);
+                    match this.read(
+                        py,
+                        &self.backend,
+                        &self.key,
+                        CallArgs::of(&args, kwargs.as_ref()),
+                    )? {
                         Ok(Some(v)) => {
                             self.value = Some(v.unbind());
                             self.answer(Answer::Found);
