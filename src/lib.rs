@@ -52,6 +52,10 @@ mod _cachu {
     #[pymodule_export]
     use crate::function::CachedFunction;
     #[pymodule_export]
+    use crate::pattern::_escape_glob;
+    #[pymodule_export]
+    use crate::region::{_region_name, _ttl_of_region, _ttl_of_sqlite_file};
+    #[pymodule_export]
     use crate::runtime::_shutdown_runtime;
 
     use pyo3::prelude::*;

@@ -90,6 +90,12 @@ pub fn tag_pattern(tag: &str) -> Option<String> {
     (!tag.is_empty()).then(|| format!("*{}*", escape_glob(&tag)))
 }
 
+/// [`escape_glob`], for the command line.
+#[pyo3::pyfunction]
+pub fn _escape_glob(literal: &str) -> String {
+    escape_glob(literal)
+}
+
 /// Escapes the glob metacharacters of a literal (`*`, `?`, `[`), for SQLite's GLOB,
 /// Redis' MATCH and [`glob_match`] alike.
 pub fn escape_glob(literal: &str) -> String {

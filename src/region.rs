@@ -146,6 +146,25 @@ pub fn parse_jitter(value: &Bound<'_, PyAny>) -> PyResult<f64> {
         })
 }
 
+/// [`region_name`], for the command line.
+#[pyfunction]
+pub fn _region_name(ttl: i64) -> String {
+    region_name(ttl)
+}
+
+/// [`ttl_of_region`], for the command line.
+#[pyfunction]
+pub fn _ttl_of_region(region: &str) -> Option<i64> {
+    ttl_of_region(region)
+}
+
+/// [`ttl_of_sqlite_file`], for the command line.
+#[pyfunction]
+#[pyo3(signature = (package, file_name))]
+pub fn _ttl_of_sqlite_file(package: Option<&str>, file_name: &str) -> Option<i64> {
+    ttl_of_sqlite_file(package, file_name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

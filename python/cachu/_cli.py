@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import cachu
-from cachu._cachu import Backend
+from cachu._cachu import (
+    Backend,
+    _escape_glob,
+    _region_name,
+    _ttl_of_region,
+    _ttl_of_sqlite_file,
+)
 
 _PACKAGE = "__cachu_cli__"
 _REGION = r"(?:-1s|\d+[smhd])"
@@ -76,14 +82,13 @@ class _Cache:
     def regions(self) -> Iterator[tuple[int, Backend]]:
         """The TTL regions there are, each as a backend instance."""
         if self.kind == "file":
-            stem = f"{self.package}_" if self.package else ""
             seen = set()
-            for path in sorted(Path(self.args.file_dir).glob(f"{stem}cache*.db")):
-                match = re.fullmatch(rf"{re.escape(stem)}cache(-?\d+)(sec|min|hour)\.db", path.name)
-                if not match:
+            for path in sorted(Path(self.args.file_dir).glob("*.db")):
+                ttl = _ttl_of_sqlite_file(self.package or None, path.name)
+                if ttl is None:
                     continue
-                ttl = int(match.group(1)) * {"sec": 1, "min": 60, "hour": 3600}[match.group(2)]
-                if (self.ttl is None or _region(self.ttl) == _region(ttl)) and ttl not in seen:
+                wanted = self.ttl is None or _region_name(self.ttl) == _region_name(ttl)
+                if wanted and ttl not in seen:
                     seen.add(ttl)
                     yield ttl, cachu.get_backend("file", self.pkg, ttl=ttl)
         else:
@@ -109,13 +114,13 @@ class _Cache:
         m = self.ours.match(key)
         if not m:
             return False
-        if self.ttl is not None and m.group(1) != _region(self.ttl):
+        if self.ttl is not None and m.group(1) != _region_name(self.ttl):
             return False
         return not self.tag or f"||{self.tag}||" in key
 
     def _redis_keys(self) -> list[str]:
         client = self._redis()
-        match = f"*:{_glob_escape(self.args.prefix)}*|*"
+        match = f"*:{_escape_glob(self.args.prefix)}*|*"
         return [k.decode("utf-8", "replace") for k in client.scan_iter(match=match, count=1000)]
 
     def _redis(self) -> Any:
@@ -129,7 +134,10 @@ class _Cache:
         m = self.ours.match(key)
         if not m:
             sys.exit(f"{key!r} is not a key of this library (with prefix {self.args.prefix!r})")
-        return cachu.get_backend(self.kind, self.pkg, ttl=_ttl(m.group(1)))
+        ttl = _ttl_of_region(m.group(1))
+        if ttl is None:
+            sys.exit(f"{key!r} has no region of this library ({m.group(1)!r})")
+        return cachu.get_backend(self.kind, self.pkg, ttl=ttl)
 
     def delete(self, keys: list[str]) -> Iterator[int]:
         """Deletes `keys` in batches; yields how many are done after each."""
@@ -147,24 +155,6 @@ class _Cache:
             done += 1
             if done % _SCAN_BATCH == 0 or done == len(keys):
                 yield done
-
-
-def _region(ttl: int) -> str:
-    if ttl < 0:
-        return "-1s"
-    for unit, seconds in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if ttl >= seconds:
-            return f"{ttl // seconds}{unit}"
-    return f"{ttl}s"
-
-
-def _ttl(region: str) -> int:
-    number, unit = int(region[:-1]), region[-1]
-    return number * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[unit]
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def run(args: argparse.Namespace) -> int:
