@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from cachu._async import _run_io
 from cachu._cachu import Backend, CacheInfo, _caller_package, cache_info, get_backend
 
 #: The backend names `configure(backend=...)` and `@cache(backend=...)` take.
@@ -53,10 +53,8 @@ class AsyncCapableBackend:
             method = getattr(self._backend, name[1:])
 
             async def run(*args: Any, **kwargs: Any) -> Any:
-                call = functools.partial(method, *args, **kwargs)
-                if self._backend.kind == "memory":
-                    return call()
-                return await asyncio.get_running_loop().run_in_executor(None, call)
+                local = self._backend.kind == "memory"
+                return await _run_io(local, functools.partial(method, *args, **kwargs))
 
             run.__name__ = name
             return run
