@@ -66,23 +66,25 @@ impl<T> Flight<T> {
     }
 }
 
+type Map<T> = Arc<Mutex<HashMap<String, Arc<Flight<T>>>>>;
+
 /// The computations in progress, by key.
 pub struct Flights<T> {
-    map: Mutex<HashMap<String, Arc<Flight<T>>>>,
+    map: Map<T>,
 }
 
 impl<T> Default for Flights<T> {
     fn default() -> Self {
         Flights {
-            map: Mutex::new(HashMap::new()),
+            map: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 }
 
 /// The role of a caller that missed.
-pub enum Join<'a, T> {
+pub enum Join<T> {
     /// Compute, then [`Leader::finish`].
-    Leader(Leader<'a, T>),
+    Leader(Leader<T>),
     /// Another thread computes: wait for it.
     Follower(Arc<Flight<T>>),
     /// This very thread is already computing this key (recursion): compute again
@@ -90,10 +92,11 @@ pub enum Join<'a, T> {
     Reentrant,
 }
 
-/// The caller that computes. Dropping it without finishing wakes the waiters with
+/// The caller that computes (it may hand its computation to another thread, whose
+/// outcome it then publishes). Dropping it without finishing wakes the waiters with
 /// [`Waited::Abandoned`], so that a panic or an interruption never strands them.
-pub struct Leader<'a, T> {
-    flights: &'a Flights<T>,
+pub struct Leader<T> {
+    map: Map<T>,
     key: String,
     flight: Arc<Flight<T>>,
     finished: bool,
@@ -101,7 +104,7 @@ pub struct Leader<'a, T> {
 
 impl<T> Flights<T> {
     /// Joins the computation of `key`, becoming its leader if there is none.
-    pub fn join(&self, key: &str) -> Join<'_, T> {
+    pub fn join(&self, key: &str) -> Join<T> {
         let me = std::thread::current().id();
         let pid = crate::process::pid();
         let mut map = self.map.lock();
@@ -120,7 +123,7 @@ impl<T> Flights<T> {
         });
         map.insert(key.to_owned(), flight.clone());
         Join::Leader(Leader {
-            flights: self,
+            map: self.map.clone(),
             key: key.to_owned(),
             flight,
             finished: false,
@@ -128,7 +131,7 @@ impl<T> Flights<T> {
     }
 
     /// The computation of `key` in progress, if any, without joining it.
-    pub fn find(&self, key: &str) -> Option<Join<'_, T>> {
+    pub fn find(&self, key: &str) -> Option<Join<T>> {
         let me = std::thread::current().id();
         let pid = crate::process::pid();
         self.map.lock().get(key).filter(|f| f.pid == pid).map(|f| {
@@ -146,7 +149,7 @@ impl<T> Flights<T> {
     }
 }
 
-impl<T> Leader<'_, T> {
+impl<T> Leader<T> {
     /// Publishes the outcome to every waiter.
     pub fn finish(mut self, outcome: T) {
         self.settle(State::Done(Arc::new(outcome)));
@@ -154,7 +157,7 @@ impl<T> Leader<'_, T> {
 
     fn settle(&mut self, state: State<T>) {
         self.finished = true;
-        let mut map = self.flights.map.lock();
+        let mut map = self.map.lock();
         if map
             .get(&self.key)
             .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
@@ -167,7 +170,7 @@ impl<T> Leader<'_, T> {
     }
 }
 
-impl<T> Drop for Leader<'_, T> {
+impl<T> Drop for Leader<T> {
     fn drop(&mut self) {
         if !self.finished {
             self.settle(State::Abandoned);

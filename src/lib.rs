@@ -18,6 +18,7 @@ pub mod ready;
 pub mod region;
 pub mod runtime;
 pub mod seal;
+pub mod stamp;
 pub mod vectorcall;
 pub mod warn;
 
@@ -44,7 +45,9 @@ mod _cachu {
         clear_backends,
     };
     #[pymodule_export]
-    use crate::function::aio::{AsyncCachedFunction, AsyncCall, Await, Fetched};
+    use crate::function::aio::AsyncCachedFunction;
+    #[pymodule_export]
+    use crate::function::aio_call::{AsyncCall, Await, Fetched};
     #[pymodule_export]
     use crate::function::decorator::{cache, Decorator};
     #[pymodule_export]

@@ -146,6 +146,25 @@ pub fn parse_jitter(value: &Bound<'_, PyAny>) -> PyResult<f64> {
         })
 }
 
+/// A freshness control of `@cache(...)` / `configure()`: a finite number (`bool` is
+/// not a number here), `>= 0` for `stale_ttl` and `stale_if_error` (0: off), `> 0`
+/// for `early_refresh` and `timeout`.
+pub fn parse_freshness(param: &'static str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let zero_ok = matches!(param, "stale_ttl" | "stale_if_error");
+    let is_number = (value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
+        && !value.is_instance_of::<PyBool>();
+    let expected = match param {
+        "early_refresh" => "expected a number BETA > 0 (1.0 is XFetch's default)",
+        "timeout" => "expected a positive number of seconds",
+        _ => "expected a number of seconds >= 0 (0: off)",
+    };
+    is_number
+        .then(|| value.extract::<f64>().ok())
+        .flatten()
+        .filter(|v| v.is_finite() && (*v > 0.0 || (zero_ok && *v == 0.0)))
+        .ok_or_else(|| CacheError::config(param, repr_of(value), expected).into())
+}
+
 /// [`region_name`], for the command line.
 #[pyfunction]
 pub fn _region_name(ttl: i64) -> String {

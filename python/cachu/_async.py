@@ -99,6 +99,81 @@ async def _follow(call: AsyncCall) -> None:
     call.waited()  # what the future holds (or that it is not done) is the core's to read
 
 
+# Background work of the calls (refreshes, computations past their soft timeout): kept
+# referenced until done, as the event loop keeps only weak references to tasks.
+_pending: set[asyncio.Task[Any]] = set()
+
+
+def _background(coroutine: Any) -> None:
+    """Runs ``coroutine`` as a task of the running loop (closed if there is none)."""
+    try:
+        task = asyncio.get_running_loop().create_task(coroutine)
+    except RuntimeError:
+        coroutine.close()
+        return
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+def _settle(call: AsyncCall, task: asyncio.Future[Any]) -> None:
+    """Tells the call how the computation ``task`` ended."""
+    if task.cancelled():
+        call.raised(asyncio.CancelledError())
+    elif task.exception() is not None:
+        call.raised(task.exception())
+    else:
+        call.computed(task.result())
+
+
+async def _carry_on(
+    func: Callable[..., Any],
+    call: AsyncCall,
+    task: asyncio.Future[Any],
+    args: tuple[Any, ...],
+    kwargs: Optional[dict[str, Any]],
+) -> None:
+    """The rest of a call whose caller left it (its computation ran past ``timeout``):
+    the result is stored when it comes."""
+    await asyncio.wait((task,))
+    _settle(call, task)
+    try:
+        await _drive(func, call, args, kwargs)
+    except BaseException:  # noqa: BLE001 - nobody waits for it any more; the core said it
+        pass
+
+
+async def _compute(
+    func: Callable[..., Any],
+    call: AsyncCall,
+    args: tuple[Any, ...],
+    kwargs: Optional[dict[str, Any]],
+) -> bool:
+    """Runs the function; ``False`` when the caller leaves it running (``timeout``)."""
+    soft = call.soft_timeout
+    if soft is None:
+        try:
+            result = await func(*args, **(kwargs or {}))
+        except GeneratorExit:
+            call.abandon()
+            raise
+        except BaseException as e:
+            call.raised(e)
+        else:
+            call.computed(result)
+        return True
+    task = asyncio.ensure_future(func(*args, **(kwargs or {})))
+    try:
+        await asyncio.wait((task,), timeout=soft)
+    except BaseException:
+        _background(_carry_on(func, call, task, args, kwargs))
+        raise
+    if not task.done():
+        _background(_carry_on(func, call, task, args, kwargs))
+        return False
+    _settle(call, task)
+    return True
+
+
 async def _drive(
     func: Callable[..., Any],
     call: AsyncCall,
@@ -111,15 +186,8 @@ async def _drive(
         if do == _IO:
             await _io(call)
         elif do == _COMPUTE:
-            try:
-                result = await func(*args, **(kwargs or {}))
-            except GeneratorExit:
-                call.abandon()
-                raise
-            except BaseException as e:
-                call.raised(e)
-            else:
-                call.computed(result)
+            if not await _compute(func, call, args, kwargs):
+                return call.leave()
         elif do == _FOLLOW:
             await _follow(call)
         elif do == _PAUSE:

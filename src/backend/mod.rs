@@ -20,17 +20,26 @@ use crate::errors::CacheResult;
 pub use crate::lease::Token;
 use crate::pattern::glob_match;
 use crate::process::unix_now;
+use crate::stamp::{self, Fresh, Stamp};
 use memory::{Budget, MemoryStore};
 pub use store::{BoxFuture, ByteStore, LeaseReply};
 
 /// What [`Backend::lease`] found.
 pub enum Lease<'py> {
-    /// A cached value and its creation time.
-    Found(Bound<'py, PyAny>, f64),
+    /// A cached value and its freshness.
+    Found(Bound<'py, PyAny>, Stamp),
     /// The lease is ours: compute, then [`Backend::store_and_release`].
     Acquired,
     /// Another caller holds the lease.
     Held,
+}
+
+/// A value to store: what is kept, for how many seconds, and (for a function with
+/// freshness controls) how long it is fresh and took to compute.
+pub struct Kept {
+    pub stored: Stored,
+    pub ttl: f64,
+    pub fresh: Option<Fresh>,
 }
 
 pub(crate) enum Store {
@@ -145,28 +154,32 @@ impl Backend {
         matches!(self.store, Store::Memory(_))
     }
 
-    /// A value for the caller and its creation time, or `None` on a miss.
+    /// A value for the caller and its freshness, or `None` on a miss.
     pub fn get<'py>(
         &self,
         py: Python<'py>,
         key: &str,
-    ) -> PyResult<Option<(Bound<'py, PyAny>, f64)>> {
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Stamp)>> {
         match &self.store {
             Store::Memory(m) => {
-                let Some((stored, created)) = m.get_with(key, |v, c| (v.clone_ref(py), c)) else {
+                let Some((stored, stamp)) = m.get_with(key, |v, s| (v.clone_ref(py), s)) else {
                     return Ok(None);
                 };
-                Ok(Some((stored.materialize(py)?, created)))
+                Ok(Some((stored.materialize(py)?, stamp)))
             }
             Store::Bytes(b) => {
                 let Some((data, created)) = self.io(py, b, || b.get(key))? else {
                     return Ok(None);
                 };
                 let signing = self.signing_key();
-                Ok(
-                    decode_or_discard(py, b.as_ref(), signing.as_deref(), key, &data, created)
-                        .map(|v| (v, created)),
-                )
+                Ok(decode_or_discard(
+                    py,
+                    b.as_ref(),
+                    signing.as_deref(),
+                    key,
+                    &data,
+                    created,
+                ))
             }
             Store::Null => Ok(None),
         }
@@ -180,8 +193,19 @@ impl Backend {
             .map(|s| s.0.clone())
     }
 
-    /// What a pickle is stored as: signed when the package has a signing key.
-    pub fn encode(&self, pickle: &[u8]) -> Vec<u8> {
+    /// What a pickle is stored as: with the trailer of its freshness if it has its
+    /// own (`stamp.rs`), signed when the package has a signing key.
+    pub fn encode(&self, pickle: &[u8], fresh: Option<Fresh>) -> Vec<u8> {
+        let stamped;
+        let pickle = match fresh {
+            Some(fresh) => {
+                let mut data = pickle.to_vec();
+                stamp::append(&mut data, fresh);
+                stamped = data;
+                &stamped[..]
+            }
+            None => pickle,
+        };
         match self.signing_key() {
             Some(key) => crate::seal::seal(&key, pickle),
             None => pickle.to_vec(),
@@ -191,10 +215,15 @@ impl Backend {
     /// What a byte store keeps of a captured value: its pickle (a value kept pickled is
     /// written as is, not unpickled to be pickled again), signed when the package
     /// signs. For every write, sync and async.
-    pub fn encode_stored(&self, py: Python<'_>, stored: &Stored) -> PyResult<Vec<u8>> {
+    pub fn encode_stored(
+        &self,
+        py: Python<'_>,
+        stored: &Stored,
+        fresh: Option<Fresh>,
+    ) -> PyResult<Vec<u8>> {
         Ok(match stored {
-            Stored::Pickled(data) => self.encode(data.bind(py).as_bytes()),
-            other => self.encode(codec::dumps(&other.materialize(py)?)?.as_bytes()),
+            Stored::Pickled(data) => self.encode(data.bind(py).as_bytes(), fresh),
+            other => self.encode(codec::dumps(&other.materialize(py)?)?.as_bytes(), fresh),
         })
     }
 
@@ -234,7 +263,7 @@ impl Backend {
         Ok(match self.io(py, b, || b.lease(key, token, lease, read))? {
             LeaseReply::Found(data, created) => {
                 match decode_or_discard(py, b.as_ref(), signing.as_deref(), key, &data, created) {
-                    Some(v) => Lease::Found(v, created),
+                    Some((v, stamp)) => Lease::Found(v, stamp),
                     None => return self.lease(py, key, token, lease, false),
                 }
             }
@@ -243,22 +272,19 @@ impl Backend {
         })
     }
 
-    /// Stores the value (if given, for `ttl` seconds) and releases the lease of `token`.
+    /// Stores the value (if given) and releases the lease of `token`.
     pub fn store_and_release(
         &self,
         py: Python<'_>,
-        value: Option<(&Stored, f64)>,
+        value: Option<&Kept>,
         key: &str,
         token: &str,
     ) -> PyResult<()> {
         let Store::Bytes(b) = &self.store else {
-            return match value {
-                Some((stored, ttl)) => self.set_stored(py, stored, key, ttl),
-                None => Ok(()),
-            };
+            return value.map_or(Ok(()), |kept| self.set_stored(py, kept, key));
         };
         let pickled = value
-            .map(|(stored, ttl)| Ok::<_, PyErr>((self.encode_stored(py, stored)?, ttl)))
+            .map(|k| Ok::<_, PyErr>((self.encode_stored(py, &k.stored, k.fresh)?, k.ttl)))
             .transpose()?;
         let created = unix_now();
         let value = pickled
@@ -268,20 +294,26 @@ impl Backend {
         Ok(())
     }
 
-    /// Stores `value` for `ttl` seconds. Fails if the value cannot be kept (e.g. it
-    /// cannot be pickled) or the backend fails.
-    pub fn set(&self, value: &Bound<'_, PyAny>, key: &str, ttl: f64) -> PyResult<()> {
+    /// Stores `value` for `ttl` seconds (with its freshness, if it has its own). Fails
+    /// if the value cannot be kept (e.g. it cannot be pickled) or the backend fails.
+    pub fn set(
+        &self,
+        value: &Bound<'_, PyAny>,
+        key: &str,
+        ttl: f64,
+        fresh: Option<Fresh>,
+    ) -> PyResult<()> {
         let py = value.py();
         match &self.store {
             Store::Memory(m) => {
                 let copy = crate::config::config_of(self.package.as_deref()).memory_copy;
                 let stored = Stored::capture_as(value, copy)?;
-                let replaced = m.insert(key, stored, ttl);
+                let replaced = m.insert_at(key, stored, unix_now(), ttl, fresh);
                 drop(replaced);
                 self.keep_budget(m);
             }
             Store::Bytes(b) => {
-                let data = self.encode(codec::dumps(value)?.as_bytes());
+                let data = self.encode(codec::dumps(value)?.as_bytes(), fresh);
                 self.write_bytes(py, b, key, &data, ttl)?;
             }
             Store::Null => {}
@@ -290,17 +322,18 @@ impl Backend {
     }
 
     /// Stores an already-captured value (memory only; others pickle it).
-    pub fn set_stored(&self, py: Python<'_>, stored: &Stored, key: &str, ttl: f64) -> PyResult<()> {
+    pub fn set_stored(&self, py: Python<'_>, kept: &Kept, key: &str) -> PyResult<()> {
         match &self.store {
             Store::Memory(m) => {
-                let replaced = m.insert(key, stored.clone_ref(py), ttl);
+                let stored = kept.stored.clone_ref(py);
+                let replaced = m.insert_at(key, stored, unix_now(), kept.ttl, kept.fresh);
                 drop(replaced);
                 self.keep_budget(m);
                 Ok(())
             }
             Store::Bytes(b) => {
-                let data = self.encode_stored(py, stored)?;
-                self.write_bytes(py, b, key, &data, ttl)
+                let data = self.encode_stored(py, &kept.stored, kept.fresh)?;
+                self.write_bytes(py, b, key, &data, kept.ttl)
             }
             Store::Null => Ok(()),
         }
@@ -438,7 +471,7 @@ impl Backend {
 
 /// What a stored value turned out to be.
 pub enum Decoded<'py> {
-    Value(Bound<'py, PyAny>),
+    Value(Bound<'py, PyAny>, Stamp),
     /// Not usable, and left as it is (refused by the signature check, or without a
     /// creation time).
     Miss,
@@ -470,8 +503,9 @@ pub fn decode<'py>(
             return Decoded::Miss;
         }
     };
+    let (pickle, fresh) = stamp::split(pickle);
     match codec::loads(py, pickle) {
-        Ok(v) if created.is_finite() => Decoded::Value(v),
+        Ok(v) if created.is_finite() => Decoded::Value(v, Stamp::of(created, fresh)),
         Ok(_) => Decoded::Miss,
         Err(err) => {
             crate::warn::undecodable(py, &store.location(), key, &err);
@@ -488,9 +522,9 @@ fn decode_or_discard<'py>(
     key: &str,
     data: &[u8],
     created: f64,
-) -> Option<Bound<'py, PyAny>> {
+) -> Option<(Bound<'py, PyAny>, Stamp)> {
     match decode(py, store, signing_key, key, data, created) {
-        Decoded::Value(v) => Some(v),
+        Decoded::Value(v, stamp) => Some((v, stamp)),
         Decoded::Miss => None,
         Decoded::Corrupt => {
             let _ = py.detach(|| store.discard_corrupt(key, data, created));

@@ -76,7 +76,7 @@ impl PyBackend {
         key: &str,
     ) -> PyResult<(Bound<'py, PyAny>, Option<f64>)> {
         Ok(match self.inner.get(py, key)? {
-            Some((v, created)) => (v, Some(created)),
+            Some((v, stamp)) => (v, Some(stamp.created_at)),
             None => (no_value(py)?, None),
         })
     }
@@ -90,7 +90,7 @@ impl PyBackend {
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let ttl = ttl_arg(ttl, self.inner.ttl)?;
-        self.inner.set(value, key, ttl)
+        self.inner.set(value, key, ttl, None)
     }
 
     fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {

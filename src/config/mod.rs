@@ -125,6 +125,13 @@ pub struct Config {
     pub redis_health_check_interval: i64,
     /// `ttl_jitter`: the package's default for `@cache(ttl_jitter=...)` (0: none).
     pub ttl_jitter: f64,
+    /// The package's defaults of the freshness controls (`flow/fresh.rs`): seconds
+    /// (0: off) of `stale_ttl` and `stale_if_error`, `early_refresh`'s BETA and the
+    /// soft `timeout` (`None`: off).
+    pub stale_ttl: f64,
+    pub stale_if_error: f64,
+    pub early_refresh: Option<f64>,
+    pub timeout: Option<f64>,
 }
 
 /// A key that is never shown.
@@ -156,8 +163,42 @@ impl Default for Config {
             redis_retry_count: 3,
             redis_health_check_interval: 30,
             ttl_jitter: 0.0,
+            stale_ttl: 0.0,
+            stale_if_error: 0.0,
+            early_refresh: None,
+            timeout: None,
         }
     }
+}
+
+/// Why freshness controls cannot go with a backend, or with each other: `None` if they
+/// can. `controls` are `(name, on)` pairs; the backend is `(where it is named, kind)`.
+pub fn freshness_conflict(
+    backend: (&'static str, BackendKind),
+    controls: [(&'static str, bool); 4],
+    stale_if_error: bool,
+    timeout: Option<f64>,
+) -> Option<CacheError> {
+    if backend.1 == BackendKind::Null {
+        if let Some((name, _)) = controls.iter().find(|(_, on)| *on) {
+            return Some(CacheError::config(
+                *name,
+                "given",
+                format!(
+                    "the null backend ({}) stores nothing: there is no stale value to serve",
+                    backend.0
+                ),
+            ));
+        }
+    }
+    if let Some(t) = timeout.filter(|_| !stale_if_error) {
+        return Some(CacheError::config(
+            "timeout",
+            t.to_string(),
+            "timeout returns the stale value of stale_if_error when a computation is slow: set stale_if_error too",
+        ));
+    }
+    None
 }
 
 impl Config {
@@ -409,6 +450,19 @@ pub fn update(package: Option<&str>, edit: impl FnOnce(&mut Config)) -> CacheRes
     };
     let mut cfg = (*old).clone();
     edit(&mut cfg);
+    if let Some(e) = freshness_conflict(
+        ("the package's backend", cfg.backend),
+        [
+            ("stale_ttl", cfg.stale_ttl > 0.0),
+            ("stale_if_error", cfg.stale_if_error > 0.0),
+            ("early_refresh", cfg.early_refresh.is_some()),
+            ("timeout", cfg.timeout.is_some()),
+        ],
+        cfg.stale_if_error > 0.0,
+        cfg.timeout,
+    ) {
+        return Err(e);
+    }
     if let Some(l) = LISTENER.get() {
         (l.check)(&cfg)?;
     }

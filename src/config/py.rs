@@ -230,6 +230,22 @@ impl PyConfig {
     fn ttl_jitter(&self) -> f64 {
         self.inner.ttl_jitter
     }
+    #[getter]
+    fn stale_ttl(&self) -> f64 {
+        self.inner.stale_ttl
+    }
+    #[getter]
+    fn stale_if_error(&self) -> f64 {
+        self.inner.stale_if_error
+    }
+    #[getter]
+    fn early_refresh(&self) -> Option<f64> {
+        self.inner.early_refresh
+    }
+    #[getter]
+    fn timeout(&self) -> Option<f64> {
+        self.inner.timeout
+    }
 
     /// The settings as a plain dict.
     fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -284,6 +300,10 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("redis_retry_count", c.redis_retry_count)?;
     d.set_item("redis_health_check_interval", c.redis_health_check_interval)?;
     d.set_item("ttl_jitter", c.ttl_jitter)?;
+    d.set_item("stale_ttl", c.stale_ttl)?;
+    d.set_item("stale_if_error", c.stale_if_error)?;
+    d.set_item("early_refresh", c.early_refresh)?;
+    d.set_item("timeout", c.timeout)?;
     Ok(d)
 }
 

@@ -6,12 +6,13 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt};
 
 use super::{BackendKind, Config};
 use crate::errors::{repr_of, CacheError, CacheResult};
+use crate::region::parse_freshness;
 
 /// Every option `configure()` takes, for the message about one it does not.
 pub const ALL_OPTIONS: &str = "backend (or backend_default), key_prefix, file_dir, redis_url, \
 lock_timeout, on_backend_error (or fail_open), on_lock_timeout, memory_maxsize, memory_copy, \
 signing_key, cache_deadline, memory_sweep_interval, redis_socket_timeout, redis_retry_count, \
-redis_health_check_interval and ttl_jitter";
+redis_health_check_interval, ttl_jitter, stale_ttl, stale_if_error, early_refresh and timeout";
 
 /// The 0.6 options given to one `configure()` call.
 #[derive(Default)]
@@ -24,6 +25,11 @@ pub struct Since06 {
     redis_retry_count: Option<i64>,
     redis_health_check_interval: Option<i64>,
     ttl_jitter: Option<f64>,
+    /// The freshness controls' defaults (not of 0.6: they are this library's).
+    stale_ttl: Option<f64>,
+    stale_if_error: Option<f64>,
+    early_refresh: Option<f64>,
+    timeout: Option<f64>,
 }
 
 fn number(value: &Bound<'_, PyAny>) -> Option<f64> {
@@ -105,6 +111,14 @@ pub fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Since06> {
                 out.redis_retry_count = Some(whole("redis_retry_count", &value)?);
             }
             "ttl_jitter" => out.ttl_jitter = Some(crate::region::parse_jitter(&value)?),
+            "stale_ttl" => out.stale_ttl = Some(parse_freshness("stale_ttl", &value)?),
+            "stale_if_error" => {
+                out.stale_if_error = Some(parse_freshness("stale_if_error", &value)?);
+            }
+            "early_refresh" => {
+                out.early_refresh = Some(parse_freshness("early_refresh", &value)?);
+            }
+            "timeout" => out.timeout = Some(parse_freshness("timeout", &value)?),
             "redis_health_check_interval" => {
                 out.redis_health_check_interval =
                     Some(whole("redis_health_check_interval", &value)?);
@@ -156,6 +170,18 @@ impl Since06 {
         }
         if let Some(v) = self.ttl_jitter {
             cfg.ttl_jitter = v;
+        }
+        if let Some(v) = self.stale_ttl {
+            cfg.stale_ttl = v;
+        }
+        if let Some(v) = self.stale_if_error {
+            cfg.stale_if_error = v;
+        }
+        if let Some(v) = self.early_refresh {
+            cfg.early_refresh = Some(v);
+        }
+        if let Some(v) = self.timeout {
+            cfg.timeout = Some(v);
         }
     }
 }

@@ -19,6 +19,16 @@
 //! callers of one key in this process still compute it once, whatever its state.
 //! `_overwrite_cache=True` computes and stores, taking the lease if it is free, and
 //! returns its own result: it never waits for another caller nor reads their value.
+//!
+//! Freshness (`fresh.rs`): a stale value (or one due for an early refresh) is a hit
+//! that starts a background refresh ([`Step::HitRefresh`]). A refresh is a flow of its
+//! own ([`Policy::refresh`]): it never waits, and gives up ([`Step::Skipped`]) when
+//! another caller computes the key or has stored a newer value. An expired value still
+//! within `stale_if_error` is a fallback: the caller computes, and gets the fallback
+//! ([`Step::FailSafe`]) if the computation (or the one it follows) raises, or if it
+//! runs longer than `timeout` (the computation goes on, and is stored, elsewhere).
+
+pub mod fresh;
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +39,7 @@ pub const FIRST_POLL: Duration = Duration::from_millis(2);
 
 /// The settings of one call.
 #[derive(Clone, Copy, Debug)]
-#[allow(clippy::struct_excessive_bools)] // four independent switches of one call
+#[allow(clippy::struct_excessive_bools)] // independent switches of one call
 pub struct Policy {
     /// The backend takes leases that other processes honour.
     pub leases: bool,
@@ -44,6 +54,11 @@ pub struct Policy {
     /// on without the cache (waits for other callers do not count: `lock_timeout`
     /// bounds them).
     pub cache_deadline: Option<Duration>,
+    /// A background refresh: it never waits for another caller, and stops when
+    /// another computes the key or has stored a newer value.
+    pub refresh: bool,
+    /// `timeout`: how long a caller with a fallback waits for a computation.
+    pub timeout: Option<Duration>,
 }
 
 /// What the driver does next.
@@ -77,6 +92,14 @@ pub enum Step {
     Release,
     /// Return the value found (a hit).
     Hit,
+    /// Return the value found (stale, or due for an early refresh) and start one
+    /// background refresh of the key.
+    HitRefresh,
+    /// Return the fallback (the expired value found) instead of the failure or the
+    /// wait.
+    FailSafe,
+    /// A background refresh ends: another caller computes the key, or has stored it.
+    Skipped,
     /// Return the outcome of the computation followed (a hit, or its exception).
     Followed,
     /// Return the result computed here.
@@ -103,6 +126,9 @@ impl Step {
         matches!(
             self,
             Step::Hit
+                | Step::HitRefresh
+                | Step::FailSafe
+                | Step::Skipped
                 | Step::Followed
                 | Step::Computed
                 | Step::Reraise
@@ -115,8 +141,13 @@ impl Step {
 /// What a step found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// A value that `validate=` accepts.
+    /// A value that `validate=` accepts (in a refresh: one newer than the value
+    /// that started it).
     Found,
+    /// A value to serve now and refresh in the background.
+    Stale,
+    /// An expired value, the fallback of a computation that fails or is slow.
+    Fallback,
     /// No usable value.
     Missing,
     /// The lease is ours.
@@ -131,14 +162,20 @@ pub enum Answer {
     /// This thread (or task) is the one computing the key, further up its stack.
     Reentrant,
     NoFlight,
-    /// The computation followed ended, with a value or an exception.
+    /// The computation followed ended with a value.
     Followed,
+    /// The computation followed raised.
+    FollowedError,
     /// The computation followed went away without an outcome (interrupted, cancelled).
     Abandoned,
     TimedOut,
     Slept,
     Computed,
+    /// The function (or `cache_if`, or the dynamic TTL) raised an exception.
     Raised,
+    /// The computation was interrupted (`KeyboardInterrupt`, `SystemExit`, a
+    /// cancellation): never answered with a fallback.
+    Interrupted,
     Stored,
 }
 
@@ -161,6 +198,7 @@ enum State {
 
 /// The decisions of one call.
 #[derive(Debug)]
+#[allow(clippy::struct_excessive_bools)] // independent facts of one call
 pub struct Flow {
     policy: Policy,
     state: State,
@@ -181,6 +219,10 @@ pub struct Flow {
     after_release: Step,
     /// `lock_timeout` passed while another caller computed: this one computes.
     gave_up: bool,
+    /// An expired value within `stale_if_error` was found: the call falls back to it.
+    fallback: bool,
+    /// When a caller with a fallback stops waiting for a computation (`timeout`).
+    soft_deadline: Option<Instant>,
 }
 
 impl Flow {
@@ -194,7 +236,7 @@ impl Flow {
                     read: !policy.overwrite,
                 },
             )
-        } else if policy.overwrite {
+        } else if policy.overwrite || policy.refresh {
             flow.go(State::Joining, Step::Join)
         } else {
             flow.go(State::Reading, Step::Read)
@@ -221,7 +263,25 @@ impl Flow {
             spent: Duration::ZERO,
             after_release: Step::Reraise,
             gave_up: false,
+            fallback: false,
+            soft_deadline: None,
         }
+    }
+
+    /// How long the computation may still run before the caller gets the fallback
+    /// (`timeout`, with a fallback found); `None`: the caller waits for it.
+    pub fn soft_timeout(&self) -> Option<Duration> {
+        self.soft_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn soft_timed_out(&self) -> bool {
+        self.soft_timeout().is_some_and(|left| left.is_zero())
+    }
+
+    /// `wait`, cut to the soft timeout's.
+    fn capped(&self, wait: Duration) -> Duration {
+        self.soft_timeout().map_or(wait, |left| left.min(wait))
     }
 
     /// Whether the call computes because it waited `lock_timeout` for another caller.
@@ -304,11 +364,28 @@ impl Flow {
     }
 
     // One arm per transition: the table reads as the flow's specification.
-    #[allow(clippy::match_same_arms)]
+    #[allow(clippy::match_same_arms, clippy::too_many_lines)]
     fn decide(&mut self, answer: Answer) -> Step {
         use Answer as A;
+        if self.policy.refresh {
+            if let Some(step) = self.refreshing(answer) {
+                return step;
+            }
+        }
         match (self.state, answer) {
             (State::Reading | State::Rechecking | State::Leasing, A::Found) => self.end(Step::Hit),
+            (State::Reading | State::Rechecking | State::Leasing, A::Stale) => {
+                self.end(Step::HitRefresh)
+            }
+            (State::Reading | State::Rechecking | State::Leasing, A::Fallback) => {
+                self.fallback = true;
+                self.soft_deadline = self.policy.timeout.map(|t| Instant::now() + t);
+                match self.state {
+                    State::Reading => self.go(State::Joining, Step::Join),
+                    State::Leasing => self.lease(false),
+                    _ => self.compute(),
+                }
+            }
             (State::Reading, A::Missing) => self.go(State::Joining, Step::Join),
             (State::Rechecking, A::Missing) => self.compute(),
             (State::Reading | State::Rechecking | State::Leasing, A::Failed) => {
@@ -338,6 +415,9 @@ impl Flow {
                 if self.remaining().is_zero() {
                     return self.timed_out();
                 }
+                if self.soft_timed_out() {
+                    return self.end(Step::FailSafe);
+                }
                 self.go(State::Finding, Step::Find)
             }
             (State::Joining, A::Leader) => {
@@ -352,18 +432,23 @@ impl Flow {
             // lease of a previous holder in this process expired).
             (State::Joining, A::Follower) if self.holds_lease => self.compute(),
             (State::Joining | State::Finding, A::Follower) => {
-                let wait = self.remaining();
+                let remaining = self.remaining();
+                let wait = self.capped(remaining);
                 self.go(State::Following, Step::Follow(wait))
             }
             (State::Joining | State::Finding, A::Reentrant) => self.compute(),
             (State::Finding, A::NoFlight) => {
-                let nap = self.pause.min(self.remaining());
+                let remaining = self.remaining();
+                let nap = self.capped(self.pause.min(remaining));
                 self.pause = (self.pause * 2).min(MAX_POLL);
                 self.go(State::Pausing, Step::Pause(nap))
             }
             (State::Following, A::Followed) => self.end(Step::Followed),
+            (State::Following, A::FollowedError) if self.fallback => self.end(Step::FailSafe),
+            (State::Following, A::FollowedError) => self.end(Step::Followed),
             // The computation followed was interrupted: start again.
             (State::Following, A::Abandoned) => self.restart(),
+            (State::Following, A::TimedOut) if self.soft_timed_out() => self.end(Step::FailSafe),
             (State::Following, A::TimedOut) => {
                 if self.policy.leases && !self.broken && !self.remaining().is_zero() {
                     // A spurious early wake: ask the backend again.
@@ -385,11 +470,14 @@ impl Flow {
                 }
             }
             // The function, or `cache_if` / the dynamic TTL after it, raised.
-            (State::Computing | State::Storing, A::Raised) => {
+            (State::Computing | State::Storing, A::Raised | A::Interrupted) => {
+                if answer == A::Raised && self.fallback {
+                    self.after_release = Step::FailSafe;
+                }
                 if self.holds_lease && !self.broken {
                     self.go(State::Releasing, Step::Release)
                 } else {
-                    self.end(Step::Reraise)
+                    self.end(self.after_release)
                 }
             }
             (State::Storing, A::Stored) => {
@@ -414,6 +502,33 @@ impl Flow {
         }
     }
 
+    /// The transitions of a background refresh that differ from a call's: it never
+    /// waits, and has nothing to do once another caller computes or has stored the key.
+    fn refreshing(&mut self, answer: Answer) -> Option<Step> {
+        use Answer as A;
+        Some(match (self.state, answer) {
+            (State::Leasing | State::Rechecking, A::Found)
+            | (State::Leasing, A::Held)
+            | (State::Joining, A::Follower | A::Reentrant)
+            | (State::Reading | State::Rechecking | State::Leasing, A::Failed) => self.skip(),
+            (State::Computing | State::Storing, A::Raised | A::Interrupted) => {
+                self.after_release = Step::Skipped;
+                return None;
+            }
+            _ => return None,
+        })
+    }
+
+    /// A refresh ends with nothing done, releasing the lease if it holds it.
+    fn skip(&mut self) -> Step {
+        if self.holds_lease {
+            self.after_release = Step::Skipped;
+            self.go(State::Releasing, Step::Release)
+        } else {
+            self.end(Step::Skipped)
+        }
+    }
+
     fn lease(&mut self, read: bool) -> Step {
         self.go(State::Leasing, Step::Lease { read })
     }
@@ -432,11 +547,14 @@ impl Flow {
         }
     }
 
-    /// `lock_timeout` has passed while another caller computes: raise, or compute here
-    /// (and store: the value is as good as the other's).
+    /// `lock_timeout` has passed while another caller computes: the fallback if there
+    /// is one; else raise, or compute here (and store: the value is as good as the
+    /// other's).
     fn timed_out(&mut self) -> Step {
         self.gave_up = true;
-        if self.policy.raise_lock_timeout {
+        if self.fallback {
+            self.end(Step::FailSafe)
+        } else if self.policy.raise_lock_timeout {
             self.end(Step::RaiseLockTimeout)
         } else {
             self.compute()

@@ -8,6 +8,15 @@ fn policy(leases: bool) -> Policy {
         raise_lock_timeout: false,
         lock_timeout: Duration::from_secs(10),
         cache_deadline: None,
+        refresh: false,
+        timeout: None,
+    }
+}
+
+fn refresh(leases: bool) -> Policy {
+    Policy {
+        refresh: true,
+        ..policy(leases)
     }
 }
 
@@ -325,4 +334,191 @@ fn past_the_cache_deadline_the_call_goes_on_without_the_cache() {
     flow.charge(Duration::from_secs(1));
     assert_eq!(flow.answer(Answer::Computed), Step::Release);
     assert_eq!(flow.answer(Answer::Stored), Step::Computed);
+}
+
+#[test]
+fn a_stale_value_is_a_hit_that_starts_a_refresh() {
+    for leases in [true, false] {
+        let steps = run(Flow::start(policy(leases)), &[Answer::Stale]);
+        assert_eq!(steps[1], Step::HitRefresh);
+    }
+}
+
+#[test]
+fn a_leased_refresh_computes_once_and_skips_when_another_has_it() {
+    let steps = run(
+        Flow::start(refresh(true)),
+        &[
+            Answer::Missing, // the value seen is still there
+            Answer::Acquired,
+            Answer::Leader,
+            Answer::Computed,
+            Answer::Stored,
+        ],
+    );
+    assert_eq!(
+        steps,
+        [
+            Step::Lease { read: true },
+            Step::Lease { read: false },
+            Step::Join,
+            Step::Compute,
+            Step::Store { release: true },
+            Step::Computed
+        ]
+    );
+    // Another process refreshes (holds the lease), or already has (a newer value).
+    let held = run(Flow::start(refresh(true)), &[Answer::Missing, Answer::Held]);
+    assert_eq!(held.last(), Some(&Step::Skipped));
+    let newer = run(Flow::start(refresh(true)), &[Answer::Found]);
+    assert_eq!(newer.last(), Some(&Step::Skipped));
+    // Another caller here computes it: the lease is given back.
+    let here = run(
+        Flow::start(refresh(true)),
+        &[
+            Answer::Missing,
+            Answer::Acquired,
+            Answer::Follower,
+            Answer::Stored,
+        ],
+    );
+    assert_eq!(&here[3..], [Step::Release, Step::Skipped]);
+}
+
+#[test]
+fn a_local_refresh_rechecks_after_joining() {
+    let steps = run(
+        Flow::start(refresh(false)),
+        &[
+            Answer::Leader,
+            Answer::Missing,
+            Answer::Computed,
+            Answer::Stored,
+        ],
+    );
+    assert_eq!(
+        steps,
+        [
+            Step::Join,
+            Step::Read,
+            Step::Compute,
+            Step::Store { release: false },
+            Step::Computed
+        ]
+    );
+    let newer = run(
+        Flow::start(refresh(false)),
+        &[Answer::Leader, Answer::Found],
+    );
+    assert_eq!(newer.last(), Some(&Step::Skipped));
+    let follower = run(Flow::start(refresh(false)), &[Answer::Follower]);
+    assert_eq!(follower.last(), Some(&Step::Skipped));
+}
+
+#[test]
+fn a_refresh_that_raises_releases_and_keeps_quiet() {
+    let steps = run(
+        Flow::start(refresh(true)),
+        &[
+            Answer::Missing,
+            Answer::Acquired,
+            Answer::Leader,
+            Answer::Raised,
+            Answer::Stored,
+        ],
+    );
+    assert_eq!(&steps[4..], [Step::Release, Step::Skipped]);
+}
+
+#[test]
+fn a_failure_with_a_fallback_is_fail_safe() {
+    // Leased: the lease is released first.
+    let steps = run(
+        Flow::start(policy(true)),
+        &[
+            Answer::Fallback,
+            Answer::Acquired,
+            Answer::Leader,
+            Answer::Raised,
+            Answer::Stored,
+        ],
+    );
+    assert_eq!(
+        steps,
+        [
+            Step::Lease { read: true },
+            Step::Lease { read: false },
+            Step::Join,
+            Step::Compute,
+            Step::Release,
+            Step::FailSafe
+        ]
+    );
+    // Memory: the leader, and a follower of a leader that raised.
+    let leader = run(
+        Flow::start(policy(false)),
+        &[
+            Answer::Fallback,
+            Answer::Leader,
+            Answer::Fallback,
+            Answer::Raised,
+        ],
+    );
+    assert_eq!(leader.last(), Some(&Step::FailSafe));
+    let follower = run(
+        Flow::start(policy(false)),
+        &[Answer::Fallback, Answer::Follower, Answer::FollowedError],
+    );
+    assert_eq!(follower.last(), Some(&Step::FailSafe));
+    // No fallback: the exception; an interruption is never answered with a fallback.
+    let none = run(
+        Flow::start(policy(false)),
+        &[
+            Answer::Missing,
+            Answer::Leader,
+            Answer::Missing,
+            Answer::Raised,
+        ],
+    );
+    assert_eq!(none.last(), Some(&Step::Reraise));
+    let interrupted = run(
+        Flow::start(policy(false)),
+        &[
+            Answer::Fallback,
+            Answer::Leader,
+            Answer::Fallback,
+            Answer::Interrupted,
+        ],
+    );
+    assert_eq!(interrupted.last(), Some(&Step::Reraise));
+}
+
+#[test]
+fn a_soft_timeout_caps_waits_and_ends_them_with_the_fallback() {
+    let p = Policy {
+        timeout: Some(Duration::from_millis(30)),
+        ..policy(false)
+    };
+    let mut flow = Flow::start(p);
+    assert_eq!(flow.answer(Answer::Fallback), Step::Join);
+    let Step::Follow(wait) = flow.answer(Answer::Follower) else {
+        panic!("expected a wait")
+    };
+    assert!(wait <= Duration::from_millis(30));
+    std::thread::sleep(Duration::from_millis(35));
+    assert_eq!(flow.answer(Answer::TimedOut), Step::FailSafe);
+    // Without a fallback, `timeout` does not apply.
+    let mut plain = Flow::start(p);
+    assert_eq!(plain.answer(Answer::Missing), Step::Join);
+    assert!(plain.soft_timeout().is_none());
+    assert_eq!(
+        plain.answer(Answer::Follower),
+        Step::Follow(Duration::from_secs(10))
+    );
+    // The leader computes with the time left.
+    let mut leader = Flow::start(p);
+    leader.answer(Answer::Fallback);
+    assert_eq!(leader.answer(Answer::Leader), Step::Read);
+    assert_eq!(leader.answer(Answer::Fallback), Step::Compute);
+    assert!(leader.soft_timeout().is_some());
 }

@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use super::options::Options;
+use super::options::{FreshOptions, Options};
 use super::CachedFunction;
 use crate::errors::{repr_of, CacheError};
 use crate::vectorcall;
@@ -166,7 +166,8 @@ fn may_be_bare(value: &Bound<'_, PyAny>) -> bool {
 /// `cache(...)`: a decorator that caches a function's results (`@cache(ttl=300)`; bare
 /// `@cache` is `@cache()`).
 #[pyfunction]
-#[pyo3(signature = (ttl=None, backend=None, tag=None, exclude=None, cache_if=None, validate=None, package=None, *, ttl_jitter=None))]
+#[pyo3(signature = (ttl=None, backend=None, tag=None, exclude=None, cache_if=None, validate=None, package=None, *, ttl_jitter=None, stale_ttl=None, stale_if_error=None, early_refresh=None, timeout=None))]
+#[allow(clippy::too_many_arguments)] // the decorator's options, as users write them
 pub fn cache(
     py: Python<'_>,
     ttl: Option<&Bound<'_, PyAny>>,
@@ -177,14 +178,39 @@ pub fn cache(
     validate: Option<&Bound<'_, PyAny>>,
     package: Option<&Bound<'_, PyAny>>,
     ttl_jitter: Option<&Bound<'_, PyAny>>,
+    stale_ttl: Option<&Bound<'_, PyAny>>,
+    stale_if_error: Option<&Bound<'_, PyAny>>,
+    early_refresh: Option<&Bound<'_, PyAny>>,
+    timeout: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Decorator> {
     let default_ttl = 300_i64.into_pyobject(py)?.into_any();
     let jitter = ttl_jitter
         .filter(|j| !j.is_none())
         .map(crate::region::parse_jitter)
         .transpose()?;
+    let control = |name: &'static str, v: Option<&Bound<'_, PyAny>>| {
+        v.filter(|v| !v.is_none())
+            .map(|v| crate::region::parse_freshness(name, v))
+            .transpose()
+    };
+    let fresh = FreshOptions {
+        stale_ttl: control("stale_ttl", stale_ttl)?,
+        stale_if_error: control("stale_if_error", stale_if_error)?,
+        early_refresh: control("early_refresh", early_refresh)?,
+        timeout: control("timeout", timeout)?,
+    };
     let others = [
-        backend, tag, exclude, cache_if, validate, package, ttl_jitter,
+        backend,
+        tag,
+        exclude,
+        cache_if,
+        validate,
+        package,
+        ttl_jitter,
+        stale_ttl,
+        stale_if_error,
+        early_refresh,
+        timeout,
     ];
     if let Some(func) = ttl.filter(|t| may_be_bare(t) && others.iter().all(Option::is_none)) {
         // Both readings are kept; the use decides (see `Decorator`).
@@ -199,5 +225,34 @@ pub fn cache(
     let ttl = ttl.unwrap_or(&default_ttl);
     let mut options = Options::parse(py, ttl, backend, tag, exclude, cache_if, validate, package)?;
     options.ttl_jitter = jitter;
+    options.fresh = fresh;
+    check_freshness(&options)?;
     Ok(Decorator::new(options))
+}
+
+/// Freshness controls that cannot work where the function is cached (the null
+/// backend), or without each other (`timeout` without `stale_if_error`), are refused
+/// at decoration, naming the option. The package's defaults count as they are now.
+fn check_freshness(o: &Options) -> PyResult<()> {
+    let cfg = crate::config::config_of(o.package.as_deref());
+    let f = o.fresh;
+    let backend = match o.backend {
+        Some(kind) => ("backend=", kind),
+        None => ("the package's backend", cfg.backend),
+    };
+    let stale_if_error = f.stale_if_error.unwrap_or(cfg.stale_if_error) > 0.0;
+    match crate::config::freshness_conflict(
+        backend,
+        [
+            ("stale_ttl", f.stale_ttl.is_some_and(|v| v > 0.0)),
+            ("stale_if_error", f.stale_if_error.is_some_and(|v| v > 0.0)),
+            ("early_refresh", f.early_refresh.is_some()),
+            ("timeout", f.timeout.is_some()),
+        ],
+        stale_if_error,
+        f.timeout,
+    ) {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }

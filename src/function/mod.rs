@@ -9,7 +9,11 @@
 //! does, and the counters.
 
 pub mod aio;
+pub mod aio_call;
+pub mod background;
 pub mod decorator;
+pub mod drive;
+pub mod lookup;
 pub mod options;
 pub mod sync;
 pub mod values;
@@ -27,19 +31,20 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, Kept};
 use crate::codec::Stored;
 use crate::config::{self, BackendKind};
 use crate::errors::{repr_of, CacheError};
 use crate::flight::Flights;
+use crate::flow::fresh::Rules;
 use crate::flow::{Answer, Flow, Policy, Step};
 use crate::key::{function_head, KeyBuf, KeyPlan};
-use crate::process::unix_now;
 use crate::region::{region_name, whole_seconds};
+use crate::stamp::Fresh;
 use crate::vectorcall;
 use crate::warn;
-use options::{Options, Ttl, WithArgs};
-use values::{CacheEntry, Stats, ALL_STATS};
+use options::{FreshOptions, Options, Ttl, WithArgs};
+use values::{Stats, ALL_STATS};
 
 /// How long a region whose backend failed to open is left alone before a retry.
 const RETRY_FAILED_BACKEND: Duration = Duration::from_secs(5);
@@ -52,6 +57,13 @@ const HERE_SLOTS: usize = 64;
 #[derive(Clone)]
 #[allow(clippy::redundant_allocation)] // the Arc is shared with other threads, the Rc is not
 pub(crate) struct Here(Rc<Arc<Resolved>>);
+
+impl Here {
+    /// The settings, to keep beyond this call.
+    pub(crate) fn shared(&self) -> Arc<Resolved> {
+        Arc::clone(&self.0)
+    }
+}
 
 impl std::ops::Deref for Here {
     type Target = Resolved;
@@ -78,6 +90,8 @@ pub(crate) struct Resolved {
     cache_deadline: Option<Duration>,
     /// The TTL jitter in force (0: none).
     ttl_jitter: f64,
+    /// The freshness controls in force.
+    pub(crate) rules: Rules,
     /// `on_backend_error='raise'`.
     raise_backend_errors: bool,
     /// `on_lock_timeout='raise'`.
@@ -104,7 +118,33 @@ impl Resolved {
             raise_lock_timeout: self.raise_lock_timeout,
             lock_timeout: self.lock_timeout,
             cache_deadline: self.cache_deadline,
+            refresh: false,
+            timeout: self.rules.timeout,
         }
+    }
+
+    /// The settings of a background refresh.
+    pub(crate) fn refresh_policy(&self, backend: &Backend) -> Policy {
+        Policy {
+            refresh: true,
+            raise_backend_errors: false,
+            raise_lock_timeout: false,
+            timeout: None,
+            ..self.policy(backend, false)
+        }
+    }
+
+    /// How long a value stored now for `ttl` seconds is kept, and its freshness (with
+    /// freshness controls: kept `ttl + max(stale_ttl, stale_if_error)`).
+    pub(crate) fn keep_for(&self, ttl: f64, took: f64) -> (f64, Option<Fresh>) {
+        if !self.rules.is_on() || ttl <= 0.0 {
+            return (ttl, None);
+        }
+        let fresh = Fresh {
+            fresh_for: ttl,
+            took,
+        };
+        (ttl + self.rules.grace(), Some(fresh))
     }
 }
 
@@ -182,6 +222,8 @@ pub struct CachedFunction {
     with_args: WithArgs,
     /// `ttl_jitter=` of the decorator, else the package's.
     ttl_jitter: Option<f64>,
+    /// The freshness controls of the decorator (else the package's).
+    fresh: FreshOptions,
     pub(crate) stats: Arc<Stats>,
     flights: Flights<Outcome>,
     resolved: RwLock<Option<Arc<Resolved>>>,
@@ -201,16 +243,13 @@ impl CachedFunction {
         };
         let name: String = target.getattr(intern!(py, "__name__"))?.extract()?;
         let plan = KeyPlan::new(&target, o.exclude)?;
-        let stats = Arc::new(Stats {
-            package: o.package.clone(),
-            function: target
+        let stats = Arc::new(Stats::new(
+            o.package.clone(),
+            target
                 .getattr(intern!(py, "__qualname__"))
                 .and_then(|q| q.extract())
                 .unwrap_or_else(|_| name.clone()),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        });
+        ));
         ALL_STATS.lock().push(Arc::downgrade(&stats));
         config::register_function(o.package.as_deref(), &name);
         Ok(CachedFunction {
@@ -226,6 +265,7 @@ impl CachedFunction {
             validate: o.validate,
             with_args: o.with_args,
             ttl_jitter: o.ttl_jitter,
+            fresh: o.fresh,
             stats,
             flights: Flights::default(),
             resolved: RwLock::new(None),
@@ -301,6 +341,7 @@ impl CachedFunction {
             lock_timeout: Duration::from_secs_f64(cfg.lock_timeout),
             cache_deadline: cfg.cache_deadline.map(Duration::from_secs_f64),
             ttl_jitter: self.ttl_jitter.unwrap_or(cfg.ttl_jitter),
+            rules: self.fresh.rules(&cfg),
             raise_backend_errors: cfg.raise_backend_errors,
             raise_lock_timeout: cfg.raise_lock_timeout,
             copy: cfg.memory_copy || kind != BackendKind::Memory,
@@ -384,48 +425,6 @@ impl CachedFunction {
         r.head[..name_end].to_owned()
     }
 
-    /// The flow's `Read`, and the hit fast path: a cached value that `validate=`
-    /// accepts, or `None`. A backend failure is the caller's to judge (`Err`).
-    #[inline]
-    pub(crate) fn read<'py>(
-        &self,
-        py: Python<'py>,
-        backend: &Backend,
-        key: &str,
-        call: CallArgs<'_, 'py>,
-    ) -> PyResult<Result<Option<Bound<'py, PyAny>>, PyErr>> {
-        match backend.get(py, key) {
-            Ok(Some((value, created_at))) => self.validated(py, value, created_at, call).map(Ok),
-            Ok(None) => Ok(Ok(None)),
-            Err(e) => Ok(Err(e)),
-        }
-    }
-
-    /// The hit fast path: a value found and accepted is a hit. A backend that fails is
-    /// a miss (or raises, with `on_backend_error='raise'`).
-    #[inline]
-    pub(crate) fn lookup<'py>(
-        &self,
-        py: Python<'py>,
-        r: &Resolved,
-        backend: &Backend,
-        key: &str,
-        call: CallArgs<'_, 'py>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.read(py, backend, key, call)? {
-            Ok(Some(v)) => {
-                self.count_hit();
-                Ok(Some(v))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                self.count_error();
-                Self::backend_failed(py, r, e)?;
-                Ok(None)
-            }
-        }
-    }
-
     #[inline]
     pub(crate) fn count_hit(&self) {
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -440,32 +439,8 @@ impl CachedFunction {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `value` if `validate=` accepts it (or there is none).
-    #[inline]
-    pub(crate) fn validated<'py>(
-        &self,
-        py: Python<'py>,
-        value: Bound<'py, PyAny>,
-        created_at: f64,
-        call: CallArgs<'_, 'py>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some(validate) = &self.validate {
-            let entry = CacheEntry {
-                value: value.clone().unbind(),
-                created_at,
-                age: (unix_now() - created_at).max(0.0),
-            };
-            let validate = validate.bind(py);
-            let valid = if self.with_args.validate {
-                validate.call1((entry, self.args_of(py, call)?))?
-            } else {
-                validate.call1((entry,))?
-            };
-            if !valid.is_truthy()? {
-                return Ok(None);
-            }
-        }
-        Ok(Some(value))
+    pub(crate) fn count_refresh(&self) {
+        self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The call's arguments as the callbacks that take them see them.
@@ -524,25 +499,29 @@ impl CachedFunction {
         }
     }
 
-    /// The seconds to keep a value stored with `.set()` / `cache_set()`.
+    /// The seconds to keep a value stored with `.set()` / `cache_set()`, and its
+    /// freshness (fresh for its TTL, then stale as a computed value is).
     pub(crate) fn ttl_to_set<'py>(
         &self,
+        r: &Resolved,
         value: &Bound<'py, PyAny>,
         call: CallArgs<'_, 'py>,
-    ) -> PyResult<f64> {
-        self.ttl_for(value, call)?
+    ) -> PyResult<(f64, Option<Fresh>)> {
+        let ttl = self.ttl_for(value, call)??;
+        Ok(r.keep_for(ttl, f64::NAN))
     }
 
-    /// What the flow's `Store` keeps of a computed `result`: `None` when `cache_if`
-    /// refuses it, when the dynamic TTL returns no TTL, or when it can be neither
-    /// copied nor pickled (both said once: the caller still gets the result). What
-    /// the callbacks raise is raised.
+    /// What the flow's `Store` keeps of a computed `result` (which took `took`
+    /// seconds): `None` when `cache_if` refuses it, when the dynamic TTL returns no
+    /// TTL, or when it can be neither copied nor pickled (both said once: the caller
+    /// still gets the result). What the callbacks raise is raised.
     pub(crate) fn to_store<'py>(
         &self,
         r: &Resolved,
         result: &Bound<'py, PyAny>,
         call: CallArgs<'_, 'py>,
-    ) -> PyResult<Option<(Stored, f64)>> {
+        took: f64,
+    ) -> PyResult<Option<Kept>> {
         if let Some(f) = &self.cache_if {
             let py = result.py();
             let wanted = if self.with_args.cache_if {
@@ -561,9 +540,10 @@ impl CachedFunction {
                 return Ok(None);
             }
         };
+        let (ttl, fresh) = r.keep_for(jittered(ttl, r.ttl_jitter), took);
         Ok(self
             .capture(r, result)
-            .map(|s| (s, jittered(ttl, r.ttl_jitter))))
+            .map(|stored| Kept { stored, ttl, fresh }))
     }
 
     /// What the cache keeps of a result, or `None` (said once) if it can be neither
@@ -576,6 +556,59 @@ impl CachedFunction {
                 None
             }
         }
+    }
+
+    /// A fallback served instead of `error` (`stale_if_error`; `None`: a computation
+    /// slower than `timeout`): counted, said, and (an error) the key's computation is
+    /// not tried again for a second.
+    pub(crate) fn served_fallback(&self, py: Python<'_>, key: &str, error: Option<&PyErr>) {
+        self.stats.fail_safe.fetch_add(1, Ordering::Relaxed);
+        let why = match error {
+            Some(e) => {
+                background::failed(self.id, key);
+                let kind = e
+                    .get_type(py)
+                    .name()
+                    .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+                warn::once(
+                    py,
+                    &format!("fail-safe:{}:{kind}", self.id),
+                    &format!(
+                        "cachu: {}() raised {kind}; its stale cached value was returned instead (stale_if_error)",
+                        self.name
+                    ),
+                );
+                format!("raised {e}")
+            }
+            None => "ran longer than its timeout".to_owned(),
+        };
+        warn::log(
+            py,
+            warn::Level::Debug,
+            &format!(
+                "cachu: {}() {why}; the stale value of key {key:?} was returned",
+                self.name
+            ),
+        );
+    }
+
+    /// Said on the `cachu` logger when a background refresh of `key` raised (the stale
+    /// value stays; the function is not tried again for a second).
+    pub(crate) fn refresh_failed(&self, py: Python<'_>, key: &str, e: &PyErr) {
+        background::failed(self.id, key);
+        warn::log(
+            py,
+            warn::Level::Warning,
+            &format!(
+                "cachu: a background refresh of {}() raised {e}; key {key:?} keeps its stale value",
+                self.name
+            ),
+        );
+    }
+
+    /// The function's id (names it in this process's tables).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// What a leader publishes to those that wait for it: what it stores, else the

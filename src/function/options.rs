@@ -53,6 +53,32 @@ pub struct Options {
     pub(crate) with_args: WithArgs,
     /// `ttl_jitter=J`: each stored TTL is `ttl * (1 - J * U)`; `None`: the package's.
     pub(crate) ttl_jitter: Option<f64>,
+    /// The freshness controls given to the decorator (the others are the package's).
+    pub(crate) fresh: FreshOptions,
+}
+
+/// The freshness controls of `@cache(...)`: `None` where the package's default holds.
+#[derive(Clone, Copy, Default)]
+pub struct FreshOptions {
+    pub(crate) stale_ttl: Option<f64>,
+    pub(crate) stale_if_error: Option<f64>,
+    pub(crate) early_refresh: Option<f64>,
+    pub(crate) timeout: Option<f64>,
+}
+
+impl FreshOptions {
+    /// The controls in force, over the package's defaults `cfg`.
+    pub(crate) fn rules(&self, cfg: &crate::config::Config) -> crate::flow::fresh::Rules {
+        crate::flow::fresh::Rules {
+            stale_ttl: self.stale_ttl.unwrap_or(cfg.stale_ttl),
+            stale_if_error: self.stale_if_error.unwrap_or(cfg.stale_if_error),
+            early_refresh: self.early_refresh.or(cfg.early_refresh).unwrap_or(0.0),
+            timeout: self
+                .timeout
+                .or(cfg.timeout)
+                .map(std::time::Duration::from_secs_f64),
+        }
+    }
 }
 
 /// Which callbacks take a second argument: the call's arguments as a dict (cachu 0.6).
@@ -192,6 +218,7 @@ impl Options {
             package,
             with_args,
             ttl_jitter: None,
+            fresh: FreshOptions::default(),
         })
     }
 }
@@ -224,6 +251,7 @@ impl Options {
             package: self.package.clone(),
             with_args: self.with_args,
             ttl_jitter: self.ttl_jitter,
+            fresh: self.fresh,
         }
     }
 }

@@ -1,264 +1,25 @@
-//! The sync driver: a call of a decorated function, each step of the call flow done
-//! with blocking I/O (the GIL released around it), and the helpers of the function.
+//! A call of a decorated function, and its helpers (`.get`, `.set`, `.invalidate`...).
 //!
 //! A memory hit keeps a straight line (switches, key, [`CachedFunction::lookup`],
-//! copy) in front of the flow; everything else is [`CachedFunction::drive`]. Waits
-//! (for another thread's computation, between looks at a lease held elsewhere) are
-//! sliced so that a signal (Ctrl-C) is raised within [`SIGNAL_SLICE`].
+//! copy) in front of the flow; everything else is the sync driver's (`drive.rs`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
+use super::drive::{self, refresh_later, Call};
+use super::lookup::{Kind, Seen};
 use super::values::CacheInfo;
-use super::{
-    bind_method, failure, pickled_by_name, take_flags, CachedFunction, CallArgs, Outcome, Resolved,
-};
-use crate::backend::{Backend, Lease, Token};
-use crate::codec::Stored;
-use crate::flight::{Flight, Join, Leader, Waited};
-use crate::flow::{Answer, Flow, Step};
+use super::{bind_method, pickled_by_name, take_flags, CachedFunction, CallArgs, Here, Resolved};
+use crate::backend::Backend;
+use crate::flow::Flow;
 use crate::pattern::escape_glob;
 use crate::vectorcall::FastCall;
 
-/// The longest a wait goes without looking for a signal.
-pub const SIGNAL_SLICE: Duration = Duration::from_millis(50);
-
-/// Sleeps `nap` with the GIL released, looking for signals every [`SIGNAL_SLICE`].
-pub(crate) fn sleep_interruptibly(py: Python<'_>, nap: Duration) -> PyResult<()> {
-    let until = Instant::now() + nap;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        py.detach(|| std::thread::sleep(left.min(SIGNAL_SLICE)));
-        py.check_signals()?;
-    }
-}
-
-/// Waits up to `wait` for another thread's computation, with the GIL released,
-/// looking for signals every [`SIGNAL_SLICE`].
-fn wait_interruptibly(
-    py: Python<'_>,
-    flight: &Flight<Outcome>,
-    wait: Duration,
-) -> PyResult<Waited<Outcome>> {
-    let until = Instant::now() + wait;
-    loop {
-        let slice = (Instant::now() + SIGNAL_SLICE).min(until);
-        match py.detach(|| flight.wait_until(slice)) {
-            Waited::TimedOut if Instant::now() < until => py.check_signals()?,
-            waited => return Ok(waited),
-        }
-    }
-}
-
-/// What one call has gathered while the flow runs.
-#[derive(Default)]
-struct Gathered<'a, 'py> {
-    found: Option<Bound<'py, PyAny>>,
-    leader: Option<Leader<'a, Outcome>>,
-    flight: Option<Arc<Flight<Outcome>>>,
-    followed: Option<Arc<Outcome>>,
-    result: Option<Bound<'py, PyAny>>,
-    /// The exception the call raises if it ends raising.
-    error: Option<PyErr>,
-    /// The backend's error at the step just done.
-    failed: Option<PyErr>,
-    /// The lease, while this call holds it.
-    held: Option<crate::lease::Held>,
-}
-
-impl Gathered<'_, '_> {
-    /// The leader hands `outcome` to the threads that wait for it.
-    fn publish(&mut self, outcome: Outcome) {
-        if let Some(l) = self.leader.take() {
-            l.finish(outcome);
-        }
-    }
-}
-
 impl CachedFunction {
-    /// Runs the call flow from `flow` with blocking I/O.
-    #[allow(clippy::too_many_lines)] // one arm per step of the flow
-    fn drive<'py>(
-        &self,
-        py: Python<'py>,
-        r: &Resolved,
-        backend: &Backend,
-        key: &str,
-        args: &Bound<'py, PyTuple>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-        mut flow: Flow,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let token = Token::lazy();
-        let call = CallArgs::of(args, kwargs);
-        let mut got = Gathered::default();
-        loop {
-            let step = flow.step();
-            let started = (flow.timed() && step.is_io()).then(Instant::now);
-            let answer = match step {
-                Step::Read => match self.read(py, backend, key, call)? {
-                    Ok(Some(v)) => {
-                        got.found = Some(v);
-                        Answer::Found
-                    }
-                    Ok(None) => Answer::Missing,
-                    Err(e) => {
-                        got.failed = Some(e);
-                        Answer::Failed
-                    }
-                },
-                Step::Lease { read } => {
-                    match backend.lease(py, key, &token, r.lock_timeout, read) {
-                        Ok(Lease::Found(v, created_at)) => {
-                            match self.validated(py, v, created_at, call)? {
-                                Some(v) => {
-                                    got.found = Some(v);
-                                    Answer::Found
-                                }
-                                None => Answer::Missing,
-                            }
-                        }
-                        Ok(Lease::Acquired) => {
-                            got.held = Some(crate::lease::hold(key));
-                            Answer::Acquired
-                        }
-                        Ok(Lease::Held) => Answer::Held,
-                        Err(e) => {
-                            got.failed = Some(e);
-                            Answer::Failed
-                        }
-                    }
-                }
-                Step::Join => match self.flights.join(key) {
-                    Join::Leader(l) => {
-                        got.leader = Some(l);
-                        Answer::Leader
-                    }
-                    Join::Follower(f) => {
-                        got.flight = Some(f);
-                        Answer::Follower
-                    }
-                    Join::Reentrant => Answer::Reentrant,
-                },
-                Step::Find => match self.flights.find(key) {
-                    Some(Join::Follower(f)) => {
-                        got.flight = Some(f);
-                        Answer::Follower
-                    }
-                    Some(_) => Answer::Reentrant,
-                    // The lease is this process's parent's: compute (and store) here.
-                    None if crate::lease::held_by_parent(key) => Answer::Reentrant,
-                    None => Answer::NoFlight,
-                },
-                Step::Follow(wait) => {
-                    let flight = got.flight.take().expect("Follow comes after a Follower");
-                    match wait_interruptibly(py, &flight, wait)? {
-                        Waited::Done(outcome) => {
-                            got.followed = Some(outcome);
-                            Answer::Followed
-                        }
-                        Waited::Abandoned => Answer::Abandoned,
-                        Waited::TimedOut => Answer::TimedOut,
-                    }
-                }
-                Step::Pause(nap) => {
-                    sleep_interruptibly(py, nap)?;
-                    Answer::Slept
-                }
-                Step::Compute => {
-                    if flow.gave_up_waiting() {
-                        Self::log_gave_up(py, key, r);
-                    }
-                    self.count_miss();
-                    match self.call_func(py, args, kwargs) {
-                        Ok(v) => {
-                            got.result = Some(v);
-                            Answer::Computed
-                        }
-                        Err(e) => {
-                            if Self::reaches_followers(py, &e) {
-                                got.publish(Err(e.clone_ref(py)));
-                            }
-                            got.error = Some(e);
-                            Answer::Raised
-                        }
-                    }
-                }
-                Step::Store { release } => {
-                    let result = got.result.clone().expect("Store comes after Computed");
-                    match self.to_store(r, &result, call) {
-                        Err(e) => {
-                            got.publish(Err(e.clone_ref(py)));
-                            got.error = Some(e);
-                            Answer::Raised
-                        }
-                        Ok(value) => {
-                            let stored = value.as_ref().map(|(s, _)| s);
-                            got.publish(Ok(Self::published(py, &result, stored)));
-                            let value = value.as_ref().map(|(s, ttl)| (s, *ttl));
-                            let done = if release {
-                                backend.store_and_release(py, value, key, token.get())
-                            } else {
-                                value.map_or(Ok(()), |(s, ttl)| backend.set_stored(py, s, key, ttl))
-                            };
-                            match done {
-                                Ok(()) => Answer::Stored,
-                                Err(e) => {
-                                    got.failed = Some(e);
-                                    Answer::Failed
-                                }
-                            }
-                        }
-                    }
-                }
-                Step::Release => match backend.store_and_release(py, None, key, token.get()) {
-                    Ok(()) => Answer::Stored,
-                    Err(e) => {
-                        got.failed = Some(e);
-                        Answer::Failed
-                    }
-                },
-                Step::Hit => {
-                    self.count_hit();
-                    return Ok(got.found.take().expect("Hit comes after Found"));
-                }
-                Step::Followed => {
-                    let outcome = got.followed.take().expect("Followed comes after a wait");
-                    return self.followed(py, &outcome);
-                }
-                Step::Computed => {
-                    let result = got.result.take().expect("Computed comes after Compute");
-                    if got.leader.is_some() {
-                        // Not stored (the backend failed): the waiters get copies.
-                        let copy = Stored::capture_as(&result, r.copy).ok();
-                        got.publish(Ok(Self::published(py, &result, copy.as_ref())));
-                    }
-                    return Ok(result);
-                }
-                Step::Reraise | Step::RaiseBackend => {
-                    return Err(got.error.take().expect("an error comes before Raise"));
-                }
-                Step::RaiseLockTimeout => return Err(Self::lock_timed_out(key, r)),
-            };
-            if let Some(t) = started {
-                flow.charge(t.elapsed());
-            }
-            if answer == Answer::Failed {
-                self.count_error();
-                got.error = failure(py, &mut flow, got.failed.take(), got.error.take());
-                continue;
-            }
-            flow.answer(answer);
-        }
-    }
-
     /// The settings and key a write helper (`.set`, `.invalidate`) uses, or `None`
     /// while caching is off (nothing is written).
     fn key_to_write(
@@ -272,6 +33,24 @@ impl CachedFunction {
         let r = self.resolve();
         let key = self.key(&r, args, kwargs)?;
         Ok(Some((r, key)))
+    }
+
+    /// A value served by a hit fast path: a refresh starts if it is due.
+    #[inline]
+    fn served<'py>(
+        slf: &Bound<'py, Self>,
+        r: &Here,
+        backend: &Arc<Backend>,
+        key: &str,
+        args: impl FnOnce() -> PyResult<Bound<'py, PyTuple>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        seen: Seen<'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Kind::Refresh { created_at, .. } = seen.kind {
+            let call = Call::new(slf, r.shared(), backend.clone(), key, &args()?, kwargs);
+            refresh_later(slf.py(), call, created_at)?;
+        }
+        Ok(seen.value)
     }
 
     /// Any call, as `tp_call` receives it.
@@ -300,17 +79,19 @@ impl CachedFunction {
         // A memory hit keeps its straight line: the flow's own read, then the flow.
         let local = !backend.has_leases() && !flags.overwrite;
         if local {
-            if let Some(v) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
-                return Ok(v);
+            if let Some(seen) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
+                return Self::served(slf, &r, backend, &key, || Ok(args.clone()), kwargs, seen);
             }
         }
         let policy = r.policy(backend, flags.overwrite);
-        let flow = if local {
+        // A value kept as a fallback is read again by the flow.
+        let flow = if local && !r.rules.is_on() {
             Flow::missed(policy)
         } else {
             Flow::start(policy)
         };
-        this.drive(py, &r, backend, &key, args, kwargs, flow)
+        let call = Call::new(slf, r.shared(), backend.clone(), &key, args, kwargs);
+        drive::run(py, call, flow)
     }
 }
 
@@ -330,12 +111,26 @@ impl FastCall for CachedFunction {
                 if !backend.has_leases() {
                     let key = this.key_positional(py, &r, args)?;
                     let call = CallArgs { args, kwargs: None };
-                    if let Some(v) = this.lookup(py, &r, backend, &key, call)? {
-                        return Ok(v);
+                    if let Some(seen) = this.lookup(py, &r, backend, &key, call)? {
+                        return Self::served(
+                            slf,
+                            &r,
+                            backend,
+                            &key,
+                            || PyTuple::new(py, args),
+                            None,
+                            seen,
+                        );
                     }
                     let args = PyTuple::new(py, args)?;
-                    let flow = Flow::missed(r.policy(backend, false));
-                    return this.drive(py, &r, backend, &key, &args, None, flow);
+                    let policy = r.policy(backend, false);
+                    let flow = if r.rules.is_on() {
+                        Flow::start(policy)
+                    } else {
+                        Flow::missed(policy)
+                    };
+                    let call = Call::new(slf, r.shared(), backend.clone(), &key, &args, None);
+                    return drive::run(py, call, flow);
                 }
             }
         }
@@ -460,8 +255,8 @@ impl CachedFunction {
         let Some((r, key)) = self.key_to_write(args, kwargs)? else {
             return Ok(());
         };
-        let ttl = self.ttl_to_set(value, CallArgs::of(args, kwargs))?;
-        self.backend_or_err(py, &r)?.set(value, &key, ttl)
+        let (ttl, fresh) = self.ttl_to_set(&r, value, CallArgs::of(args, kwargs))?;
+        self.backend_or_err(py, &r)?.set(value, &key, ttl, fresh)
     }
 
     /// Removes the entry of these arguments (bound as in a call). A failing backend
@@ -608,11 +403,7 @@ impl CachedFunction {
                 }
             }
         };
-        Ok(CacheInfo {
-            hits: self.stats.hits.load(std::sync::atomic::Ordering::Relaxed),
-            misses: self.stats.misses.load(std::sync::atomic::Ordering::Relaxed),
-            currsize,
-        })
+        Ok(self.stats.info(currsize))
     }
 
     /// Whether this function's backend keeps values in this process (no I/O).

@@ -1,6 +1,7 @@
 //! The values a decorated function hands out about itself: `CacheEntry` (to
 //! `validate=`), `CacheInfo`, and the counters behind it.
 
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Weak};
 
@@ -20,6 +21,52 @@ pub struct Stats {
     pub misses: AtomicU64,
     /// Backend failures its calls met (each a miss, or raised).
     pub errors: AtomicU64,
+    /// Stale values served (`stale_ttl`), also counted as hits.
+    pub stale_hits: AtomicU64,
+    /// Background refreshes that computed the function.
+    pub refreshes: AtomicU64,
+    /// Stale values served instead of an exception or a slow computation
+    /// (`stale_if_error`, `timeout`).
+    pub fail_safe: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn new(package: Option<String>, function: String) -> Stats {
+        Stats {
+            package,
+            function,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stale_hits: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+            fail_safe: AtomicU64::new(0),
+        }
+    }
+
+    fn counters(&self) -> [&AtomicU64; 6] {
+        [
+            &self.hits,
+            &self.misses,
+            &self.errors,
+            &self.stale_hits,
+            &self.refreshes,
+            &self.fail_safe,
+        ]
+    }
+
+    /// `cache_info()` of a function with `currsize` entries.
+    pub(crate) fn info(&self, currsize: usize) -> CacheInfo {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheInfo {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            currsize,
+            stale_hits: get(&self.stale_hits),
+            refreshes: get(&self.refreshes),
+            fail_safe: get(&self.fail_safe),
+        }
+    }
 }
 
 pub(crate) static ALL_STATS: LazyLock<Mutex<Vec<Weak<Stats>>>> =
@@ -31,8 +78,9 @@ pub fn reset_stats(package: Option<&str>) {
     all.retain(|w| w.strong_count() > 0);
     for s in all.iter().filter_map(Weak::upgrade) {
         if s.package.as_deref() == package {
-            s.hits.store(0, Ordering::Relaxed);
-            s.misses.store(0, Ordering::Relaxed);
+            for c in s.counters() {
+                c.store(0, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -83,24 +131,54 @@ pub struct CacheInfo {
     pub(crate) misses: u64,
     #[pyo3(get)]
     pub(crate) currsize: usize,
+    /// Stale values served while refreshed in the background (also hits).
+    #[pyo3(get)]
+    pub(crate) stale_hits: u64,
+    /// Background refreshes that computed the function.
+    #[pyo3(get)]
+    pub(crate) refreshes: u64,
+    /// Stale values served instead of an exception or a slow computation.
+    #[pyo3(get)]
+    pub(crate) fail_safe: u64,
 }
 
 #[pymethods]
 impl CacheInfo {
     #[new]
-    fn py_new(hits: u64, misses: u64, currsize: usize) -> Self {
+    #[pyo3(signature = (hits, misses, currsize, stale_hits=0, refreshes=0, fail_safe=0))]
+    fn py_new(
+        hits: u64,
+        misses: u64,
+        currsize: usize,
+        stale_hits: u64,
+        refreshes: u64,
+        fail_safe: u64,
+    ) -> Self {
         CacheInfo {
             hits,
             misses,
             currsize,
+            stale_hits,
+            refreshes,
+            fail_safe,
         }
     }
 
+    /// The counters of the freshness controls are shown once one of them counts.
     fn __repr__(&self) -> String {
-        format!(
-            "CacheInfo(hits={}, misses={}, currsize={})",
+        let mut out = format!(
+            "CacheInfo(hits={}, misses={}, currsize={}",
             self.hits, self.misses, self.currsize
-        )
+        );
+        if self.stale_hits + self.refreshes + self.fail_safe > 0 {
+            let _ = write!(
+                out,
+                ", stale_hits={}, refreshes={}, fail_safe={}",
+                self.stale_hits, self.refreshes, self.fail_safe
+            );
+        }
+        out.push(')');
+        out
     }
 }
 
@@ -124,6 +202,9 @@ pub fn metrics(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         d.set_item("hits", s.hits.load(Ordering::Relaxed))?;
         d.set_item("misses", s.misses.load(Ordering::Relaxed))?;
         d.set_item("errors", s.errors.load(Ordering::Relaxed))?;
+        d.set_item("stale_hits", s.stale_hits.load(Ordering::Relaxed))?;
+        d.set_item("refreshes", s.refreshes.load(Ordering::Relaxed))?;
+        d.set_item("fail_safe", s.fail_safe.load(Ordering::Relaxed))?;
         functions.append(d)?;
     }
     let servers = PyList::empty(py);

@@ -24,6 +24,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::process::now_ns;
 pub use crate::process::unix_now;
+use crate::stamp::{Fresh, Stamp};
 
 const SHARDS: usize = 16;
 /// A shard is swept of its expired entries when it holds twice as many as after its
@@ -33,6 +34,9 @@ const SWEEP_FLOOR: usize = 1024;
 struct Slot<V> {
     value: V,
     created_at: f64,
+    /// The value's freshness ([`Stamp`]; NaN: not said).
+    fresh_for: f32,
+    took: f32,
     expires_ns: u64,
     /// Last use, on the store's logical clock (bounded stores only).
     touched: AtomicU64,
@@ -338,9 +342,9 @@ impl<V> MemoryStore<V> {
         &self.shards[shard_of(hash)]
     }
 
-    /// Applies `f` to a live entry's value and creation time, under the shard's read
-    /// lock: `f` must not call into Python beyond reference counting.
-    pub fn get_with<R>(&self, key: &str, f: impl FnOnce(&V, f64) -> R) -> Option<R> {
+    /// Applies `f` to a live entry's value and freshness, under the shard's read lock:
+    /// `f` must not call into Python beyond reference counting.
+    pub fn get_with<R>(&self, key: &str, f: impl FnOnce(&V, Stamp) -> R) -> Option<R> {
         let now = now_ns();
         let hash = hash_of(key);
         let map = self.shard(hash).map.read();
@@ -352,28 +356,49 @@ impl<V> MemoryStore<V> {
                 Ordering::Relaxed,
             );
         }
-        Some(f(&slot.value, slot.created_at))
+        Some(f(
+            &slot.value,
+            Stamp {
+                created_at: slot.created_at,
+                fresh_for: f64::from(slot.fresh_for),
+                took: f64::from(slot.took),
+            },
+        ))
     }
 
     /// Stores `value` for `ttl` seconds (created now). Returns the values that left the
     /// map: the one replaced, and any expired ones swept on the way.
     #[must_use = "drop the returned values after the call, outside any lock"]
     pub fn insert(&self, key: &str, value: V, ttl: f64) -> Vec<V> {
-        self.insert_at(key, value, unix_now(), ttl)
+        self.insert_at(key, value, unix_now(), ttl, None)
     }
 
-    /// Stores `value`, created at `created_at` (Unix seconds), for `ttl` seconds.
+    /// Stores `value`, created at `created_at` (Unix seconds), for `ttl` seconds, with
+    /// its freshness if it has its own.
     #[must_use = "drop the returned values after the call, outside any lock"]
-    pub fn insert_at(&self, key: &str, value: V, created_at: f64, ttl: f64) -> Vec<V> {
+    #[allow(clippy::cast_possible_truncation)] // seconds kept to f32's precision
+    pub fn insert_at(
+        &self,
+        key: &str,
+        value: V,
+        created_at: f64,
+        ttl: f64,
+        fresh: Option<Fresh>,
+    ) -> Vec<V> {
         let now = now_ns();
         let ttl_ns = if ttl.is_finite() {
             (ttl.max(0.0) * 1e9) as u64
         } else {
             u64::MAX
         };
+        let (fresh_for, took) = fresh.map_or((f32::NAN, f32::NAN), |f| {
+            (f.fresh_for as f32, f.took as f32)
+        });
         let slot = Slot {
             value,
             created_at,
+            fresh_for,
+            took,
             expires_ns: now.saturating_add(ttl_ns),
             touched: AtomicU64::new((self.clock.fetch_add(1, Ordering::Relaxed) + 1) * 2),
         };

@@ -31,7 +31,7 @@ fn created_at_is_unix_time() {
     let s = MemoryStore::default();
     let before = unix_now();
     let _ = s.insert("k", (), 60.0);
-    let created = s.get_with("k", |(), c| c).unwrap();
+    let created = s.get_with("k", |(), c| c.created_at).unwrap();
     assert!(created >= before && created <= unix_now());
 }
 

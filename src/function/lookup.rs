@@ -1,0 +1,175 @@
+//! What a call finds: a cached value read, checked by `validate=` and judged by the
+//! freshness controls (`flow/fresh.rs`): the flow's `Read` and the hit fast path, for
+//! both drivers.
+
+use std::sync::atomic::Ordering;
+
+use pyo3::prelude::*;
+
+use super::background;
+use super::values::CacheEntry;
+use super::{CachedFunction, CallArgs, Resolved};
+use crate::backend::Backend;
+use crate::flow::fresh::Judged;
+use crate::flow::Answer;
+use crate::process::unix_now;
+use crate::stamp::Stamp;
+
+/// What a value found is good for (`flow/fresh.rs`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Kind {
+    /// A hit.
+    Fresh,
+    /// A hit that starts a background refresh of the value created at `created_at`:
+    /// stale, or due for an early refresh.
+    Refresh { created_at: f64, stale: bool },
+    /// Expired: the fallback of the computation.
+    Fallback,
+    /// Expired, and the computation failed a moment ago: served (fail-safe throttle).
+    Throttled,
+}
+
+impl Kind {
+    /// The flow's answer to a value of this kind.
+    pub(crate) fn answer(self) -> Answer {
+        match self {
+            Kind::Fresh | Kind::Throttled => Answer::Found,
+            Kind::Refresh { .. } => Answer::Stale,
+            Kind::Fallback => Answer::Fallback,
+        }
+    }
+}
+
+/// A value found, and what it is good for.
+pub(crate) struct Seen<'py> {
+    pub(crate) value: Bound<'py, PyAny>,
+    pub(crate) kind: Kind,
+}
+
+/// How a value found is judged: as a call judges it, or (a background refresh) as
+/// news only if it is newer than the value that started the refresh.
+#[derive(Clone, Copy)]
+pub(crate) enum Judge {
+    Call,
+    NewerThan(f64),
+}
+
+impl CachedFunction {
+    /// The flow's `Read`, and the hit fast path: a cached value that `validate=`
+    /// accepts and the freshness controls find usable, or `None`. A backend failure is
+    /// the caller's to judge (`Err`).
+    #[inline]
+    pub(crate) fn read<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        backend: &Backend,
+        key: &str,
+        call: CallArgs<'_, 'py>,
+        judge: Judge,
+    ) -> PyResult<Result<Option<Seen<'py>>, PyErr>> {
+        match backend.get(py, key) {
+            Ok(Some((value, stamp))) => self
+                .validated(py, r, key, value, stamp, call, judge)
+                .map(Ok),
+            Ok(None) => Ok(Ok(None)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// The hit fast path: a value found and accepted is a hit (and a stale one starts a
+    /// refresh: [`Seen::Refresh`]). A backend that fails is a miss (or raises, with
+    /// `on_backend_error='raise'`); an expired value kept as a fallback is a miss here
+    /// (the flow reads it again).
+    #[inline]
+    pub(crate) fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        backend: &Backend,
+        key: &str,
+        call: CallArgs<'_, 'py>,
+    ) -> PyResult<Option<Seen<'py>>> {
+        match self.read(py, r, backend, key, call, Judge::Call)? {
+            Ok(
+                Some(Seen {
+                    kind: Kind::Fallback,
+                    ..
+                })
+                | None,
+            ) => Ok(None),
+            Ok(Some(seen)) => {
+                self.count_seen(seen.kind);
+                Ok(Some(seen))
+            }
+            Err(e) => {
+                self.count_error();
+                Self::backend_failed(py, r, e)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Counts a value served: a hit (a stale one, or one served for a failure, too).
+    #[inline]
+    pub(crate) fn count_seen(&self, kind: Kind) {
+        self.count_hit();
+        match kind {
+            Kind::Refresh { stale: true, .. } => {
+                self.stats.stale_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Throttled => {
+                self.stats.fail_safe.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// `value` if `validate=` accepts it (or there is none), judged by the freshness
+    /// controls.
+    #[inline]
+    #[allow(clippy::too_many_arguments)] // what a value found is judged by
+    pub(crate) fn validated<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        key: &str,
+        value: Bound<'py, PyAny>,
+        stamp: Stamp,
+        call: CallArgs<'_, 'py>,
+        judge: Judge,
+    ) -> PyResult<Option<Seen<'py>>> {
+        if let Some(validate) = &self.validate {
+            let entry = CacheEntry {
+                value: value.clone().unbind(),
+                created_at: stamp.created_at,
+                age: (unix_now() - stamp.created_at).max(0.0),
+            };
+            let validate = validate.bind(py);
+            let valid = if self.with_args.validate {
+                validate.call1((entry, self.args_of(py, call)?))?
+            } else {
+                validate.call1((entry,))?
+            };
+            if !valid.is_truthy()? {
+                return Ok(None);
+            }
+        }
+        let kind = match judge {
+            Judge::NewerThan(seen) if stamp.created_at > seen => Kind::Fresh,
+            Judge::NewerThan(_) => return Ok(None),
+            Judge::Call if !r.rules.is_on() => Kind::Fresh,
+            Judge::Call => match r.rules.judge(&stamp, unix_now(), crate::process::uniform) {
+                Judged::Fresh => Kind::Fresh,
+                judged @ (Judged::Early | Judged::Stale) => Kind::Refresh {
+                    created_at: stamp.created_at,
+                    stale: judged == Judged::Stale,
+                },
+                Judged::Fallback if background::throttled(self.id, key) => Kind::Throttled,
+                Judged::Fallback => Kind::Fallback,
+                Judged::Expired => return Ok(None),
+            },
+        };
+        Ok(Some(Seen { value, kind }))
+    }
+}
