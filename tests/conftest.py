@@ -460,6 +460,14 @@ class Flavor:
             return fn(*args, **kwargs)
         return self.loop.run_until_complete(fn(*args, **kwargs))
 
+    def pause(self, seconds: float) -> None:
+        """Lets ``seconds`` pass; in the async mode, with the loop running its tasks
+        (background refreshes) meanwhile."""
+        if self.loop is None:
+            time.sleep(seconds)
+        else:
+            self.loop.run_until_complete(asyncio.sleep(seconds))
+
     def call_together(self, fn: Any, n: int, *args: Any) -> list[Any]:
         """``n`` concurrent calls: threads for sync functions, tasks of one loop for
         async ones."""

@@ -115,6 +115,12 @@ def _background(coroutine: Any) -> None:
     task.add_done_callback(_pending.discard)
 
 
+async def _hit_then(value: Any, refresh: Any) -> Any:
+    """A hit that starts ``refresh`` (a coroutine) as it is awaited."""
+    _background(refresh)
+    return value
+
+
 def _settle(call: AsyncCall, task: asyncio.Future[Any]) -> None:
     """Tells the call how the computation ``task`` ended."""
     if task.cancelled():

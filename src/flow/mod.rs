@@ -511,10 +511,6 @@ impl Flow {
             | (State::Leasing, A::Held)
             | (State::Joining, A::Follower | A::Reentrant)
             | (State::Reading | State::Rechecking | State::Leasing, A::Failed) => self.skip(),
-            (State::Computing | State::Storing, A::Raised | A::Interrupted) => {
-                self.after_release = Step::Skipped;
-                return None;
-            }
             _ => return None,
         })
     }

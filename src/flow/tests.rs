@@ -416,7 +416,7 @@ fn a_local_refresh_rechecks_after_joining() {
 }
 
 #[test]
-fn a_refresh_that_raises_releases_and_keeps_quiet() {
+fn a_refresh_that_raises_releases_the_lease_and_ends_raising() {
     let steps = run(
         Flow::start(refresh(true)),
         &[
@@ -427,7 +427,7 @@ fn a_refresh_that_raises_releases_and_keeps_quiet() {
             Answer::Stored,
         ],
     );
-    assert_eq!(&steps[4..], [Step::Release, Step::Skipped]);
+    assert_eq!(&steps[4..], [Step::Release, Step::Reraise]);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::aio_call::{AsyncCall, TaskFlights};
+use super::aio_call::{AsyncCall, TaskFlights, HIT_THEN};
 use super::lookup::Kind;
 use super::{bind_method, pickled_by_name, take_flags, CachedFunction, CallArgs};
 use crate::flow::Flow;
@@ -80,7 +80,12 @@ impl AsyncCachedFunction {
                         args,
                         kwargs,
                     );
-                    call.refresh_later(py, created_at)?;
+                    // Started when awaited: the call may come before the loop runs.
+                    if let Some(refresh) = call.refresh(py, created_at)? {
+                        return HIT_THEN
+                            .import(py, "cachu._async", "_hit_then")?
+                            .call1((seen.value, refresh));
+                    }
                 }
                 let v = seen.value;
                 return match &self.hit {

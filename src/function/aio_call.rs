@@ -66,6 +66,9 @@ static ASYNCIO: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 /// `cachu._async._background`: runs a coroutine as a task of the running loop.
 static BACKGROUND: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// `cachu._async._hit_then`: a hit that starts a coroutine (a refresh) when awaited.
+pub(crate) static HIT_THEN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 /// `(asyncio.get_running_loop(), asyncio.current_task())` of the caller.
 fn loop_and_task(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Bound<'_, PyAny>)> {
     let (get_loop, current_task) = ASYNCIO.get_or_try_init(py, || -> PyResult<_> {
@@ -271,22 +274,23 @@ impl AsyncCall {
     }
 
     /// Starts this call's key's refresh (it is one: see [`AsyncCachedFunction`]) as a
-    /// task of the running loop, kept until done; the value served was created at
-    /// `created_at`. One per key in this process; none without a running loop.
-    pub(crate) fn refresh_later(mut self, py: Python<'_>, created_at: f64) -> PyResult<()> {
+    /// task of the running loop (`cachu._async._background`, which keeps it until
+    /// done); the value served was created at `created_at`. Returns the coroutine to
+    /// start, if one starts: one per key in this process.
+    pub(crate) fn refresh(
+        mut self,
+        py: Python<'_>,
+        created_at: f64,
+    ) -> PyResult<Option<Bound<'_, PyAny>>> {
         let Some(refreshing) = Refreshing::start(self.cached.get().id(), &self.key) else {
-            return Ok(());
+            return Ok(None);
         };
         self.refreshing = Some(refreshing);
         self.judge = Judge::NewerThan(created_at);
         let args = self.args.clone_ref(py);
         let kwargs = self.kwargs.as_ref().map(|k| k.clone_ref(py));
         let drive = self.drive.clone_ref(py);
-        let coroutine = drive.bind(py).call1((self, args, kwargs))?;
-        BACKGROUND
-            .import(py, "cachu._async", "_background")?
-            .call1((coroutine,))?;
-        Ok(())
+        drive.bind(py).call1((self, args, kwargs)).map(Some)
     }
 
     /// A sibling of this call that refreshes its key in the background.
@@ -550,7 +554,11 @@ impl AsyncCall {
                 Step::Hit | Step::HitRefresh => {
                     self.cached.get().count_seen(self.found);
                     if let Kind::Refresh { created_at, .. } = self.found {
-                        self.refresh_of(py).refresh_later(py, created_at)?;
+                        if let Some(refresh) = self.refresh_of(py).refresh(py, created_at)? {
+                            BACKGROUND
+                                .import(py, "cachu._async", "_background")?
+                                .call1((refresh,))?;
+                        }
                     }
                     return Ok(Await::Return);
                 }
