@@ -488,3 +488,18 @@ def test_package_defaults_apply_and_the_decorator_overrides_them():
     time.sleep(1.1)
     assert by_default(1) == 1  # stale, refreshed in the background
     assert overridden(1) == 2  # no stale window: computed now
+
+
+def test_get_returns_what_a_call_would_serve():
+    @cachu.cache(ttl=1, stale_ttl=1, stale_if_error=5, package="fresh_get")
+    def f(x):
+        return x
+
+    f(1)
+    assert f.get(1) == 1
+    time.sleep(1.1)
+    assert f.get(1) == 1  # stale: a call serves it
+    time.sleep(1.0)
+    with pytest.raises(KeyError):
+        f.get(1)  # kept only as the fallback of a failing computation
+    assert f.get(1, default="none") == "none"

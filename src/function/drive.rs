@@ -22,6 +22,7 @@ use crate::backend::{Backend, Lease, Token};
 use crate::codec::Stored;
 use crate::flight::{Flight, Join, Leader, Waited};
 use crate::flow::{Answer, Flow, Step};
+use crate::key::KeyBuf;
 
 /// The longest a wait goes without looking for a signal.
 pub const SIGNAL_SLICE: Duration = Duration::from_millis(50);
@@ -66,16 +67,23 @@ pub(crate) struct Call {
     func: Py<CachedFunction>,
     r: Arc<Resolved>,
     backend: Arc<Backend>,
-    key: String,
+    /// The key, in the buffer it was built in (no copy).
+    key: KeyBuf,
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
     token: Token,
+    /// Work done in another thread than the caller's: `None` for a call.
+    elsewhere: Option<Box<Elsewhere>>,
+}
+
+/// What work done in another thread than the caller's needs.
+struct Elsewhere {
+    /// The caller's `contextvars` (a copy).
+    context: Py<PyAny>,
     /// How values found are judged.
     judge: Judge,
-    /// The caller's `contextvars` (a copy), for work done in another thread.
-    context: Option<Py<PyAny>>,
     /// A background refresh holds the key's refresh in this process.
-    refreshing: Option<Refreshing>,
+    _refreshing: Option<Refreshing>,
 }
 
 /// What one call has gathered while the flow runs.
@@ -145,7 +153,7 @@ impl Call {
         func: &Bound<'py, CachedFunction>,
         r: Arc<Resolved>,
         backend: Arc<Backend>,
-        key: &str,
+        key: KeyBuf,
         args: &Bound<'py, PyTuple>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> Call {
@@ -153,13 +161,11 @@ impl Call {
             func: func.clone().unbind(),
             r,
             backend,
-            key: key.to_owned(),
+            key,
             args: args.clone().unbind(),
             kwargs: kwargs.map(|k| k.clone().unbind()),
             token: Token::lazy(),
-            judge: Judge::Call,
-            context: None,
-            refreshing: None,
+            elsewhere: None,
         }
     }
 
@@ -169,7 +175,7 @@ impl Call {
         let this = self.func.get();
         let args = self.args.bind(py);
         let kwargs = self.kwargs.as_ref().map(|k| k.bind(py));
-        match &self.context {
+        match self.elsewhere.as_ref().map(|e| &e.context) {
             None => this.call_func(py, args, kwargs),
             Some(ctx) => {
                 let mut all = vec![this.func.bind(py).clone()];
@@ -184,7 +190,7 @@ impl Call {
     /// The function run on a pool thread, waited for at most `left`: its outcome, or
     /// `Err(handoff)` when it runs longer (or `None` when the pool cannot take it).
     fn run_within(
-        &mut self,
+        &self,
         py: Python<'_>,
         left: Duration,
     ) -> PyResult<Result<Computed, Arc<Handoff<Computed>>>> {
@@ -193,13 +199,15 @@ impl Call {
             func: self.func.clone_ref(py),
             r: self.r.clone(),
             backend: self.backend.clone(),
-            key: String::new(),
+            key: KeyBuf(String::new()),
             args: self.args.clone_ref(py),
             kwargs: self.kwargs.as_ref().map(|k| k.clone_ref(py)),
             token: Token::lazy(),
-            judge: Judge::Call,
-            context: Some(copy_context(py)?),
-            refreshing: None,
+            elsewhere: Some(Box::new(Elsewhere {
+                context: copy_context(py)?,
+                judge: Judge::Call,
+                _refreshing: None,
+            })),
         };
         let h = handoff.clone();
         let taken = background::submit(move || {
@@ -236,9 +244,11 @@ pub(crate) fn refresh_later(py: Python<'_>, mut call: Call, created_at: f64) -> 
     let Some(refreshing) = Refreshing::start(call.func.get().id(), &call.key) else {
         return Ok(());
     };
-    call.refreshing = Some(refreshing);
-    call.judge = Judge::NewerThan(created_at);
-    call.context = Some(copy_context(py)?);
+    call.elsewhere = Some(Box::new(Elsewhere {
+        context: copy_context(py)?,
+        judge: Judge::NewerThan(created_at),
+        _refreshing: Some(refreshing),
+    }));
     let flow = Flow::start(call.r.refresh_policy(&call.backend));
     // A full queue drops the refresh (and its hold on the key): a later call asks again.
     background::submit(move || {
@@ -252,6 +262,7 @@ pub(crate) fn refresh_later(py: Python<'_>, mut call: Call, created_at: f64) -> 
 }
 
 /// Runs the call flow from `flow` with blocking I/O.
+#[inline]
 pub(crate) fn run(py: Python<'_>, call: Call, flow: Flow) -> PyResult<Bound<'_, PyAny>> {
     drive(py, call, flow, Gathered::default())
 }
@@ -259,23 +270,26 @@ pub(crate) fn run(py: Python<'_>, call: Call, flow: Flow) -> PyResult<Bound<'_, 
 #[allow(clippy::too_many_lines)] // one arm per step of the flow
 fn drive(
     py: Python<'_>,
-    mut call: Call,
+    call: Call,
     mut flow: Flow,
     mut got: Gathered,
 ) -> PyResult<Bound<'_, PyAny>> {
     let func = call.func.clone_ref(py);
     let this = func.get();
-    let (r, backend) = (call.r.clone(), call.backend.clone());
     let args = call.args.bind(py).clone();
     let kwargs = call.kwargs.as_ref().map(|k| k.bind(py).clone());
-    let (key, judge) = (call.key.clone(), call.judge);
+    // Borrowed from the call until it is handed on (a refresh, a soft timeout).
+    let judge = call.elsewhere.as_ref().map_or(Judge::Call, |e| e.judge);
+    let (r, backend, key) = (&*call.r, &*call.backend, &*call.key);
+    // How long the computation takes matters to early refresh only.
+    let timed = r.rules.is_on();
     let refresh = matches!(judge, Judge::NewerThan(_));
     let callargs = CallArgs::of(&args, kwargs.as_ref());
     loop {
         let step = flow.step();
         let started = (flow.timed() && step.is_io()).then(Instant::now);
         let answer = match step {
-            Step::Read => match this.read(py, &r, &backend, &key, callargs, judge)? {
+            Step::Read => match this.read(py, r, backend, key, callargs, judge)? {
                 Ok(Some(seen)) => got.seen(seen),
                 Ok(None) => Answer::Missing,
                 Err(e) => {
@@ -284,15 +298,15 @@ fn drive(
                 }
             },
             Step::Lease { read } => {
-                match backend.lease(py, &key, &call.token, r.lock_timeout, read) {
+                match backend.lease(py, key, &call.token, r.lock_timeout, read) {
                     Ok(Lease::Found(v, stamp)) => {
-                        match this.validated(py, &r, &key, v, stamp, callargs, judge)? {
+                        match this.validated(py, r, key, v, stamp, callargs, judge)? {
                             Some(seen) => got.seen(seen),
                             None => Answer::Missing,
                         }
                     }
                     Ok(Lease::Acquired) => {
-                        got.held = Some(crate::lease::hold(&key));
+                        got.held = Some(crate::lease::hold(key));
                         Answer::Acquired
                     }
                     Ok(Lease::Held) => Answer::Held,
@@ -302,7 +316,7 @@ fn drive(
                     }
                 }
             }
-            Step::Join => match this.flights.join(&key) {
+            Step::Join => match this.flights.join(key) {
                 Join::Leader(l) => {
                     got.leader = Some(l);
                     Answer::Leader
@@ -313,14 +327,14 @@ fn drive(
                 }
                 Join::Reentrant => Answer::Reentrant,
             },
-            Step::Find => match this.flights.find(&key) {
+            Step::Find => match this.flights.find(key) {
                 Some(Join::Follower(f)) => {
                     got.flight = Some(f);
                     Answer::Follower
                 }
                 Some(_) => Answer::Reentrant,
                 // The lease is this process's parent's: compute (and store) here.
-                None if crate::lease::held_by_parent(&key) => Answer::Reentrant,
+                None if crate::lease::held_by_parent(key) => Answer::Reentrant,
                 None => Answer::NoFlight,
             },
             Step::Follow(wait) => {
@@ -345,12 +359,13 @@ fn drive(
             }
             Step::Compute => {
                 if flow.gave_up_waiting() {
-                    CachedFunction::log_gave_up(py, &key, &r);
+                    CachedFunction::log_gave_up(py, key, r);
                 }
                 if !refresh {
                     this.count_miss();
                 }
-                let began = Instant::now();
+                let began = timed.then(Instant::now);
+                let took = move || began.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
                 let outcome = match flow.soft_timeout() {
                     None => call.run(py),
                     Some(left) => match call.run_within(py, left)? {
@@ -360,11 +375,10 @@ fn drive(
                             // computation goes on, and the rest of this call with it.
                             let fallback =
                                 got.fallback.take().expect("a soft timeout has a fallback");
-                            this.served_fallback(py, &key, None);
+                            this.served_fallback(py, key, None);
                             handoff.leave(move |outcome| {
                                 let _ = Python::try_attach(|py| {
-                                    let answer =
-                                        got.computed(py, outcome, began.elapsed().as_secs_f64());
+                                    let answer = got.computed(py, outcome, took());
                                     flow.answer(answer);
                                     // What it returns or raises reaches nobody.
                                     let _ = drive(py, call, flow, got);
@@ -374,7 +388,7 @@ fn drive(
                         }
                     },
                 };
-                got.computed(py, outcome, began.elapsed().as_secs_f64())
+                got.computed(py, outcome, took())
             }
             Step::Store { release } => {
                 let result = got
@@ -383,7 +397,7 @@ fn drive(
                     .expect("Store comes after Computed")
                     .bind(py)
                     .clone();
-                match this.to_store(&r, &result, callargs, got.took) {
+                match this.to_store(r, &result, callargs, got.took) {
                     Err(e) => {
                         got.publish(Err(e.clone_ref(py)));
                         got.error = Some(e);
@@ -396,10 +410,10 @@ fn drive(
                             kept.as_ref().map(|k| &k.stored),
                         )));
                         let done = if release {
-                            backend.store_and_release(py, kept.as_ref(), &key, call.token.get())
+                            backend.store_and_release(py, kept.as_ref(), key, call.token.get())
                         } else {
                             kept.as_ref()
-                                .map_or(Ok(()), |k| backend.set_stored(py, k, &key))
+                                .map_or(Ok(()), |k| backend.set_stored(py, k, key))
                         };
                         match done {
                             Ok(()) => Answer::Stored,
@@ -411,7 +425,7 @@ fn drive(
                     }
                 }
             }
-            Step::Release => match backend.store_and_release(py, None, &key, call.token.get()) {
+            Step::Release => match backend.store_and_release(py, None, key, call.token.get()) {
                 Ok(()) => Answer::Stored,
                 Err(e) => {
                     got.failed = Some(e);
@@ -433,7 +447,7 @@ fn drive(
                         .as_ref()
                         .and_then(|o| o.as_ref().as_ref().err().map(|e| e.clone_ref(py)))
                 });
-                this.served_fallback(py, &key, error.as_ref());
+                this.served_fallback(py, key, error.as_ref());
                 return Ok(fallback.into_bound(py));
             }
             Step::Skipped => return Ok(py.None().into_bound(py)),
@@ -460,12 +474,12 @@ fn drive(
             Step::Reraise | Step::RaiseBackend => {
                 let e = got.error.take().expect("an error comes before Raise");
                 if refresh {
-                    this.refresh_failed(py, &key, &e);
+                    this.refresh_failed(py, key, &e);
                     return Ok(py.None().into_bound(py));
                 }
                 return Err(e);
             }
-            Step::RaiseLockTimeout => return Err(CachedFunction::lock_timed_out(&key, &r)),
+            Step::RaiseLockTimeout => return Err(CachedFunction::lock_timed_out(key, r)),
         };
         if let Some(t) = started {
             flow.charge(t.elapsed());

@@ -139,37 +139,62 @@ impl CachedFunction {
         call: CallArgs<'_, 'py>,
         judge: Judge,
     ) -> PyResult<Option<Seen<'py>>> {
-        if let Some(validate) = &self.validate {
-            let entry = CacheEntry {
-                value: value.clone().unbind(),
-                created_at: stamp.created_at,
-                age: (unix_now() - stamp.created_at).max(0.0),
-            };
-            let validate = validate.bind(py);
-            let valid = if self.with_args.validate {
-                validate.call1((entry, self.args_of(py, call)?))?
-            } else {
-                validate.call1((entry,))?
-            };
-            if !valid.is_truthy()? {
-                return Ok(None);
-            }
+        if self.validate.is_some() && !self.accepts(py, &value, stamp.created_at, call)? {
+            return Ok(None);
         }
-        let kind = match judge {
-            Judge::NewerThan(seen) if stamp.created_at > seen => Kind::Fresh,
-            Judge::NewerThan(_) => return Ok(None),
-            Judge::Call if !r.rules.is_on() => Kind::Fresh,
-            Judge::Call => match r.rules.judge(&stamp, unix_now(), crate::process::uniform) {
-                Judged::Fresh => Kind::Fresh,
-                judged @ (Judged::Early | Judged::Stale) => Kind::Refresh {
+        if matches!(judge, Judge::Call) && !r.rules.is_on() {
+            return Ok(Some(Seen {
+                value,
+                kind: Kind::Fresh,
+            }));
+        }
+        Ok(self
+            .judged(r, key, &stamp, judge)
+            .map(|kind| Seen { value, kind }))
+    }
+
+    /// What `validate=` says of a value found.
+    #[inline(never)]
+    fn accepts<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+        created_at: f64,
+        call: CallArgs<'_, 'py>,
+    ) -> PyResult<bool> {
+        let Some(validate) = &self.validate else {
+            return Ok(true);
+        };
+        let entry = CacheEntry {
+            value: value.clone().unbind(),
+            created_at,
+            age: (unix_now() - created_at).max(0.0),
+        };
+        let validate = validate.bind(py);
+        let valid = if self.with_args.validate {
+            validate.call1((entry, self.args_of(py, call)?))?
+        } else {
+            validate.call1((entry,))?
+        };
+        valid.is_truthy()
+    }
+
+    /// What a value found is good for, by the freshness controls (or, for a refresh,
+    /// whether it is newer than the value that started it); `None`: nothing.
+    #[inline(never)]
+    fn judged(&self, r: &Resolved, key: &str, stamp: &Stamp, judge: Judge) -> Option<Kind> {
+        match judge {
+            Judge::NewerThan(seen) => (stamp.created_at > seen).then_some(Kind::Fresh),
+            Judge::Call => match r.rules.judge(stamp, unix_now(), crate::process::uniform) {
+                Judged::Fresh => Some(Kind::Fresh),
+                judged @ (Judged::Early | Judged::Stale) => Some(Kind::Refresh {
                     created_at: stamp.created_at,
                     stale: judged == Judged::Stale,
-                },
-                Judged::Fallback if background::throttled(self.id, key) => Kind::Throttled,
-                Judged::Fallback => Kind::Fallback,
-                Judged::Expired => return Ok(None),
+                }),
+                Judged::Fallback if background::throttled(self.id, key) => Some(Kind::Throttled),
+                Judged::Fallback => Some(Kind::Fallback),
+                Judged::Expired => None,
             },
-        };
-        Ok(Some(Seen { value, kind }))
+        }
     }
 }

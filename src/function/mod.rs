@@ -40,7 +40,7 @@ use crate::flow::fresh::Rules;
 use crate::flow::{Answer, Flow, Policy, Step};
 use crate::key::{function_head, KeyBuf, KeyPlan};
 use crate::region::{region_name, whole_seconds};
-use crate::stamp::Fresh;
+use crate::stamp::{Fresh, Stamp};
 use crate::vectorcall;
 use crate::warn;
 use options::{FreshOptions, Options, Ttl, WithArgs};
@@ -121,6 +121,17 @@ impl Resolved {
             refresh: false,
             timeout: self.rules.timeout,
         }
+    }
+
+    /// Whether a call serves a value of this freshness without computing (fresh, or
+    /// stale within `stale_ttl`).
+    pub(crate) fn serves(&self, stamp: &Stamp) -> bool {
+        use crate::flow::fresh::Judged;
+        !self.rules.is_on()
+            || matches!(
+                self.rules.judge(stamp, crate::process::unix_now(), || 0.0),
+                Judged::Fresh | Judged::Early | Judged::Stale
+            )
     }
 
     /// The settings of a background refresh.
@@ -593,8 +604,12 @@ impl CachedFunction {
     }
 
     /// Said on the `cachu` logger when a background refresh of `key` raised (the stale
-    /// value stays; the function is not tried again for a second).
+    /// value stays; the function is not tried again for a second). A refresh that was
+    /// interrupted (cancelled at the loop's end, `KeyboardInterrupt`) is not a failure.
     pub(crate) fn refresh_failed(&self, py: Python<'_>, key: &str, e: &PyErr) {
+        if !Self::reaches_followers(py, e) {
+            return;
+        }
         background::failed(self.id, key);
         warn::log(
             py,

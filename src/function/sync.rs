@@ -47,6 +47,7 @@ impl CachedFunction {
         seen: Seen<'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if let Kind::Refresh { created_at, .. } = seen.kind {
+            let key = crate::key::KeyBuf(key.to_owned());
             let call = Call::new(slf, r.shared(), backend.clone(), key, &args()?, kwargs);
             refresh_later(slf.py(), call, created_at)?;
         }
@@ -90,7 +91,7 @@ impl CachedFunction {
         } else {
             Flow::start(policy)
         };
-        let call = Call::new(slf, r.shared(), backend.clone(), &key, args, kwargs);
+        let call = Call::new(slf, r.shared(), backend.clone(), key, args, kwargs);
         drive::run(py, call, flow)
     }
 }
@@ -129,7 +130,7 @@ impl FastCall for CachedFunction {
                     } else {
                         Flow::missed(policy)
                     };
-                    let call = Call::new(slf, r.shared(), backend.clone(), &key, &args, None);
+                    let call = Call::new(slf, r.shared(), backend.clone(), key, &args, None);
                     return drive::run(py, call, flow);
                 }
             }
@@ -235,6 +236,9 @@ impl CachedFunction {
                 }
             }
         };
+        // A value a call would not serve without computing (expired, kept only as the
+        // fallback of `stale_if_error`) is not the cached value.
+        let found = found.filter(|(_, stamp)| r.serves(stamp));
         match found {
             Some((v, _)) => Ok(v),
             None => default.ok_or_else(|| Self::missing(&key)),
