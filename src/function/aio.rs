@@ -39,6 +39,15 @@ pub struct AsyncCachedFunction {
 }
 
 impl AsyncCachedFunction {
+    /// A hit's value, as an already completed awaitable.
+    #[inline]
+    fn completed<'py>(&self, py: Python<'py>, v: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.hit {
+            None => Ok(Ready::new(py, Ok(v))?.into_any()),
+            Some(hit) => hit.bind(py).call1((v,)),
+        }
+    }
+
     /// A hit, the coroutine of the function itself (the cache is off for this call), or
     /// the driver's coroutine of a flow.
     fn call<'py>(
@@ -66,7 +75,11 @@ impl AsyncCachedFunction {
         let key = this.key_in_buffer(&r, args, kwargs)?;
         // A memory hit keeps its straight line: the flow's own read, then the flow.
         let local = backend.is_local() && !flags.overwrite;
-        if local {
+        if local && !r.rules.is_on() {
+            if let Some(v) = this.hit(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
+                return self.completed(py, v);
+            }
+        } else if local {
             if let Some(seen) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
                 if let Kind::Refresh { created_at, .. } = seen.kind {
                     let policy = r.refresh_policy(backend);
@@ -87,11 +100,7 @@ impl AsyncCachedFunction {
                             .call1((seen.value, refresh));
                     }
                 }
-                let v = seen.value;
-                return match &self.hit {
-                    None => Ok(Ready::new(py, Ok(v))?.into_any()),
-                    Some(hit) => hit.bind(py).call1((v,)),
-                };
+                return self.completed(py, seen.value);
             }
         }
         let policy = r.policy(backend, flags.overwrite);

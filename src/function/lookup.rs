@@ -110,6 +110,34 @@ impl CachedFunction {
         }
     }
 
+    /// The hit fast path of a function without freshness controls: a value found and
+    /// accepted is a hit (with no judging of its freshness at all).
+    #[inline]
+    pub(crate) fn hit<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        backend: &Backend,
+        key: &str,
+        call: CallArgs<'_, 'py>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match backend.get(py, key) {
+            Ok(Some((value, stamp))) => {
+                if self.validate.is_some() && !self.accepts(py, &value, stamp.created_at, call)? {
+                    return Ok(None);
+                }
+                self.count_hit();
+                Ok(Some(value))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.count_error();
+                Self::backend_failed(py, r, e)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Counts a value served: a hit (a stale one, or one served for a failure, too).
     #[inline]
     pub(crate) fn count_seen(&self, kind: Kind) {

@@ -80,7 +80,12 @@ impl CachedFunction {
         // A memory hit keeps its straight line: the flow's own read, then the flow.
         let local = !backend.has_leases() && !flags.overwrite;
         if local {
-            if let Some(seen) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
+            let call = CallArgs::of(args, kwargs);
+            if !r.rules.is_on() {
+                if let Some(v) = this.hit(py, &r, backend, &key, call)? {
+                    return Ok(v);
+                }
+            } else if let Some(seen) = this.lookup(py, &r, backend, &key, call)? {
                 return Self::served(slf, &r, backend, &key, || Ok(args.clone()), kwargs, seen);
             }
         }
@@ -112,7 +117,11 @@ impl FastCall for CachedFunction {
                 if !backend.has_leases() {
                     let key = this.key_positional(py, &r, args)?;
                     let call = CallArgs { args, kwargs: None };
-                    if let Some(seen) = this.lookup(py, &r, backend, &key, call)? {
+                    if !r.rules.is_on() {
+                        if let Some(v) = this.hit(py, &r, backend, &key, call)? {
+                            return Ok(v);
+                        }
+                    } else if let Some(seen) = this.lookup(py, &r, backend, &key, call)? {
                         return Self::served(
                             slf,
                             &r,
