@@ -1,6 +1,6 @@
 //! What a call finds: a cached value read, checked by `validate=` and judged by the
 //! freshness controls (`flow/fresh.rs`): the flow's `Read` and the hit fast path, for
-//! both drivers.
+//! both drivers; and what is said when a stale value stands in for a failure.
 
 use std::sync::atomic::Ordering;
 
@@ -14,6 +14,7 @@ use crate::flow::fresh::Judged;
 use crate::flow::Answer;
 use crate::process::unix_now;
 use crate::stamp::Stamp;
+use crate::warn;
 
 /// What a value found is good for (`flow/fresh.rs`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -224,5 +225,57 @@ impl CachedFunction {
                 Judged::Expired => None,
             },
         }
+    }
+
+    /// A fallback served instead of `error` (`stale_if_error`; `None`: a computation
+    /// slower than `timeout`): counted, said, and (an error) the key's computation is
+    /// not tried again for a second.
+    pub(crate) fn served_fallback(&self, py: Python<'_>, key: &str, error: Option<&PyErr>) {
+        self.stats.fail_safe.fetch_add(1, Ordering::Relaxed);
+        let why = match error {
+            Some(e) => {
+                background::failed(self.id, key);
+                let kind = e
+                    .get_type(py)
+                    .name()
+                    .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+                warn::once(
+                    py,
+                    &format!("fail-safe:{}:{kind}", self.id),
+                    &format!(
+                        "cachu: {}() raised {kind}; its stale cached value was returned instead (stale_if_error)",
+                        self.name
+                    ),
+                );
+                format!("raised {e}")
+            }
+            None => "ran longer than its timeout".to_owned(),
+        };
+        warn::log(
+            py,
+            warn::Level::Debug,
+            &format!(
+                "cachu: {}() {why}; the stale value of key {key:?} was returned",
+                self.name
+            ),
+        );
+    }
+
+    /// Said on the `cachu` logger when a background refresh of `key` raised (the stale
+    /// value stays; the function is not tried again for a second). A refresh that was
+    /// interrupted (cancelled at the loop's end, `KeyboardInterrupt`) is not a failure.
+    pub(crate) fn refresh_failed(&self, py: Python<'_>, key: &str, e: &PyErr) {
+        if !Self::reaches_followers(py, e) {
+            return;
+        }
+        background::failed(self.id, key);
+        warn::log(
+            py,
+            warn::Level::Warning,
+            &format!(
+                "cachu: a background refresh of {}() raised {e}; key {key:?} keeps its stale value",
+                self.name
+            ),
+        );
     }
 }

@@ -569,58 +569,6 @@ impl CachedFunction {
         }
     }
 
-    /// A fallback served instead of `error` (`stale_if_error`; `None`: a computation
-    /// slower than `timeout`): counted, said, and (an error) the key's computation is
-    /// not tried again for a second.
-    pub(crate) fn served_fallback(&self, py: Python<'_>, key: &str, error: Option<&PyErr>) {
-        self.stats.fail_safe.fetch_add(1, Ordering::Relaxed);
-        let why = match error {
-            Some(e) => {
-                background::failed(self.id, key);
-                let kind = e
-                    .get_type(py)
-                    .name()
-                    .map_or_else(|_| "?".to_owned(), |n| n.to_string());
-                warn::once(
-                    py,
-                    &format!("fail-safe:{}:{kind}", self.id),
-                    &format!(
-                        "cachu: {}() raised {kind}; its stale cached value was returned instead (stale_if_error)",
-                        self.name
-                    ),
-                );
-                format!("raised {e}")
-            }
-            None => "ran longer than its timeout".to_owned(),
-        };
-        warn::log(
-            py,
-            warn::Level::Debug,
-            &format!(
-                "cachu: {}() {why}; the stale value of key {key:?} was returned",
-                self.name
-            ),
-        );
-    }
-
-    /// Said on the `cachu` logger when a background refresh of `key` raised (the stale
-    /// value stays; the function is not tried again for a second). A refresh that was
-    /// interrupted (cancelled at the loop's end, `KeyboardInterrupt`) is not a failure.
-    pub(crate) fn refresh_failed(&self, py: Python<'_>, key: &str, e: &PyErr) {
-        if !Self::reaches_followers(py, e) {
-            return;
-        }
-        background::failed(self.id, key);
-        warn::log(
-            py,
-            warn::Level::Warning,
-            &format!(
-                "cachu: a background refresh of {}() raised {e}; key {key:?} keeps its stale value",
-                self.name
-            ),
-        );
-    }
-
     /// The function's id (names it in this process's tables).
     pub(crate) fn id(&self) -> u64 {
         self.id
