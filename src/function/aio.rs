@@ -75,6 +75,10 @@ impl AsyncCachedFunction {
         let key = this.key_in_buffer(&r, args, kwargs)?;
         // A memory hit keeps its straight line: the flow's own read, then the flow.
         let local = backend.is_local() && !flags.overwrite;
+        let call_of = |flow| {
+            let parts = (&self.cached, &self.drive, &self.flights);
+            AsyncCall::new(py, parts, r.shared(), backend, &key, flow, args, kwargs)
+        };
         if local && !r.rules.is_on() {
             if let Some(v) = this.hit(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
                 return self.completed(py, v);
@@ -82,17 +86,7 @@ impl AsyncCachedFunction {
         } else if local {
             if let Some(seen) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
                 if let Kind::Refresh { created_at, .. } = seen.kind {
-                    let policy = r.refresh_policy(backend);
-                    let call = AsyncCall::new(
-                        py,
-                        (&self.cached, &self.drive, &self.flights),
-                        r.shared(),
-                        backend,
-                        &key,
-                        Flow::start(policy),
-                        args,
-                        kwargs,
-                    );
+                    let call = call_of(Flow::start(r.refresh_policy(backend)));
                     // Started when awaited: the call may come before the loop runs.
                     if let Some(refresh) = call.refresh(py, created_at)? {
                         return HIT_THEN
@@ -110,16 +104,7 @@ impl AsyncCachedFunction {
         } else {
             Flow::start(policy)
         };
-        let call = AsyncCall::new(
-            py,
-            (&self.cached, &self.drive, &self.flights),
-            r.shared(),
-            backend,
-            &key,
-            flow,
-            args,
-            kwargs,
-        );
+        let call = call_of(flow);
         self.drive.bind(py).call1((call, args, kwargs))
     }
 }

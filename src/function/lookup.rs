@@ -103,11 +103,7 @@ impl CachedFunction {
                 self.count_seen(seen.kind);
                 Ok(Some(seen))
             }
-            Err(e) => {
-                self.count_error();
-                Self::backend_failed(py, r, e)?;
-                Ok(None)
-            }
+            Err(e) => self.read_failed(py, r, e).map(|()| None),
         }
     }
 
@@ -131,12 +127,15 @@ impl CachedFunction {
                 Ok(Some(value))
             }
             Ok(None) => Ok(None),
-            Err(e) => {
-                self.count_error();
-                Self::backend_failed(py, r, e)?;
-                Ok(None)
-            }
+            Err(e) => self.read_failed(py, r, e).map(|()| None),
         }
+    }
+
+    /// A read of the hit fast path failed: counted, and raised or said.
+    #[cold]
+    fn read_failed(&self, py: Python<'_>, r: &Resolved, e: PyErr) -> PyResult<()> {
+        self.count_error();
+        Self::backend_failed(py, r, e)
     }
 
     /// Counts a value served: a hit (a stale one, or one served for a failure, too).
