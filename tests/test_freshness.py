@@ -255,15 +255,15 @@ def test_values_with_freshness_controls_are_read_by_cachu_0_2_x(
     assert out.strip() == "{'id': 5, 'name': 'Ada'}"
 
 
-def test_a_stale_key_is_refreshed_once_across_processes(flavor, tmp_path, this_python):
-    if flavor.backend == "memory" or flavor.mode == "async":
-        pytest.skip("across processes: the Redis and file backends, sync (async: below)")
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_stale_key_is_refreshed_once_across_processes(backend, tmp_path, this_python, request):
+    url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:1/0"
     runs = tmp_path / "runs"
     script = textwrap.dedent(
         f"""
         import sys, threading, time, cachu
-        cachu.configure(package="fresh_procs", backend={flavor.backend!r},
-                        file_dir={str(flavor.file_dir)!r}, redis_url={flavor.url!r})
+        cachu.configure(package="fresh_procs", backend={backend!r},
+                        file_dir={str(tmp_path)!r}, redis_url={url!r})
         @cachu.cache(ttl=1, stale_ttl=60, package="fresh_procs")
         def report(x):
             with open({str(runs)!r}, "a") as f:

@@ -293,3 +293,59 @@ def test_records_with_nested_members_are_copied_at_every_level():
     hit["tags"].clear()
     assert record(1) == {"id": 1, "roles": ["admin"], "meta": {"k": 1}, "tags": {1, 2}, "t": (1, 2)}
     assert record(1) is not record(1)
+
+
+def test_a_scan_of_cold_keys_does_not_flush_the_hot_set():
+    cachu.configure(package="scanned", memory_maxsize=200)
+    try:
+        runs: list[int] = []
+
+        @cachu.cache(ttl=300, package="scanned")
+        def load(x: int) -> int:
+            runs.append(x)
+            return x
+
+        hot = range(100)
+        for _ in range(5):
+            for h in hot:
+                load(h)
+        for cold in range(10_000, 15_000):  # a report reads every row once
+            load(cold)
+        before = len(runs)
+        for h in hot:
+            load(h)
+        assert len(runs) - before <= 10, "the scan flushed the hot set"
+        # An LRU of 200 entries would have kept none of them.
+        assert cachu.cache_info(load).currsize <= 200
+    finally:
+        cachu.configure(package="scanned", memory_maxsize=0)
+
+
+def test_a_bound_holds_under_threads_across_regions():
+    cachu.configure(package="bounded_threads_tlfu", memory_maxsize=300)
+    try:
+
+        @cachu.cache(ttl=300, package="bounded_threads_tlfu")
+        def a(x: int) -> int:
+            return x
+
+        @cachu.cache(ttl=60, package="bounded_threads_tlfu")
+        def b(x: int) -> int:
+            return -x
+
+        def work(t: int) -> None:
+            for i in range(4000):
+                k = (i * 7 + t * 131) % 2000
+                assert a(k) == k and b(k) == -k
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        total = cachu.cache_info(a).currsize + cachu.cache_info(b).currsize
+        assert 0 < total <= 300, total
+        stats = cachu.get_backend("memory", package="bounded_threads_tlfu", ttl=300).stats()
+        assert stats["package_entries"] == total
+    finally:
+        cachu.configure(package="bounded_threads_tlfu", memory_maxsize=0)

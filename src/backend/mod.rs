@@ -74,12 +74,7 @@ impl Backend {
         budget: Arc<Budget>,
     ) -> CacheResult<Self> {
         let store = match kind {
-            BackendKind::Memory => {
-                let m = Arc::new(MemoryStore::new(budget.clone()));
-                let weak: std::sync::Weak<dyn memory::Evict> = Arc::downgrade(&m) as _;
-                budget.enlist(weak);
-                Store::Memory(m)
-            }
+            BackendKind::Memory => Store::Memory(MemoryStore::enlisted(budget)),
             BackendKind::Null => Store::Null,
             BackendKind::File => {
                 let cfg = config_of(package.as_deref());

@@ -1,13 +1,13 @@
 //! The in-process store: a sharded map from key to value with a per-entry deadline,
 //! optionally bounded by a [`Budget`] of entries shared by every store of a package.
 //!
-//! Bounded stores evict their least recently used entries (expired ones first), a
-//! batch of 1/32 of the store at a time, so that the scan that finds them is paid once
-//! per batch. Expired entries are swept by the insert that finds its shard twice as
-//! full as after the last sweep: a sweep's scan is paid for by as many inserts, and a
-//! shard holds at most about as many expired entries as live ones. Recency is
-//! a logical clock that every insert advances; a hit stamps its entry with the clock's
-//! current value (a plain load and store, no read-modify-write on the hit path).
+//! A bounded package chooses what to keep with W-TinyLFU (`policy.rs`), shared by its
+//! stores (its TTL regions): every insert evicts what the policy chooses, in O(1),
+//! expired entries first; a hit is recorded in a lock-free buffer. Each entry carries
+//! its insertion number, so that the store removes exactly the entry chosen. Expired
+//! entries are swept by the insert that finds its shard twice as full as after the
+//! last sweep: a sweep's scan is paid for by as many inserts, and a shard holds at most
+//! about as many expired entries as live ones.
 //!
 //! It is generic over the value so that it is tested without Python. It never runs
 //! foreign code under a shard lock: values that leave the map (replaced, removed,
@@ -22,9 +22,12 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
+pub mod policy;
+
 use crate::process::now_ns;
 pub use crate::process::unix_now;
 use crate::stamp::{Fresh, Stamp};
+use policy::{TinyLfu, Victim};
 
 const SHARDS: usize = 16;
 /// A shard is swept of its expired entries when it holds twice as many as after its
@@ -38,30 +41,48 @@ struct Slot<V> {
     fresh_for: f32,
     took: f32,
     expires_ns: u64,
-    /// Last use, on the store's logical clock (bounded stores only).
-    touched: AtomicU64,
+    /// Its insertion number in this store: names it to the policy.
+    seq: u64,
 }
 
-/// The most entries a package keeps in memory, how many it keeps now, and the stores
-/// that share it (its TTL regions).
+/// The most entries a package keeps in memory, how many it keeps now, the stores that
+/// share it (its TTL regions, by id) and the policy that chooses among their entries.
 pub struct Budget {
     max: AtomicUsize,
     used: AtomicUsize,
     /// `memory_sweep_interval` in nanoseconds (`u64::MAX`: sweeps only as stores grow).
     sweep_every_ns: AtomicU64,
+    /// A store's id is its place here.
     stores: Mutex<Vec<Weak<dyn Evict>>>,
+    policy: TinyLfu,
 }
 
-/// A store that gives up entries when its budget is exceeded.
+/// A store that gives up the entries its package's policy chooses.
 pub trait Evict: Send + Sync {
-    /// Evicts until the budget is met (or the store is empty), dropping what it evicts
-    /// after its locks are released.
-    fn evict_now(&self);
+    /// Removes the entries chosen (those still there), dropping them after its locks
+    /// are released.
+    fn evict(&self, victims: &[Victim]);
+    /// `(hash, seq, expiry)` of every entry, for a policy that starts to count them.
+    fn entries(&self) -> Vec<(u64, u64, u64)>;
 }
 
 impl<V: Send + Sync> Evict for MemoryStore<V> {
-    fn evict_now(&self) {
-        drop(self.evict_over_budget(None));
+    fn evict(&self, victims: &[Victim]) {
+        let mut out = Vec::new();
+        self.remove_chosen(victims, &mut out);
+        drop(out);
+    }
+
+    fn entries(&self) -> Vec<(u64, u64, u64)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let map = shard.map.read();
+                map.iter()
+                    .map(|(k, s)| (hash_of(k), s.seq, s.expires_ns))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -73,13 +94,59 @@ impl Budget {
             used: AtomicUsize::new(0),
             sweep_every_ns: AtomicU64::new(u64::MAX),
             stores: Mutex::new(Vec::new()),
+            policy: TinyLfu::new(max.unwrap_or(16)),
         }
     }
 
-    /// Changes the bound; a lower one is met at once ([`Budget::enforce`]).
+    /// Changes the bound; a lower one is met at once. A package that was unbounded
+    /// hands its entries to the policy first.
     pub fn set_max(&self, max: Option<usize>) {
+        let was_bounded = self.is_bounded();
         self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
-        self.enforce();
+        let Some(max) = max else {
+            self.policy.clear();
+            return;
+        };
+        let now = now_ns();
+        let mut victims = self.policy.set_max(max, now);
+        if !was_bounded {
+            for (id, store) in self.live_stores() {
+                for (hash, seq, expires) in store.entries() {
+                    victims.extend(self.policy.inserted(id, hash, seq, expires, None, now));
+                }
+            }
+        }
+        self.dispatch(&victims, None);
+    }
+
+    fn live_stores(&self) -> Vec<(u32, Arc<dyn Evict>)> {
+        self.stores
+            .lock()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.upgrade().map(|s| (i as u32, s)))
+            .collect()
+    }
+
+    /// Has the stores remove the entries the policy chose; those of `here` (the store
+    /// asking, and its id) are left to it.
+    fn dispatch(&self, victims: &[Victim], here: Option<u32>) {
+        if victims.iter().all(|v| Some(v.store) == here) {
+            return;
+        }
+        let stores: Vec<Option<Arc<dyn Evict>>> =
+            self.stores.lock().iter().map(Weak::upgrade).collect();
+        for (id, store) in stores.iter().enumerate() {
+            let id = id as u32;
+            if Some(id) == here {
+                continue;
+            }
+            let Some(store) = store else { continue };
+            let mine: Vec<Victim> = victims.iter().filter(|v| v.store == id).copied().collect();
+            if !mine.is_empty() {
+                store.evict(&mine);
+            }
+        }
     }
 
     /// Sweeps expired entries at least every `seconds` (on the next insert after
@@ -93,26 +160,23 @@ impl Budget {
         self.sweep_every_ns.store(ns, Ordering::Relaxed);
     }
 
-    /// Counts `store` among the stores that give up entries for this budget.
-    pub fn enlist(&self, store: Weak<dyn Evict>) {
+    /// Counts `store` among the stores that give up entries for this budget; returns
+    /// its id.
+    pub fn enlist(&self, store: Weak<dyn Evict>) -> u32 {
         let mut stores = self.stores.lock();
-        stores.retain(|s| s.strong_count() > 0);
         stores.push(store);
+        (stores.len() - 1) as u32
     }
 
-    /// When the stores are over the bound together, they give up entries in turn
-    /// until it is met. No lock of the budget is held while they do.
+    /// When the stores are over the bound together, the policy's choices leave until
+    /// it is met. No lock of the budget is held while they do.
     pub fn enforce(&self) {
         if !self.over() {
             return;
         }
-        let stores: Vec<Weak<dyn Evict>> = self.stores.lock().clone();
-        for store in stores.iter().filter_map(Weak::upgrade) {
-            if !self.over() {
-                break;
-            }
-            store.evict_now();
-        }
+        let max = self.max.load(Ordering::Relaxed);
+        let victims = self.policy.set_max(max, now_ns());
+        self.dispatch(&victims, None);
     }
 
     fn is_bounded(&self) -> bool {
@@ -132,6 +196,11 @@ impl Budget {
     /// The bound, if any.
     pub fn max(&self) -> Option<usize> {
         Some(self.max.load(Ordering::Relaxed)).filter(|m| *m != usize::MAX)
+    }
+
+    /// Entries the policy tracks (all of the stores', when bounded).
+    pub fn policy_len(&self) -> usize {
+        self.policy.len()
     }
 
     /// Entries held now by the stores of this budget.
@@ -191,22 +260,43 @@ impl<V> Table<V> {
         }
     }
 
-    /// Moves the entries that `doomed` picks out of the table, their values into `out`.
-    fn extract(&mut self, mut doomed: impl FnMut(&str, &Slot<V>) -> bool, out: &mut Vec<V>) {
+    /// Moves the entries that `doomed` picks out of the table, their values into `out`
+    /// and their names (hash, seq) into `gone`.
+    fn extract(
+        &mut self,
+        mut doomed: impl FnMut(&str, &Slot<V>) -> bool,
+        out: &mut Vec<V>,
+        gone: &mut Vec<(u64, u64)>,
+    ) {
         let tags = &mut self.tags;
         out.extend(
             self.entries
                 .extract_if(|(k, s)| doomed(k, s))
                 .map(|(k, s)| {
                     untag(tags, &k);
+                    gone.push((hash_of(&k), s.seq));
                     s.value
                 }),
         );
     }
 
+    /// Removes the entry of `hash` inserted as `seq`, if it is still there.
+    fn remove_exact(&mut self, hash: u64, seq: u64) -> Option<Slot<V>> {
+        let e = self.entries.find_entry(hash, |(_, s)| s.seq == seq).ok()?;
+        let ((key, slot), _) = e.remove();
+        untag(&mut self.tags, &key);
+        Some(slot)
+    }
+
     /// Moves the entries of `tag` out of the table, their values into `out`; returns
     /// how many of them were live.
-    fn extract_tag(&mut self, tag: &str, now: u64, out: &mut Vec<V>) -> usize {
+    fn extract_tag(
+        &mut self,
+        tag: &str,
+        now: u64,
+        out: &mut Vec<V>,
+        gone: &mut Vec<(u64, u64)>,
+    ) -> usize {
         let Some(keys) = self.tags.remove(tag) else {
             return 0;
         };
@@ -216,6 +306,7 @@ impl<V> Table<V> {
             if let Ok(e) = self.entries.find_entry(hash, |(k, _)| *k == key) {
                 let ((_, slot), _) = e.remove();
                 live += usize::from(slot.is_live(now));
+                gone.push((hash, slot.seq));
                 out.push(slot.value);
             }
         }
@@ -292,8 +383,10 @@ struct Shard<V> {
 pub struct MemoryStore<V> {
     shards: Box<[Shard<V>]>,
     budget: Arc<Budget>,
-    /// Advanced by every insert: the recency of entries.
+    /// Advanced by every insert: the entries' insertion numbers.
     clock: AtomicU64,
+    /// Its id among its budget's stores.
+    id: u32,
     /// When the last sweep by time ran (`Budget::set_sweep_interval`).
     swept_ns: AtomicU64,
     /// Entries evicted for the budget, and expired entries swept, so far.
@@ -305,6 +398,19 @@ impl<V> Drop for MemoryStore<V> {
     fn drop(&mut self) {
         // The entries leave with the store: the package's budget no longer counts them.
         self.budget.freed(self.len());
+        if self.budget.is_bounded() {
+            let gone: Vec<(u64, u64)> = self
+                .shards
+                .iter()
+                .flat_map(|shard| {
+                    let map = shard.map.read();
+                    map.iter()
+                        .map(|(k, s)| (hash_of(k), s.seq))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            self.budget.policy.forget(&gone);
+        }
     }
 }
 
@@ -320,9 +426,26 @@ fn shard_of(hash: u64) -> usize {
     ((hash >> 32) as usize) % SHARDS
 }
 
+impl<V: Send + Sync + 'static> MemoryStore<V> {
+    /// An empty store, counted against `budget` and enlisted among its stores (whose
+    /// entries its policy chooses from).
+    pub fn enlisted(budget: Arc<Budget>) -> Arc<Self> {
+        Arc::new_cyclic(|weak: &Weak<Self>| {
+            let weak: Weak<dyn Evict> = weak.clone();
+            let id = budget.enlist(weak);
+            MemoryStore::with_id(budget, id)
+        })
+    }
+}
+
 impl<V> MemoryStore<V> {
-    /// An empty store, counted against `budget`.
+    /// An empty store, counted against `budget`, the only store of its policy's (see
+    /// [`MemoryStore::enlisted`] for a package's stores).
     pub fn new(budget: Arc<Budget>) -> Self {
+        Self::with_id(budget, 0)
+    }
+
+    fn with_id(budget: Arc<Budget>, id: u32) -> Self {
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 map: RwLock::new(Table::new()),
@@ -332,10 +455,33 @@ impl<V> MemoryStore<V> {
             shards,
             budget,
             clock: AtomicU64::new(0),
+            id,
             swept_ns: AtomicU64::new(now_ns()),
             evicted: AtomicU64::new(0),
             expired_swept: AtomicU64::new(0),
         }
+    }
+
+    /// Tells the policy of entries the store removed (a bounded package's only).
+    fn forget(&self, gone: &[(u64, u64)]) {
+        if self.budget.is_bounded() {
+            self.budget.policy.forget(gone);
+        }
+    }
+
+    /// Removes the entries of this store the policy chose (those still there), their
+    /// values into `out`; the others' stores remove theirs.
+    fn remove_chosen(&self, victims: &[Victim], out: &mut Vec<V>) {
+        let before = out.len();
+        for v in victims.iter().filter(|v| v.store == self.id) {
+            let removed = self.shard(v.hash).map.write().remove_exact(v.hash, v.seq);
+            if let Some(slot) = removed {
+                out.push(slot.value);
+            }
+        }
+        let n = out.len() - before;
+        self.budget.freed(n);
+        self.evicted.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn shard(&self, hash: u64) -> &Shard<V> {
@@ -350,11 +496,7 @@ impl<V> MemoryStore<V> {
         let map = self.shard(hash).map.read();
         let slot = map.get(hash, key).filter(|slot| slot.is_live(now))?;
         if self.budget.is_bounded() {
-            // Odd stamps for hits: newer than the last insert, older than the next.
-            slot.touched.store(
-                self.clock.load(Ordering::Relaxed) * 2 + 1,
-                Ordering::Relaxed,
-            );
+            self.budget.policy.record_hit(hash);
         }
         Some(f(
             &slot.value,
@@ -394,30 +536,43 @@ impl<V> MemoryStore<V> {
         let (fresh_for, took) = fresh.map_or((f32::NAN, f32::NAN), |f| {
             (f.fresh_for as f32, f.took as f32)
         });
+        let seq = self.clock.fetch_add(1, Ordering::Relaxed);
+        let expires_ns = now.saturating_add(ttl_ns);
         let slot = Slot {
             value,
             created_at,
             fresh_for,
             took,
-            expires_ns: now.saturating_add(ttl_ns),
-            touched: AtomicU64::new((self.clock.fetch_add(1, Ordering::Relaxed) + 1) * 2),
+            expires_ns,
+            seq,
         };
         let hash = hash_of(key);
         let shard = self.shard(hash);
         let mut out = Vec::new();
+        let mut gone = Vec::new();
         let mut map = shard.map.write();
-        match map.insert(hash, key, slot) {
-            Some(old) => out.push(old.value),
-            None => {
-                self.budget.used.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let replaced = if let Some(old) = map.insert(hash, key, slot) {
+            out.push(old.value);
+            Some(old.seq)
+        } else {
+            self.budget.used.fetch_add(1, Ordering::Relaxed);
+            None
+        };
         let before = out.len();
         if map.len() >= map.sweep_at {
-            sweep_map(&mut map, now, &mut out);
+            sweep_map(&mut map, now, &mut out, &mut gone);
         }
         self.budget.freed(out.len() - before);
         drop(map);
+        if self.budget.is_bounded() {
+            self.budget.policy.forget(&gone);
+            let victims = self
+                .budget
+                .policy
+                .inserted(self.id, hash, seq, expires_ns, replaced, now);
+            self.remove_chosen(&victims, &mut out);
+            self.budget.dispatch(&victims, Some(self.id));
+        }
         let every = self.budget.sweep_every_ns.load(Ordering::Relaxed);
         if every != u64::MAX {
             let last = self.swept_ns.load(Ordering::Relaxed);
@@ -430,9 +585,6 @@ impl<V> MemoryStore<V> {
                 out.extend(self.sweep());
             }
         }
-        if self.budget.over() {
-            out.extend(self.evict_over_budget(Some(key)));
-        }
         out
     }
 
@@ -440,14 +592,12 @@ impl<V> MemoryStore<V> {
     #[must_use = "drop the returned value after the call, outside any lock"]
     pub fn remove(&self, key: &str) -> Option<V> {
         let hash = hash_of(key);
-        let removed = self
-            .shard(hash)
-            .map
-            .write()
-            .remove(hash, key)
-            .map(|s| s.value);
+        let removed = self.shard(hash).map.write().remove(hash, key);
         self.budget.freed(usize::from(removed.is_some()));
-        removed
+        removed.map(|s| {
+            self.forget(&[(hash, s.seq)]);
+            s.value
+        })
     }
 
     /// Removes every entry whose key satisfies `pred`; returns the values and how many
@@ -456,6 +606,7 @@ impl<V> MemoryStore<V> {
     pub fn remove_matching(&self, pred: impl Fn(&str) -> bool) -> (Vec<V>, usize) {
         let now = now_ns();
         let mut out = Vec::new();
+        let mut gone = Vec::new();
         let mut live = 0;
         for shard in &*self.shards {
             shard.map.write().extract(
@@ -465,9 +616,11 @@ impl<V> MemoryStore<V> {
                     doomed
                 },
                 &mut out,
+                &mut gone,
             );
         }
         self.budget.freed(out.len());
+        self.forget(&gone);
         (out, live)
     }
 
@@ -477,11 +630,13 @@ impl<V> MemoryStore<V> {
     pub fn remove_tag(&self, tag: &str) -> (Vec<V>, usize) {
         let now = now_ns();
         let mut out = Vec::new();
+        let mut gone = Vec::new();
         let mut live = 0;
         for shard in &*self.shards {
-            live += shard.map.write().extract_tag(tag, now, &mut out);
+            live += shard.map.write().extract_tag(tag, now, &mut out, &mut gone);
         }
         self.budget.freed(out.len());
+        self.forget(&gone);
         (out, live)
     }
 
@@ -521,10 +676,12 @@ impl<V> MemoryStore<V> {
     pub fn sweep(&self) -> Vec<V> {
         let now = now_ns();
         let mut out = Vec::new();
+        let mut gone = Vec::new();
         for shard in &*self.shards {
-            sweep_map(&mut shard.map.write(), now, &mut out);
+            sweep_map(&mut shard.map.write(), now, &mut out, &mut gone);
         }
         self.budget.freed(out.len());
+        self.forget(&gone);
         self.expired_swept
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         out
@@ -537,67 +694,6 @@ impl<V> MemoryStore<V> {
             self.evicted.load(Ordering::Relaxed),
             self.expired_swept.load(Ordering::Relaxed),
         )
-    }
-
-    /// Evicts least recently used entries, shard by shard, until the budget is met or
-    /// nothing but `keep` is left.
-    #[must_use = "drop the returned values after the call, outside any lock"]
-    pub fn evict_over_budget(&self, keep: Option<&str>) -> Vec<V> {
-        let mut out = Vec::new();
-        while self.budget.over() {
-            let before = out.len();
-            self.evict_least_recent(keep, &mut out);
-            if out.len() == before {
-                break; // nothing left to evict here
-            }
-        }
-        out
-    }
-
-    /// Removes the least recently used 1/32 of the store (at least one entry), never
-    /// `keep`. One scan of the access times finds the cut-off; the batch pays for it.
-    fn evict_least_recent(&self, keep: Option<&str>, out: &mut Vec<V>) {
-        let now = now_ns();
-        // Expired entries count as the least recently used of all.
-        let recency = |s: &Slot<V>| {
-            if s.is_live(now) {
-                s.touched.load(Ordering::Relaxed)
-            } else {
-                0
-            }
-        };
-        let mut times: Vec<u64> = Vec::new();
-        for shard in &*self.shards {
-            let map = shard.map.read();
-            times.extend(
-                map.iter()
-                    .filter(|(k, _)| keep != Some(&***k))
-                    .map(|(_, s)| recency(s)),
-            );
-        }
-        if times.is_empty() {
-            return;
-        }
-        let batch = (times.len() / 32).max(1);
-        let (_, cutoff, _) = times.select_nth_unstable(batch - 1);
-        let cutoff = *cutoff;
-        let mut left = batch;
-        for shard in &*self.shards {
-            if left == 0 {
-                break;
-            }
-            shard.map.write().extract(
-                |k, s| {
-                    let doomed = left > 0 && keep != Some(k) && recency(s) <= cutoff;
-                    left -= usize::from(doomed);
-                    doomed
-                },
-                out,
-            );
-        }
-        self.budget.freed(batch - left);
-        self.evicted
-            .fetch_add((batch - left) as u64, Ordering::Relaxed);
     }
 
     /// The budget this store counts against.
@@ -640,8 +736,8 @@ impl<V> MemoryStore<V> {
     }
 }
 
-fn sweep_map<V>(map: &mut Table<V>, now: u64, out: &mut Vec<V>) {
-    map.extract(|_, s| !s.is_live(now), out);
+fn sweep_map<V>(map: &mut Table<V>, now: u64, out: &mut Vec<V>, gone: &mut Vec<(u64, u64)>) {
+    map.extract(|_, s| !s.is_live(now), out, gone);
     map.sweep_at = (map.len() * 2).max(SWEEP_FLOOR);
     map.sweeps += 1;
 }

@@ -1,0 +1,724 @@
+//! W-TinyLFU: which entries a bounded package keeps (Einziger, Friedman, Manes,
+//! "`TinyLFU`: A Highly Efficient Cache Admission Policy", ACM TOS 2017; Caffeine's
+//! design is the reference).
+//!
+//! New entries enter a small LRU window; an entry pushed out of the window becomes a
+//! candidate for the main space (a segmented LRU: probation, and protected for the
+//! entries hit again), and is admitted only if it was asked for more often than the
+//! main space's own victim, by a count-min sketch of recent frequencies (4 counters
+//! of at most 15 per key, halved after every `10 * max` accesses so that old popularity
+//! fades). A scan of cold keys thus passes through the window without flushing the
+//! hot set. The window's share adapts by hill climbing on the hit rate: a recency-
+//! skewed workload grows it (towards LRU), a frequency-skewed one shrinks it.
+//! Expired entries found at the lists' cold ends go first.
+//!
+//! Entries are named by their key's hash and an insertion number (`seq`), so that the
+//! store removes exactly the entry chosen, never a newer one of the same key. Hits are
+//! recorded without a lock into striped, lossy buffers of hashes, replayed under the
+//! policy's lock by the hit that fills a buffer or by the next insert. Nothing here
+//! calls Python; the store removes the victims after this lock is released.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+/// One entry chosen for eviction: its store (a TTL region of the package), its key's
+/// hash and insertion number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Victim {
+    pub store: u32,
+    pub hash: u64,
+    pub seq: u64,
+}
+
+const NIL: u32 = u32::MAX;
+const STRIPES: usize = 16;
+const STRIPE_LEN: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Segment {
+    Window,
+    Probation,
+    Protected,
+}
+
+struct Node {
+    hash: u64,
+    seq: u64,
+    store: u32,
+    expires_ns: u64,
+    segment: Segment,
+    prev: u32,
+    next: u32,
+    /// Neighbours in its store's order of insertion (the order of expiry, for a
+    /// region's fixed TTL).
+    older: u32,
+    newer: u32,
+}
+
+/// A doubly linked list of nodes: `head` is the coldest (least recently used).
+#[derive(Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+impl List {
+    const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+        len: 0,
+    };
+}
+
+/// Count-min sketch: four counters (of at most 15) per key, all in one 64-byte block
+/// of the table (one cache line per access, as in Caffeine), 16 counters per entry
+/// of the bound.
+struct Sketch {
+    blocks: Vec<[u8; 64]>,
+    mask: usize,
+    additions: usize,
+    period: usize,
+}
+
+impl Sketch {
+    fn new(max: usize) -> Sketch {
+        let blocks = (max.max(16) / 4).next_power_of_two();
+        Sketch {
+            blocks: vec![[0; 64]; blocks],
+            mask: blocks - 1,
+            additions: 0,
+            period: max.max(16) * 10,
+        }
+    }
+
+    /// The key's block, and its four counters there.
+    fn slots(&self, hash: u64) -> (usize, [usize; 4]) {
+        let h = (hash ^ (hash >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let block = (h >> 40) as usize & self.mask;
+        // Four 6-bit offsets, one in each quarter of the block: never the same counter.
+        let at = |i: u32| i as usize * 16 + ((h >> (i * 4)) & 15) as usize;
+        (block, [at(0), at(1), at(2), at(3)])
+    }
+
+    fn increment(&mut self, hash: u64) {
+        let (block, slots) = self.slots(hash);
+        let counters = &mut self.blocks[block];
+        let mut added = false;
+        for i in slots {
+            if counters[i] < 15 {
+                counters[i] += 1;
+                added = true;
+            }
+        }
+        if added {
+            self.additions += 1;
+            if self.additions >= self.period {
+                self.age();
+            }
+        }
+    }
+
+    /// Halves every counter: popularity fades.
+    fn age(&mut self) {
+        for block in &mut self.blocks {
+            for c in block.iter_mut() {
+                *c >>= 1;
+            }
+        }
+        self.additions /= 2;
+    }
+
+    fn frequency(&self, hash: u64) -> u8 {
+        let (block, slots) = self.slots(hash);
+        let counters = &self.blocks[block];
+        slots.iter().map(|&i| counters[i]).min().unwrap_or(0)
+    }
+}
+
+/// The hill climber that sizes the window.
+struct Climber {
+    hits: usize,
+    misses: usize,
+    previous: f64,
+    /// Entries by which the window grows (or, negative, shrinks) next.
+    step: f64,
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    index: HashMap<u64, u32>,
+    window: List,
+    probation: List,
+    protected: List,
+    /// Each store's nodes by insertion, oldest first.
+    ages: Vec<List>,
+    max: usize,
+    window_max: usize,
+    sketch: Sketch,
+    climber: Climber,
+}
+
+/// Lossy buffers of the hashes of recent hits.
+struct Stripe {
+    /// Hits written so far (the slot of the next is `next % STRIPE_LEN`).
+    next: AtomicUsize,
+    /// Hits replayed so far (changed under the policy's lock only).
+    replayed: AtomicUsize,
+    slots: [AtomicU64; STRIPE_LEN],
+}
+
+/// The policy of one bounded package.
+pub struct TinyLfu {
+    inner: Mutex<Inner>,
+    stripes: Box<[Stripe]>,
+}
+
+impl Inner {
+    fn new(max: usize) -> Inner {
+        let window_max = (max / 100).max(1);
+        Inner {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            window: List::EMPTY,
+            probation: List::EMPTY,
+            protected: List::EMPTY,
+            ages: Vec::new(),
+            max,
+            window_max,
+            sketch: Sketch::new(max),
+            climber: Climber {
+                hits: 0,
+                misses: 0,
+                previous: 0.0,
+                step: -(max as f64) * 0.0625,
+            },
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.window.len + self.probation.len + self.protected.len
+    }
+
+    fn list(&mut self, segment: Segment) -> &mut List {
+        match segment {
+            Segment::Window => &mut self.window,
+            Segment::Probation => &mut self.probation,
+            Segment::Protected => &mut self.protected,
+        }
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next, segment) = {
+            let n = &self.nodes[i as usize];
+            (n.prev, n.next, n.segment)
+        };
+        if prev == NIL {
+            self.list(segment).head = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.list(segment).tail = prev;
+        } else {
+            self.nodes[next as usize].prev = prev;
+        }
+        self.list(segment).len -= 1;
+    }
+
+    /// Links node `i` at the warm end (most recently used) of `segment`.
+    fn push(&mut self, i: u32, segment: Segment) {
+        let tail = self.list(segment).tail;
+        {
+            let n = &mut self.nodes[i as usize];
+            n.segment = segment;
+            n.prev = tail;
+            n.next = NIL;
+        }
+        if tail == NIL {
+            self.list(segment).head = i;
+        } else {
+            self.nodes[tail as usize].next = i;
+        }
+        let list = self.list(segment);
+        list.tail = i;
+        list.len += 1;
+    }
+
+    fn remove_node(&mut self, i: u32) -> Victim {
+        self.unlink(i);
+        self.unlink_age(i);
+        let n = &self.nodes[i as usize];
+        let victim = Victim {
+            store: n.store,
+            hash: n.hash,
+            seq: n.seq,
+        };
+        let id = n.hash | 1;
+        if self.index.get(&id) == Some(&i) {
+            self.index.remove(&id);
+        }
+        self.free.push(i);
+        victim
+    }
+
+    fn unlink_age(&mut self, i: u32) {
+        let (older, newer, store) = {
+            let n = &self.nodes[i as usize];
+            (n.older, n.newer, n.store as usize)
+        };
+        if older == NIL {
+            self.ages[store].head = newer;
+        } else {
+            self.nodes[older as usize].newer = newer;
+        }
+        if newer == NIL {
+            self.ages[store].tail = older;
+        } else {
+            self.nodes[newer as usize].older = older;
+        }
+        self.ages[store].len -= 1;
+    }
+
+    fn push_age(&mut self, i: u32) {
+        let store = self.nodes[i as usize].store as usize;
+        if self.ages.len() <= store {
+            self.ages.resize(store + 1, List::EMPTY);
+        }
+        let tail = self.ages[store].tail;
+        {
+            let n = &mut self.nodes[i as usize];
+            n.older = tail;
+            n.newer = NIL;
+        }
+        if tail == NIL {
+            self.ages[store].head = i;
+        } else {
+            self.nodes[tail as usize].newer = i;
+        }
+        self.ages[store].tail = i;
+        self.ages[store].len += 1;
+    }
+
+    /// A hit on the entry of `id` (its hash with the low bit set, as buffers hold it).
+    fn touch(&mut self, id: u64) {
+        let hash = id;
+        self.sketch.increment(hash);
+        self.climber.hits += 1;
+        let Some(&i) = self.index.get(&hash) else {
+            return;
+        };
+        match self.nodes[i as usize].segment {
+            Segment::Window => {
+                self.unlink(i);
+                self.push(i, Segment::Window);
+            }
+            Segment::Probation => {
+                self.unlink(i);
+                self.push(i, Segment::Protected);
+                self.demote_protected();
+            }
+            Segment::Protected => {
+                self.unlink(i);
+                self.push(i, Segment::Protected);
+            }
+        }
+    }
+
+    /// The protected segment keeps 80% of the main space; its coldest go back to
+    /// probation.
+    fn demote_protected(&mut self) {
+        let main = self.max.saturating_sub(self.window_max);
+        let protected_max = main - main / 5;
+        while self.protected.len > protected_max {
+            let i = self.protected.head;
+            self.unlink(i);
+            self.push(i, Segment::Probation);
+        }
+    }
+
+    fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64) {
+        self.sketch.increment(hash | 1);
+        self.climber.misses += 1;
+        let node = Node {
+            hash,
+            seq,
+            store,
+            expires_ns,
+            segment: Segment::Window,
+            prev: NIL,
+            next: NIL,
+            older: NIL,
+            newer: NIL,
+        };
+        let i = if let Some(i) = self.free.pop() {
+            self.nodes[i as usize] = node;
+            i
+        } else {
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        };
+        // Another entry of the same hash (a 64-bit collision) stays listed, unindexed.
+        self.index.insert(hash | 1, i);
+        self.push(i, Segment::Window);
+        self.push_age(i);
+    }
+
+    /// Forgets an entry the store removed itself.
+    fn forget(&mut self, hash: u64, seq: u64) {
+        if let Some(&i) = self.index.get(&(hash | 1)) {
+            if self.nodes[i as usize].seq == seq {
+                self.remove_node(i);
+            }
+        }
+    }
+
+    /// Evicts until the policy holds at most `max` entries; `now` judges expiry.
+    fn evict(&mut self, now: u64, out: &mut Vec<Victim>) {
+        self.climb();
+        // The window's overflow moves to probation, each a candidate against its
+        // victim (probation's coldest).
+        let mut candidates: usize = 0;
+        while self.window.len > self.window_max {
+            let i = self.window.head;
+            self.unlink(i);
+            self.push(i, Segment::Probation);
+            candidates += 1;
+        }
+        while self.len() > self.max {
+            if let Some(i) = self.expired_end(now) {
+                out.push(self.remove_node(i));
+                continue;
+            }
+            let victim = self.probation.head;
+            let candidate = self.probation.tail;
+            if victim == NIL {
+                // All in the window or protected: the coldest of protected, then window.
+                let i = if self.protected.head == NIL {
+                    self.window.head
+                } else {
+                    self.protected.head
+                };
+                out.push(self.remove_node(i));
+                continue;
+            }
+            if candidates == 0 || victim == candidate {
+                candidates = candidates.saturating_sub(1);
+                out.push(self.remove_node(victim));
+                continue;
+            }
+            let (cand_hash, victim_hash) = (
+                self.nodes[candidate as usize].hash | 1,
+                self.nodes[victim as usize].hash | 1,
+            );
+            candidates -= 1;
+            if self.admit(cand_hash, victim_hash) {
+                out.push(self.remove_node(victim));
+                // The candidate stays where it is: at probation's warm end.
+            } else {
+                out.push(self.remove_node(candidate));
+            }
+        }
+    }
+
+    /// Whether the candidate is wanted more than the victim. Ties go to the victim,
+    /// but a warm candidate wins one time in 128 (an attacker cannot keep a key out
+    /// by making its victim look hot).
+    fn admit(&self, candidate: u64, victim: u64) -> bool {
+        let c = self.sketch.frequency(candidate);
+        let v = self.sketch.frequency(victim);
+        if c > v {
+            return true;
+        }
+        c > 5 && crate::process::uniform() < 1.0 / 128.0
+    }
+
+    /// An expired entry: the oldest of a store (its region's TTL makes it the first
+    /// to expire), or at one of the lists' cold ends.
+    fn expired_end(&self, now: u64) -> Option<u32> {
+        self.ages
+            .iter()
+            .map(|l| l.head)
+            .chain([self.window.head, self.probation.head, self.protected.head])
+            .find(|&i| i != NIL && self.nodes[i as usize].expires_ns <= now)
+    }
+
+    /// Every `10 * max` accesses, moves the window's size by the climber's step: on
+    /// in the same direction while the hit rate improves, back (and in smaller steps)
+    /// when it worsens.
+    fn climb(&mut self) {
+        let sample = self.climber.hits + self.climber.misses;
+        if sample < (self.max * 10).max(1000) {
+            return;
+        }
+        let rate = self.climber.hits as f64 / sample as f64;
+        let delta = rate - self.climber.previous;
+        let step = if delta >= 0.0 {
+            self.climber.step
+        } else {
+            -self.climber.step
+        };
+        let restart = (self.max as f64) * 0.0625;
+        self.climber.step = if delta.abs() >= 0.05 {
+            restart.copysign(step)
+        } else {
+            step * 0.98
+        };
+        self.climber.previous = rate;
+        self.climber.hits = 0;
+        self.climber.misses = 0;
+        let window = (self.window_max as f64 + step).round();
+        let most = (self.max as f64 * 0.8).max(1.0);
+        self.window_max = window.clamp(1.0, most) as usize;
+        self.demote_protected();
+    }
+}
+
+impl TinyLfu {
+    pub fn new(max: usize) -> TinyLfu {
+        TinyLfu {
+            inner: Mutex::new(Inner::new(max)),
+            stripes: (0..STRIPES)
+                .map(|_| Stripe {
+                    next: AtomicUsize::new(0),
+                    replayed: AtomicUsize::new(0),
+                    slots: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+                .collect(),
+        }
+    }
+
+    /// A hit on the entry of `hash`: recorded without a lock (a full buffer is
+    /// replayed by the hit that fills it, if the policy is free).
+    #[inline]
+    pub fn record_hit(&self, hash: u64) {
+        let stripe = &self.stripes[(hash >> 40) as usize % STRIPES];
+        let at = stripe.next.fetch_add(1, Ordering::Relaxed);
+        stripe.slots[at % STRIPE_LEN].store(hash | 1, Ordering::Relaxed);
+        if at % STRIPE_LEN == STRIPE_LEN - 1 {
+            if let Some(mut inner) = self.inner.try_lock() {
+                self.replay(&mut inner);
+            }
+        }
+    }
+
+    /// Replays the hits written since the last replay (at most a stripe's length of
+    /// each: older ones were overwritten).
+    fn replay(&self, inner: &mut Inner) {
+        for stripe in &*self.stripes {
+            let end = stripe.next.load(Ordering::Relaxed);
+            let start = stripe
+                .replayed
+                .load(Ordering::Relaxed)
+                .max(end.saturating_sub(STRIPE_LEN));
+            for at in start..end {
+                let hash = stripe.slots[at % STRIPE_LEN].swap(0, Ordering::Relaxed);
+                if hash != 0 {
+                    // The low bit set marks a slot in use (empty ones hold 0).
+                    inner.touch(hash);
+                }
+            }
+            stripe.replayed.store(end, Ordering::Relaxed);
+        }
+    }
+
+    /// A new entry of `store` (or a new value of an entry: `replaced` is the seq it
+    /// had), and the entries to evict for it.
+    pub fn inserted(
+        &self,
+        store: u32,
+        hash: u64,
+        seq: u64,
+        expires_ns: u64,
+        replaced: Option<u64>,
+        now: u64,
+    ) -> Vec<Victim> {
+        let mut inner = self.inner.lock();
+        self.replay(&mut inner);
+        if let Some(old) = replaced {
+            inner.forget(hash, old);
+        }
+        inner.add(store, hash, seq, expires_ns);
+        let mut out = Vec::new();
+        inner.evict(now, &mut out);
+        out
+    }
+
+    /// Entries the stores removed themselves (deleted, cleared, expired).
+    pub fn forget(&self, removed: &[(u64, u64)]) {
+        if removed.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        for &(hash, seq) in removed {
+            inner.forget(hash, seq);
+        }
+    }
+
+    /// A new bound; the entries to evict to meet it.
+    pub fn set_max(&self, max: usize, now: u64) -> Vec<Victim> {
+        let mut inner = self.inner.lock();
+        if max != inner.max {
+            inner.max = max;
+            inner.window_max = (max / 100).max(1);
+            inner.sketch = Sketch::new(max);
+        }
+        let mut out = Vec::new();
+        inner.evict(now, &mut out);
+        out
+    }
+
+    /// Forgets every entry (the bound was lifted).
+    pub fn clear(&self) {
+        let max = self.inner.lock().max;
+        *self.inner.lock() = Inner::new(max);
+    }
+
+    /// Entries the policy holds.
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays `trace` through a policy of `max` entries: the hit ratio.
+    fn hit_ratio(max: usize, trace: &[u64]) -> f64 {
+        let p = TinyLfu::new(max);
+        let mut resident = std::collections::HashSet::new();
+        let mut hits = 0;
+        for (seq, &key) in trace.iter().enumerate() {
+            let hash = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            if resident.contains(&hash) {
+                hits += 1;
+                p.record_hit(hash);
+                continue;
+            }
+            resident.insert(hash);
+            for v in p.inserted(0, hash, seq as u64, u64::MAX, None, 0) {
+                resident.remove(&v.hash);
+            }
+            assert!(resident.len() <= max);
+        }
+        f64::from(hits) / trace.len() as f64
+    }
+
+    fn zipf(n: usize, keys: u64, alpha: f64, seed: u64) -> Vec<u64> {
+        let cumulative: Vec<f64> = (1..=keys)
+            .scan(0.0, |acc, k| {
+                *acc += 1.0 / (k as f64).powf(alpha);
+                Some(*acc)
+            })
+            .collect();
+        let total = *cumulative.last().unwrap();
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64 * total;
+                cumulative.partition_point(|&c| c < u) as u64
+            })
+            .collect()
+    }
+
+    fn lru_ratio(max: usize, trace: &[u64]) -> f64 {
+        let mut order = std::collections::VecDeque::new();
+        let mut hits = 0;
+        for &k in trace {
+            if let Some(pos) = order.iter().position(|&x| x == k) {
+                hits += 1;
+                order.remove(pos);
+            } else if order.len() == max {
+                order.pop_front();
+            }
+            order.push_back(k);
+        }
+        f64::from(hits) / trace.len() as f64
+    }
+
+    #[test]
+    fn frequency_beats_recency_on_a_skewed_trace() {
+        let trace = zipf(60_000, 20_000, 0.9, 7);
+        let (tiny, lru) = (hit_ratio(200, &trace), lru_ratio(200, &trace));
+        assert!(
+            tiny > lru + 0.03,
+            "W-TinyLFU {tiny:.3} against LRU {lru:.3}"
+        );
+    }
+
+    #[test]
+    fn a_scan_does_not_flush_the_hot_set() {
+        let p = TinyLfu::new(100);
+        let mut seq = 0;
+        let mut insert = |p: &TinyLfu, key: u64| {
+            seq += 1;
+            p.inserted(0, key * 2 + 1, seq, u64::MAX, None, 0)
+        };
+        let mut resident = std::collections::HashSet::new();
+        for round in 0..20 {
+            for key in 0..80 {
+                if resident.contains(&key) {
+                    p.record_hit(key * 2 + 1);
+                } else {
+                    resident.insert(key);
+                    for v in insert(&p, key) {
+                        resident.remove(&(v.hash / 2));
+                    }
+                }
+            }
+            let _ = round;
+        }
+        for cold in 1000..3000 {
+            resident.insert(cold);
+            for v in insert(&p, cold) {
+                resident.remove(&(v.hash / 2));
+            }
+        }
+        let kept = (0..80).filter(|k| resident.contains(k)).count();
+        assert!(kept >= 70, "{kept} of 80 hot keys kept through a scan");
+        assert!(p.len() <= 100);
+    }
+
+    #[test]
+    fn expired_entries_go_first() {
+        // Store 1 (a region of short TTL) holds the newest entry, expired by now.
+        let p = TinyLfu::new(10);
+        for k in 0..10u64 {
+            let (store, expires) = if k == 9 { (1, 10) } else { (0, u64::MAX) };
+            assert!(p.inserted(store, k * 2 + 1, k, expires, None, 0).is_empty());
+        }
+        let out = p.inserted(0, 99, 10, u64::MAX, None, 100);
+        assert_eq!(
+            out,
+            [Victim {
+                store: 1,
+                hash: 19,
+                seq: 9
+            }]
+        );
+    }
+
+    #[test]
+    fn a_replaced_or_forgotten_entry_leaves_no_trace() {
+        let p = TinyLfu::new(10);
+        let _ = p.inserted(0, 3, 1, u64::MAX, None, 0);
+        let _ = p.inserted(0, 3, 2, u64::MAX, Some(1), 0);
+        assert_eq!(p.len(), 1);
+        p.forget(&[(3, 1)]); // not the entry there now
+        assert_eq!(p.len(), 1);
+        p.forget(&[(3, 2)]);
+        assert!(p.is_empty());
+    }
+}
