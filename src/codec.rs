@@ -418,4 +418,42 @@ impl Stored {
             Stored::Pickled(b) => b.bind(py).clone().into_any(),
         }
     }
+
+    /// The bytes this value holds: its pickle's length if kept pickled, else what
+    /// `sys.getsizeof` says of it and of its direct members (a dict's keys and values, a
+    /// sequence's or set's items; a record's values and shared keys).
+    pub fn weight(&self, py: Python<'_>) -> usize {
+        if let Stored::Pickled(b) = self {
+            return b.bind(py).as_bytes().len();
+        }
+        let held = self.held(py);
+        let mut total = size_of(&held);
+        if let Ok(d) = held.cast::<pyo3::types::PyDict>() {
+            for (k, v) in d.iter().take(10_000) {
+                total += size_of(&k) + size_of(&v);
+            }
+        } else if !held.is_instance_of::<pyo3::types::PyString>()
+            && !held.is_instance_of::<PyBytes>()
+        {
+            if let Ok(items) = held.try_iter() {
+                total += items
+                    .flatten()
+                    .take(10_000)
+                    .map(|x| size_of(&x))
+                    .sum::<usize>();
+            }
+        }
+        total
+    }
+}
+
+/// `sys.getsizeof(value)` (0 if it fails).
+fn size_of(value: &Bound<'_, PyAny>) -> usize {
+    static GETSIZEOF: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    let py = value.py();
+    GETSIZEOF
+        .import(py, "sys", "getsizeof")
+        .and_then(|f| f.call1((value,)))
+        .and_then(|n| n.extract::<usize>())
+        .unwrap_or(0)
 }

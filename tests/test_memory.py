@@ -349,3 +349,43 @@ def test_a_bound_holds_under_threads_across_regions():
         assert stats["package_entries"] == total
     finally:
         cachu.configure(package="bounded_threads_tlfu", memory_maxsize=0)
+
+
+def test_memory_maxbytes_bounds_the_bytes_a_package_holds():
+    cachu.configure(package="by_bytes", memory_maxbytes=20_000)
+    try:
+
+        @cachu.cache(ttl=300, package="by_bytes")
+        def page(x: int) -> str:
+            return "x" * 1000 + str(x)
+
+        @cachu.cache(ttl=60, package="by_bytes")
+        def rows(x: int) -> list[str]:
+            return ["y" * 100] * 10
+
+        for i in range(200):
+            assert page(i).startswith("x")
+            assert len(rows(i)) == 10
+        stats = cachu.get_backend("memory", package="by_bytes", ttl=300).stats()
+        assert stats["memory_maxbytes"] == 20_000
+        assert 10_000 < stats["package_bytes"] <= 20_000, stats
+        entries = cachu.cache_info(page).currsize + cachu.cache_info(rows).currsize
+        assert 5 < entries < 40, entries
+        assert stats["package_entries"] == entries
+        # With a bound of entries too, the tighter one holds.
+        cachu.configure(package="by_bytes", memory_maxsize=5)
+        assert cachu.cache_info(page).currsize + cachu.cache_info(rows).currsize <= 5
+        assert cachu.get_config(package="by_bytes").memory_maxbytes == 20_000
+        # 0 removes the bound of bytes.
+        cachu.configure(package="by_bytes", memory_maxsize=0, memory_maxbytes=0)
+        for i in range(200, 300):
+            page(i)
+        assert cachu.cache_info(page).currsize >= 100
+    finally:
+        cachu.configure(package="by_bytes", memory_maxsize=0, memory_maxbytes=0)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "100", True])
+def test_a_bad_memory_maxbytes_is_refused_naming_it(bad):
+    with pytest.raises(ConfigurationError, match="memory_maxbytes"):
+        cachu.configure(package="by_bytes_bad", memory_maxbytes=bad)

@@ -303,7 +303,8 @@ impl Backend {
             Store::Memory(m) => {
                 let copy = crate::config::config_of(self.package.as_deref()).memory_copy;
                 let stored = Stored::capture_as(value, copy)?;
-                let replaced = m.insert_at(key, stored, unix_now(), ttl, fresh);
+                let weight = weight_of(py, m, key, &stored);
+                let replaced = m.insert_at(key, stored, unix_now(), ttl, fresh, weight);
                 drop(replaced);
                 self.keep_budget(m);
             }
@@ -321,7 +322,8 @@ impl Backend {
         match &self.store {
             Store::Memory(m) => {
                 let stored = kept.stored.clone_ref(py);
-                let replaced = m.insert_at(key, stored, unix_now(), kept.ttl, kept.fresh);
+                let weight = weight_of(py, m, key, &stored);
+                let replaced = m.insert_at(key, stored, unix_now(), kept.ttl, kept.fresh, weight);
                 drop(replaced);
                 self.keep_budget(m);
                 Ok(())
@@ -447,6 +449,9 @@ impl Backend {
                 let budget = &m.budget();
                 d.set_item("package_entries", budget.used())?;
                 d.set_item("memory_maxsize", budget.max())?;
+                let (max_bytes, bytes) = budget.bytes();
+                d.set_item("memory_maxbytes", max_bytes)?;
+                d.set_item("package_bytes", bytes)?;
             }
             _ => {
                 d.set_item("entries", self.count(py, None)?)?;
@@ -462,6 +467,16 @@ impl Backend {
             _ => self.keys(py, pattern)?.len(),
         })
     }
+}
+
+/// The bytes an entry counts against `memory_maxbytes`: its key, and its value as
+/// `sys.getsizeof` measures it and its direct members (a value kept pickled: its
+/// pickle). Measured only when the package has such a bound.
+fn weight_of(py: Python<'_>, m: &MemoryStore<Stored>, key: &str, stored: &Stored) -> usize {
+    if !m.budget().weighs() {
+        return key.len();
+    }
+    key.len() + stored.weight(py)
 }
 
 /// What a stored value turned out to be.

@@ -63,6 +63,9 @@ fn config_changed(change: &Change<'_>) {
     if old.memory_maxsize != new.memory_maxsize {
         set_budget(change.package, new.memory_maxsize);
     }
+    if old.memory_maxbytes != new.memory_maxbytes {
+        budget_of(change.package).set_max_bytes(new.memory_maxbytes);
+    }
     if old.memory_sweep_interval.to_bits() != new.memory_sweep_interval.to_bits() {
         budget_of(change.package).set_sweep_interval(new.memory_sweep_interval);
     }
@@ -81,7 +84,11 @@ pub fn budget_of(package: Option<&str>) -> Arc<Budget> {
         .entry(package.map(str::to_owned))
         .or_insert_with(|| {
             let budget = Budget::new(max);
-            budget.set_sweep_interval(config::config_of(package).memory_sweep_interval);
+            let cfg = config::config_of(package);
+            budget.set_sweep_interval(cfg.memory_sweep_interval);
+            if cfg.memory_maxbytes.is_some() {
+                budget.set_max_bytes(cfg.memory_maxbytes);
+            }
             Arc::new(budget)
         })
         .clone()

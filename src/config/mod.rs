@@ -104,6 +104,8 @@ pub struct Config {
     pub raise_lock_timeout: bool,
     /// The most entries the package keeps in memory (`None`: unbounded).
     pub memory_maxsize: Option<usize>,
+    /// `memory_maxbytes`: the most bytes (keys and values) the package keeps in memory.
+    pub memory_maxbytes: Option<usize>,
     /// `memory_copy=False`: the memory backend keeps results themselves and hands the
     /// same object to every caller, as `functools.lru_cache` does.
     pub memory_copy: bool,
@@ -155,6 +157,7 @@ impl Default for Config {
             raise_backend_errors: false,
             raise_lock_timeout: false,
             memory_maxsize: None,
+            memory_maxbytes: None,
             memory_copy: true,
             signing_key: None,
             cache_deadline: None,

@@ -231,6 +231,10 @@ impl PyConfig {
         self.inner.ttl_jitter
     }
     #[getter]
+    fn memory_maxbytes(&self) -> Option<usize> {
+        self.inner.memory_maxbytes
+    }
+    #[getter]
     fn stale_ttl(&self) -> f64 {
         self.inner.stale_ttl
     }
@@ -300,6 +304,7 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("redis_retry_count", c.redis_retry_count)?;
     d.set_item("redis_health_check_interval", c.redis_health_check_interval)?;
     d.set_item("ttl_jitter", c.ttl_jitter)?;
+    d.set_item("memory_maxbytes", c.memory_maxbytes)?;
     d.set_item("stale_ttl", c.stale_ttl)?;
     d.set_item("stale_if_error", c.stale_if_error)?;
     d.set_item("early_refresh", c.early_refresh)?;

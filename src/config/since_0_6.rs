@@ -12,7 +12,7 @@ use crate::region::parse_freshness;
 pub const ALL_OPTIONS: &str = "backend (or backend_default), key_prefix, file_dir, redis_url, \
 lock_timeout, on_backend_error (or fail_open), on_lock_timeout, memory_maxsize, memory_copy, \
 signing_key, cache_deadline, memory_sweep_interval, redis_socket_timeout, redis_retry_count, \
-redis_health_check_interval, ttl_jitter, stale_ttl, stale_if_error, early_refresh and timeout";
+redis_health_check_interval, ttl_jitter, stale_ttl, stale_if_error, early_refresh, timeout and memory_maxbytes";
 
 /// The 0.6 options given to one `configure()` call.
 #[derive(Default)]
@@ -30,6 +30,8 @@ pub struct Since06 {
     stale_if_error: Option<f64>,
     early_refresh: Option<f64>,
     timeout: Option<f64>,
+    /// `memory_maxbytes` (0 removes the bound).
+    memory_maxbytes: Option<usize>,
 }
 
 fn number(value: &Bound<'_, PyAny>) -> Option<f64> {
@@ -119,6 +121,9 @@ pub fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Since06> {
                 out.early_refresh = Some(parse_freshness("early_refresh", &value)?);
             }
             "timeout" => out.timeout = Some(parse_freshness("timeout", &value)?),
+            "memory_maxbytes" => {
+                out.memory_maxbytes = Some(whole("memory_maxbytes", &value)? as usize);
+            }
             "redis_health_check_interval" => {
                 out.redis_health_check_interval =
                     Some(whole("redis_health_check_interval", &value)?);
@@ -182,6 +187,9 @@ impl Since06 {
         }
         if let Some(v) = self.timeout {
             cfg.timeout = Some(v);
+        }
+        if let Some(n) = self.memory_maxbytes {
+            cfg.memory_maxbytes = (n > 0).then_some(n);
         }
     }
 }

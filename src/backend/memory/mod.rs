@@ -43,12 +43,16 @@ struct Slot<V> {
     expires_ns: u64,
     /// Its insertion number in this store: names it to the policy.
     seq: u64,
+    /// Bytes it counts against `memory_maxbytes`.
+    weight: u32,
 }
 
 /// The most entries a package keeps in memory, how many it keeps now, the stores that
 /// share it (its TTL regions, by id) and the policy that chooses among their entries.
 pub struct Budget {
     max: AtomicUsize,
+    /// `memory_maxbytes` (`usize::MAX`: none).
+    max_bytes: AtomicUsize,
     used: AtomicUsize,
     /// `memory_sweep_interval` in nanoseconds (`u64::MAX`: sweeps only as stores grow).
     sweep_every_ns: AtomicU64,
@@ -62,8 +66,9 @@ pub trait Evict: Send + Sync {
     /// Removes the entries chosen (those still there), dropping them after its locks
     /// are released.
     fn evict(&self, victims: &[Victim]);
-    /// `(hash, seq, expiry)` of every entry, for a policy that starts to count them.
-    fn entries(&self) -> Vec<(u64, u64, u64)>;
+    /// `(hash, seq, expiry, weight)` of every entry, for a policy that starts to count
+    /// them.
+    fn entries(&self) -> Vec<(u64, u64, u64, u32)>;
 }
 
 impl<V: Send + Sync> Evict for MemoryStore<V> {
@@ -73,13 +78,13 @@ impl<V: Send + Sync> Evict for MemoryStore<V> {
         drop(out);
     }
 
-    fn entries(&self) -> Vec<(u64, u64, u64)> {
+    fn entries(&self) -> Vec<(u64, u64, u64, u32)> {
         self.shards
             .iter()
             .flat_map(|shard| {
                 let map = shard.map.read();
                 map.iter()
-                    .map(|(k, s)| (hash_of(k), s.seq, s.expires_ns))
+                    .map(|(k, s)| (hash_of(k), s.seq, s.expires_ns, s.weight))
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -91,6 +96,7 @@ impl Budget {
     pub fn new(max: Option<usize>) -> Self {
         Budget {
             max: AtomicUsize::new(max.unwrap_or(usize::MAX)),
+            max_bytes: AtomicUsize::new(usize::MAX),
             used: AtomicUsize::new(0),
             sweep_every_ns: AtomicU64::new(u64::MAX),
             stores: Mutex::new(Vec::new()),
@@ -98,25 +104,55 @@ impl Budget {
         }
     }
 
-    /// Changes the bound; a lower one is met at once. A package that was unbounded
-    /// hands its entries to the policy first.
+    /// Changes the bound of entries; a lower one is met at once.
     pub fn set_max(&self, max: Option<usize>) {
+        let bytes = self.max_bytes.load(Ordering::Relaxed);
+        self.set_bounds(max, Some(bytes).filter(|b| *b != usize::MAX));
+    }
+
+    /// Changes the bound of bytes (`memory_maxbytes`); a lower one is met at once.
+    pub fn set_max_bytes(&self, max_bytes: Option<usize>) {
+        let max = self.max.load(Ordering::Relaxed);
+        self.set_bounds(Some(max).filter(|m| *m != usize::MAX), max_bytes);
+    }
+
+    /// Changes both bounds. A package that was unbounded hands its entries to the
+    /// policy first; one that is unbounded now forgets them.
+    fn set_bounds(&self, max: Option<usize>, max_bytes: Option<usize>) {
         let was_bounded = self.is_bounded();
         self.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
-        let Some(max) = max else {
+        self.max_bytes
+            .store(max_bytes.unwrap_or(usize::MAX), Ordering::Relaxed);
+        if !self.is_bounded() {
             self.policy.clear();
             return;
-        };
+        }
         let now = now_ns();
-        let mut victims = self.policy.set_max(max, now);
+        let (max, bytes) = (max.unwrap_or(usize::MAX), max_bytes.unwrap_or(usize::MAX));
+        let mut victims = self.policy.set_bounds(max, bytes, now);
         if !was_bounded {
             for (id, store) in self.live_stores() {
-                for (hash, seq, expires) in store.entries() {
-                    victims.extend(self.policy.inserted(id, hash, seq, expires, None, now));
+                for (hash, seq, expires, weight) in store.entries() {
+                    let weight = weight as usize;
+                    victims.extend(
+                        self.policy
+                            .inserted(id, hash, seq, expires, weight, None, now),
+                    );
                 }
             }
         }
         self.dispatch(&victims, None);
+    }
+
+    /// Whether entries are weighed (a bound of bytes is set).
+    pub fn weighs(&self) -> bool {
+        self.max_bytes.load(Ordering::Relaxed) != usize::MAX
+    }
+
+    /// The bound of bytes, if any, and the bytes held.
+    pub fn bytes(&self) -> (Option<usize>, usize) {
+        let max = self.max_bytes.load(Ordering::Relaxed);
+        (Some(max).filter(|m| *m != usize::MAX), self.policy.weight())
     }
 
     fn live_stores(&self) -> Vec<(u32, Arc<dyn Evict>)> {
@@ -175,12 +211,14 @@ impl Budget {
             return;
         }
         let max = self.max.load(Ordering::Relaxed);
-        let victims = self.policy.set_max(max, now_ns());
+        let bytes = self.max_bytes.load(Ordering::Relaxed);
+        let victims = self.policy.set_bounds(max, bytes, now_ns());
         self.dispatch(&victims, None);
     }
 
     fn is_bounded(&self) -> bool {
         self.max.load(Ordering::Relaxed) != usize::MAX
+            || self.max_bytes.load(Ordering::Relaxed) != usize::MAX
     }
 
     fn over(&self) -> bool {
@@ -512,11 +550,11 @@ impl<V> MemoryStore<V> {
     /// map: the one replaced, and any expired ones swept on the way.
     #[must_use = "drop the returned values after the call, outside any lock"]
     pub fn insert(&self, key: &str, value: V, ttl: f64) -> Vec<V> {
-        self.insert_at(key, value, unix_now(), ttl, None)
+        self.insert_at(key, value, unix_now(), ttl, None, key.len())
     }
 
     /// Stores `value`, created at `created_at` (Unix seconds), for `ttl` seconds, with
-    /// its freshness if it has its own.
+    /// its freshness if it has its own, weighing `weight` bytes (for `memory_maxbytes`).
     #[must_use = "drop the returned values after the call, outside any lock"]
     #[allow(clippy::cast_possible_truncation)] // seconds kept to f32's precision
     pub fn insert_at(
@@ -526,6 +564,7 @@ impl<V> MemoryStore<V> {
         created_at: f64,
         ttl: f64,
         fresh: Option<Fresh>,
+        weight: usize,
     ) -> Vec<V> {
         let now = now_ns();
         let ttl_ns = if ttl.is_finite() {
@@ -545,6 +584,7 @@ impl<V> MemoryStore<V> {
             took,
             expires_ns,
             seq,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
         };
         let hash = hash_of(key);
         let shard = self.shard(hash);
@@ -569,7 +609,7 @@ impl<V> MemoryStore<V> {
             let victims = self
                 .budget
                 .policy
-                .inserted(self.id, hash, seq, expires_ns, replaced, now);
+                .inserted(self.id, hash, seq, expires_ns, weight, replaced, now);
             self.remove_chosen(&victims, &mut out);
             self.budget.dispatch(&victims, Some(self.id));
         }

@@ -47,6 +47,8 @@ struct Node {
     hash: u64,
     seq: u64,
     store: u32,
+    /// Bytes it counts against `memory_maxbytes` (its key and value).
+    weight: u32,
     expires_ns: u64,
     segment: Segment,
     prev: u32,
@@ -85,12 +87,13 @@ struct Sketch {
 
 impl Sketch {
     fn new(max: usize) -> Sketch {
-        let blocks = (max.max(16) / 4).next_power_of_two();
+        let max = max.clamp(16, 1 << 26);
+        let blocks = (max / 4).next_power_of_two();
         Sketch {
             blocks: vec![[0; 64]; blocks],
             mask: blocks - 1,
             additions: 0,
-            period: max.max(16) * 10,
+            period: max * 10,
         }
     }
 
@@ -156,7 +159,10 @@ struct Inner {
     protected: List,
     /// Each store's nodes by insertion, oldest first.
     ages: Vec<List>,
+    /// The bounds: entries and bytes (`usize::MAX`: none).
     max: usize,
+    max_weight: usize,
+    weight: usize,
     window_max: usize,
     sketch: Sketch,
     climber: Climber,
@@ -189,6 +195,8 @@ impl Inner {
             protected: List::EMPTY,
             ages: Vec::new(),
             max,
+            max_weight: usize::MAX,
+            weight: 0,
             window_max,
             sketch: Sketch::new(max),
             climber: Climber {
@@ -252,6 +260,7 @@ impl Inner {
     fn remove_node(&mut self, i: u32) -> Victim {
         self.unlink(i);
         self.unlink_age(i);
+        self.weight -= self.nodes[i as usize].weight as usize;
         let n = &self.nodes[i as usize];
         let victim = Victim {
             store: n.store,
@@ -332,7 +341,7 @@ impl Inner {
     /// The protected segment keeps 80% of the main space; its coldest go back to
     /// probation.
     fn demote_protected(&mut self) {
-        let main = self.max.saturating_sub(self.window_max);
+        let main = self.capacity().saturating_sub(self.window_max);
         let protected_max = main - main / 5;
         while self.protected.len > protected_max {
             let i = self.protected.head;
@@ -341,13 +350,15 @@ impl Inner {
         }
     }
 
-    fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64) {
+    fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64, weight: u32) {
         self.sketch.increment(hash | 1);
         self.climber.misses += 1;
+        self.weight += weight as usize;
         let node = Node {
             hash,
             seq,
             store,
+            weight,
             expires_ns,
             segment: Segment::Window,
             prev: NIL,
@@ -389,7 +400,7 @@ impl Inner {
             self.push(i, Segment::Probation);
             candidates += 1;
         }
-        while self.len() > self.max {
+        while self.over() {
             if let Some(i) = self.expired_end(now) {
                 out.push(self.remove_node(i));
                 continue;
@@ -425,6 +436,20 @@ impl Inner {
         }
     }
 
+    fn over(&self) -> bool {
+        self.len() > self.max || self.weight > self.max_weight
+    }
+
+    /// The entries the main space and window divide: the bound of entries, or under a
+    /// bound of bytes alone, the entries held now.
+    fn capacity(&self) -> usize {
+        if self.max == usize::MAX {
+            self.len().max(16)
+        } else {
+            self.max
+        }
+    }
+
     /// Whether the candidate is wanted more than the victim. Ties go to the victim,
     /// but a warm candidate wins one time in 128 (an attacker cannot keep a key out
     /// by making its victim look hot).
@@ -451,6 +476,11 @@ impl Inner {
     /// in the same direction while the hit rate improves, back (and in smaller steps)
     /// when it worsens.
     fn climb(&mut self) {
+        if self.max == usize::MAX {
+            // A bound of bytes alone: a window of 1% of what is held.
+            self.window_max = (self.capacity() / 100).max(1);
+            return;
+        }
         let sample = self.climber.hits + self.climber.misses;
         if sample < (self.max * 10).max(1000) {
             return;
@@ -526,14 +556,16 @@ impl TinyLfu {
         }
     }
 
-    /// A new entry of `store` (or a new value of an entry: `replaced` is the seq it
-    /// had), and the entries to evict for it.
+    /// A new entry of `store` weighing `weight` bytes (or a new value of an entry:
+    /// `replaced` is the seq it had), and the entries to evict for it.
+    #[allow(clippy::too_many_arguments)] // what names an entry, and what it weighs
     pub fn inserted(
         &self,
         store: u32,
         hash: u64,
         seq: u64,
         expires_ns: u64,
+        weight: usize,
         replaced: Option<u64>,
         now: u64,
     ) -> Vec<Victim> {
@@ -542,7 +574,8 @@ impl TinyLfu {
         if let Some(old) = replaced {
             inner.forget(hash, old);
         }
-        inner.add(store, hash, seq, expires_ns);
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        inner.add(store, hash, seq, expires_ns, weight);
         let mut out = Vec::new();
         inner.evict(now, &mut out);
         out
@@ -559,28 +592,41 @@ impl TinyLfu {
         }
     }
 
-    /// A new bound; the entries to evict to meet it.
-    pub fn set_max(&self, max: usize, now: u64) -> Vec<Victim> {
+    /// New bounds of entries and bytes (`usize::MAX`: none); the entries to evict to
+    /// meet them.
+    pub fn set_bounds(&self, max: usize, max_weight: usize, now: u64) -> Vec<Victim> {
         let mut inner = self.inner.lock();
+        inner.max_weight = max_weight;
         if max != inner.max {
             inner.max = max;
-            inner.window_max = (max / 100).max(1);
-            inner.sketch = Sketch::new(max);
+            let entries = if max == usize::MAX {
+                // Sized for entries of about 256 bytes.
+                (max_weight / 256).clamp(16, 1 << 22)
+            } else {
+                max
+            };
+            inner.window_max = (entries / 100).max(1);
+            inner.sketch = Sketch::new(entries);
         }
         let mut out = Vec::new();
         inner.evict(now, &mut out);
         out
     }
 
-    /// Forgets every entry (the bound was lifted).
+    /// Forgets every entry (the bounds were lifted; new ones come with
+    /// [`TinyLfu::set_bounds`]).
     pub fn clear(&self) {
-        let max = self.inner.lock().max;
-        *self.inner.lock() = Inner::new(max);
+        *self.inner.lock() = Inner::new(16);
     }
 
     /// Entries the policy holds.
     pub fn len(&self) -> usize {
         self.inner.lock().len()
+    }
+
+    /// Bytes the entries held weigh.
+    pub fn weight(&self) -> usize {
+        self.inner.lock().weight
     }
 
     pub fn is_empty(&self) -> bool {
@@ -605,7 +651,7 @@ mod tests {
                 continue;
             }
             resident.insert(hash);
-            for v in p.inserted(0, hash, seq as u64, u64::MAX, None, 0) {
+            for v in p.inserted(0, hash, seq as u64, u64::MAX, 1, None, 0) {
                 resident.remove(&v.hash);
             }
             assert!(resident.len() <= max);
@@ -664,7 +710,7 @@ mod tests {
         let mut seq = 0;
         let mut insert = |p: &TinyLfu, key: u64| {
             seq += 1;
-            p.inserted(0, key * 2 + 1, seq, u64::MAX, None, 0)
+            p.inserted(0, key * 2 + 1, seq, u64::MAX, 1, None, 0)
         };
         let mut resident = std::collections::HashSet::new();
         for round in 0..20 {
@@ -697,9 +743,11 @@ mod tests {
         let p = TinyLfu::new(10);
         for k in 0..10u64 {
             let (store, expires) = if k == 9 { (1, 10) } else { (0, u64::MAX) };
-            assert!(p.inserted(store, k * 2 + 1, k, expires, None, 0).is_empty());
+            assert!(p
+                .inserted(store, k * 2 + 1, k, expires, 1, None, 0)
+                .is_empty());
         }
-        let out = p.inserted(0, 99, 10, u64::MAX, None, 100);
+        let out = p.inserted(0, 99, 10, u64::MAX, 1, None, 100);
         assert_eq!(
             out,
             [Victim {
@@ -713,12 +761,30 @@ mod tests {
     #[test]
     fn a_replaced_or_forgotten_entry_leaves_no_trace() {
         let p = TinyLfu::new(10);
-        let _ = p.inserted(0, 3, 1, u64::MAX, None, 0);
-        let _ = p.inserted(0, 3, 2, u64::MAX, Some(1), 0);
+        let _ = p.inserted(0, 3, 1, u64::MAX, 1, None, 0);
+        let _ = p.inserted(0, 3, 2, u64::MAX, 1, Some(1), 0);
         assert_eq!(p.len(), 1);
         p.forget(&[(3, 1)]); // not the entry there now
         assert_eq!(p.len(), 1);
         p.forget(&[(3, 2)]);
         assert!(p.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod weighed {
+    use super::*;
+
+    #[test]
+    fn a_bound_of_bytes_holds_alone_and_with_one_of_entries() {
+        let p = TinyLfu::new(16);
+        let _ = p.set_bounds(usize::MAX, 1000, 0);
+        for k in 0..100u64 {
+            let _ = p.inserted(0, k * 2 + 1, k, u64::MAX, 90, None, 0);
+            assert!(p.weight() <= 1000, "{} bytes kept", p.weight());
+        }
+        assert_eq!(p.len(), 11);
+        let _ = p.set_bounds(5, 1000, 0);
+        assert_eq!((p.len(), p.weight()), (5, 450));
     }
 }

@@ -262,7 +262,7 @@ fn a_chosen_entry_replaced_meanwhile_is_not_removed() {
     let _ = s.insert("k", 1, 300.0);
     let old = s.entries();
     let _ = s.insert("k", 2, 300.0);
-    let (hash, seq, _) = old[0];
+    let (hash, seq, _, _) = old[0];
     Evict::evict(
         &*s,
         &[Victim {
@@ -272,7 +272,7 @@ fn a_chosen_entry_replaced_meanwhile_is_not_removed() {
         }],
     );
     assert_eq!(s.get_with("k", |v, _| *v), Some(2));
-    let (hash, seq, _) = s.entries()[0];
+    let (hash, seq, _, _) = s.entries()[0];
     Evict::evict(
         &*s,
         &[Victim {
