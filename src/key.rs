@@ -439,9 +439,26 @@ pub enum Repr {
     Called,
 }
 
-/// Appends `repr(value)`; `int`, `bool`, `None` and plain ASCII `str` are formatted here,
-/// byte for byte as Python would, without calling `repr`.
+/// Appends `repr(value)`; `int`, `bool`, `None`, `float`, plain ASCII `str` and tuples of
+/// those are formatted here, byte for byte as Python would, without calling `repr`.
 pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<Repr> {
+    write_repr_nested(out, value, 0)
+}
+
+/// How deep tuples in tuples are written here (deeper ones go to `repr`).
+const TUPLE_DEPTH: usize = 4;
+
+fn write_repr_nested(out: &mut String, value: &Bound<'_, PyAny>, depth: usize) -> PyResult<Repr> {
+    if let Ok(f) = value.cast_exact::<PyFloat>() {
+        if write_float(out, f.value()) {
+            return Ok(Repr::Plain);
+        }
+    }
+    if let Ok(t) = value.cast_exact::<PyTuple>() {
+        if depth < TUPLE_DEPTH {
+            return write_tuple(out, t, depth);
+        }
+    }
     if let Ok(s) = value.cast_exact::<PyString>() {
         if let Ok(s) = s.to_str() {
             if write_ascii_str_repr(out, s) {
@@ -462,6 +479,79 @@ pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<Repr> 
     }
     out.push_str(value.repr()?.to_str()?);
     Ok(Repr::Called)
+}
+
+/// `repr(tuple)`: its items' reprs, joined by `", "`, a 1-tuple with a trailing comma.
+fn write_tuple(out: &mut String, t: &Bound<'_, PyTuple>, depth: usize) -> PyResult<Repr> {
+    out.push('(');
+    let mut kind = Repr::Text;
+    for (i, item) in t.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        if write_repr_nested(out, &item, depth + 1)? == Repr::Called {
+            kind = Repr::Called;
+        }
+    }
+    if t.len() == 1 {
+        out.push(',');
+    }
+    out.push(')');
+    Ok(kind)
+}
+
+/// `repr(float)`: the shortest digits that read back as `x`, in fixed notation when the
+/// decimal point falls within 4 places before the first digit to 16 after it (`1e-05`
+/// is written so, `0.0001` too; `1e16` is `1e+16`), with `.0` for a whole number;
+/// `inf`, `-inf`, `nan`. `false` (nothing written) for 16 digits or more: only there can
+/// two shortest strings read back as `x`, where Python picks the even one and Rust's
+/// formatting may not, so those are left to `repr`.
+pub fn write_float(out: &mut String, x: f64) -> bool {
+    use std::fmt::Write;
+    if x.is_nan() {
+        out.push_str("nan");
+        return true;
+    }
+    if x.is_infinite() {
+        out.push_str(if x > 0.0 { "inf" } else { "-inf" });
+        return true;
+    }
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() >= 16 {
+        return false;
+    }
+    let decpt = exp + 1;
+    if x.is_sign_negative() {
+        out.push('-');
+    }
+    let n = digits.len() as i32;
+    if -4 < decpt && decpt <= 16 {
+        if decpt <= 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-decpt) as usize));
+            out.push_str(&digits);
+        } else if decpt < n {
+            out.push_str(&digits[..decpt as usize]);
+            out.push('.');
+            out.push_str(&digits[decpt as usize..]);
+        } else {
+            out.push_str(&digits);
+            out.extend(std::iter::repeat_n('0', (decpt - n) as usize));
+            out.push_str(".0");
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if n > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let e = decpt - 1;
+        let _ = write!(out, "e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
+    }
+    true
 }
 
 /// Appends the decimal digits of `n`, as `repr(int)` writes them.

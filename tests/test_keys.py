@@ -206,3 +206,55 @@ def test_every_way_of_calling_reaches_the_same_entry():
         area(1, 2, 3)
     with pytest.raises(TypeError):
         area()
+
+
+def test_floats_and_tuples_are_written_as_repr_writes_them():
+    import math
+    import random
+    import struct
+
+    @cachu.cache(ttl=60, package="repr_check")
+    def f(x):
+        return x
+
+    rng = random.Random(5)
+    floats = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        0.1,
+        1e16,
+        1e15,
+        123456789012345678.0,
+        1e-4,
+        1e-5,
+        1.5e-5,
+        2.5e300,
+        5e-324,
+        1.7976931348623157e308,
+        math.inf,
+        -math.inf,
+        math.nan,
+        0.30000000000000004,
+        100.0,
+        1e22,
+        9007199254740993.0,
+    ]
+    floats += [rng.uniform(-1e6, 1e6) for _ in range(3000)]
+    floats += [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(3000)]
+    floats += [rng.random() * 10 ** rng.randint(-30, 30) for _ in range(3000)]
+    for x in floats:
+        assert f.cache_key(x) == f"1m:f|x={x!r}", x
+    values = [
+        (),
+        (1,),
+        ("a", 2),
+        (1.5, None, True, ("x", (2.0,))),
+        ((((((1,),),),),),),
+        ("it's", 'say "hi"'),
+        (1, [2, 3]),
+        (frozenset({1}),),
+    ]
+    for v in values:
+        assert f.cache_key(v) == f"1m:f|x={v!r}", v
