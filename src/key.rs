@@ -439,8 +439,8 @@ pub enum Repr {
     Called,
 }
 
-/// Appends `repr(value)`; `int`, `bool`, `None`, `float`, plain ASCII `str` and tuples of
-/// those are formatted here, byte for byte as Python would, without calling `repr`.
+/// Appends `repr(value)`; `int`, `bool`, `None`, `float`, plain ASCII `str` and tuples and
+/// frozensets of those are formatted here, byte for byte as Python would, without calling `repr`.
 pub fn write_repr(out: &mut String, value: &Bound<'_, PyAny>) -> PyResult<Repr> {
     write_repr_nested(out, value, 0)
 }
@@ -454,9 +454,12 @@ fn write_repr_nested(out: &mut String, value: &Bound<'_, PyAny>, depth: usize) -
             return Ok(Repr::Plain);
         }
     }
-    if let Ok(t) = value.cast_exact::<PyTuple>() {
-        if depth < TUPLE_DEPTH {
+    if depth < TUPLE_DEPTH {
+        if let Ok(t) = value.cast_exact::<PyTuple>() {
             return write_tuple(out, t, depth);
+        }
+        if let Ok(f) = value.cast_exact::<PyFrozenSet>() {
+            return write_frozenset(out, f, depth);
         }
     }
     if let Ok(s) = value.cast_exact::<PyString>() {
@@ -497,6 +500,27 @@ fn write_tuple(out: &mut String, t: &Bound<'_, PyTuple>, depth: usize) -> PyResu
         out.push(',');
     }
     out.push(')');
+    Ok(kind)
+}
+
+/// `repr(frozenset)`: `frozenset({a, b})` in the set's own order (as `repr` iterates
+/// it), `frozenset()` when empty.
+fn write_frozenset(out: &mut String, f: &Bound<'_, PyFrozenSet>, depth: usize) -> PyResult<Repr> {
+    if f.is_empty() {
+        out.push_str("frozenset()");
+        return Ok(Repr::Plain);
+    }
+    out.push_str("frozenset({");
+    let mut kind = Repr::Text;
+    for (i, item) in f.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        if write_repr_nested(out, &item, depth + 1)? == Repr::Called {
+            kind = Repr::Called;
+        }
+    }
+    out.push_str("})");
     Ok(kind)
 }
 
