@@ -487,15 +487,7 @@ fn write_repr_nested(out: &mut String, value: &Bound<'_, PyAny>, depth: usize) -
 /// `repr(tuple)`: its items' reprs, joined by `", "`, a 1-tuple with a trailing comma.
 fn write_tuple(out: &mut String, t: &Bound<'_, PyTuple>, depth: usize) -> PyResult<Repr> {
     out.push('(');
-    let mut kind = Repr::Text;
-    for (i, item) in t.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        if write_repr_nested(out, &item, depth + 1)? == Repr::Called {
-            kind = Repr::Called;
-        }
-    }
+    let kind = write_items(out, t.iter(), depth)?;
     if t.len() == 1 {
         out.push(',');
     }
@@ -511,8 +503,20 @@ fn write_frozenset(out: &mut String, f: &Bound<'_, PyFrozenSet>, depth: usize) -
         return Ok(Repr::Plain);
     }
     out.push_str("frozenset({");
+    let kind = write_items(out, f.iter(), depth)?;
+    out.push_str("})");
+    Ok(kind)
+}
+
+/// The reprs of a container's items, joined by `", "`: [`Repr::Called`] if any item's
+/// was, else [`Repr::Text`].
+fn write_items<'py>(
+    out: &mut String,
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    depth: usize,
+) -> PyResult<Repr> {
     let mut kind = Repr::Text;
-    for (i, item) in f.iter().enumerate() {
+    for (i, item) in items.enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
@@ -520,13 +524,12 @@ fn write_frozenset(out: &mut String, f: &Bound<'_, PyFrozenSet>, depth: usize) -
             kind = Repr::Called;
         }
     }
-    out.push_str("})");
     Ok(kind)
 }
 
 /// `repr(float)`: the shortest digits that read back as `x`, in fixed notation when the
-/// decimal point falls within 4 places before the first digit to 16 after it (`1e-05`
-/// is written so, `0.0001` too; `1e16` is `1e+16`), with `.0` for a whole number;
+/// decimal point falls within 4 places before the first digit to 16 after it (`0.0001`
+/// is written so, `1e-05` and `1e+16` with an exponent), with `.0` for a whole number;
 /// `inf`, `-inf`, `nan`. `false` (nothing written) for 16 digits or more: only there can
 /// two shortest strings read back as `x`, where Python picks the even one and Rust's
 /// formatting may not, so those are left to `repr`.
