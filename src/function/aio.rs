@@ -97,13 +97,7 @@ impl AsyncCachedFunction {
                 return self.completed(py, seen.value);
             }
         }
-        let policy = r.policy(backend, flags.overwrite);
-        // A value kept as a fallback is read again by the flow.
-        let flow = if local && !r.rules.is_on() {
-            Flow::missed(policy)
-        } else {
-            Flow::start(policy)
-        };
+        let flow = r.flow_after(r.policy(backend, flags.overwrite), local);
         let call = call_of(flow);
         self.drive.bind(py).call1((call, args, kwargs))
     }

@@ -134,6 +134,17 @@ impl Resolved {
             )
     }
 
+    /// The flow of a call that the hit fast path did not answer (`read`: it read
+    /// memory and found nothing to serve): it joins this process's computation, unless
+    /// a value kept as a fallback is to be read again by the flow.
+    pub(crate) fn flow_after(&self, policy: Policy, read: bool) -> Flow {
+        if read && !self.rules.is_on() {
+            Flow::missed(policy)
+        } else {
+            Flow::start(policy)
+        }
+    }
+
     /// The settings of a background refresh.
     pub(crate) fn refresh_policy(&self, backend: &Backend) -> Policy {
         Policy {

@@ -11,11 +11,10 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
 use super::drive::{self, refresh_later, Call};
-use super::lookup::{Kind, Seen};
+use super::lookup::Kind;
 use super::values::CacheInfo;
 use super::{bind_method, pickled_by_name, take_flags, CachedFunction, CallArgs, Here, Resolved};
 use crate::backend::Backend;
-use crate::flow::Flow;
 use crate::pattern::escape_glob;
 use crate::vectorcall::FastCall;
 
@@ -35,23 +34,32 @@ impl CachedFunction {
         Ok(Some((r, key)))
     }
 
-    /// A value served by a hit fast path: a refresh starts if it is due.
+    /// The hit fast path of a memory (or null) backend: the value to serve, if any. A
+    /// function without freshness controls is answered without judging freshness; with
+    /// them, a refresh starts if one is due (`args` packs the arguments for it).
     #[inline]
-    fn served<'py>(
+    fn memory_hit<'py>(
         slf: &Bound<'py, Self>,
         r: &Here,
         backend: &Arc<Backend>,
         key: &str,
+        call: CallArgs<'_, 'py>,
         args: impl FnOnce() -> PyResult<Bound<'py, PyTuple>>,
         kwargs: Option<&Bound<'py, PyDict>>,
-        seen: Seen<'py>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let (this, py) = (slf.get(), slf.py());
+        if !r.rules.is_on() {
+            return this.hit(py, r, backend, key, call);
+        }
+        let Some(seen) = this.lookup(py, r, backend, key, call)? else {
+            return Ok(None);
+        };
         if let Kind::Refresh { created_at, .. } = seen.kind {
             let key = crate::key::KeyBuf(key.to_owned());
             let call = Call::new(slf, r.shared(), backend.clone(), key, &args()?, kwargs);
-            refresh_later(slf.py(), call, created_at)?;
+            refresh_later(py, call, created_at)?;
         }
-        Ok(seen.value)
+        Ok(Some(seen.value))
     }
 
     /// Any call, as `tp_call` receives it.
@@ -81,21 +89,12 @@ impl CachedFunction {
         let local = !backend.has_leases() && !flags.overwrite;
         if local {
             let call = CallArgs::of(args, kwargs);
-            if !r.rules.is_on() {
-                if let Some(v) = this.hit(py, &r, backend, &key, call)? {
-                    return Ok(v);
-                }
-            } else if let Some(seen) = this.lookup(py, &r, backend, &key, call)? {
-                return Self::served(slf, &r, backend, &key, || Ok(args.clone()), kwargs, seen);
+            let args = || Ok(args.clone());
+            if let Some(v) = Self::memory_hit(slf, &r, backend, &key, call, args, kwargs)? {
+                return Ok(v);
             }
         }
-        let policy = r.policy(backend, flags.overwrite);
-        // A value kept as a fallback is read again by the flow.
-        let flow = if local && !r.rules.is_on() {
-            Flow::missed(policy)
-        } else {
-            Flow::start(policy)
-        };
+        let flow = r.flow_after(r.policy(backend, flags.overwrite), local);
         let call = Call::new(slf, r.shared(), backend.clone(), key, args, kwargs);
         drive::run(py, call, flow)
     }
@@ -117,28 +116,12 @@ impl FastCall for CachedFunction {
                 if !backend.has_leases() {
                     let key = this.key_positional(py, &r, args)?;
                     let call = CallArgs { args, kwargs: None };
-                    if !r.rules.is_on() {
-                        if let Some(v) = this.hit(py, &r, backend, &key, call)? {
-                            return Ok(v);
-                        }
-                    } else if let Some(seen) = this.lookup(py, &r, backend, &key, call)? {
-                        return Self::served(
-                            slf,
-                            &r,
-                            backend,
-                            &key,
-                            || PyTuple::new(py, args),
-                            None,
-                            seen,
-                        );
+                    let packed = || PyTuple::new(py, args);
+                    if let Some(v) = Self::memory_hit(slf, &r, backend, &key, call, packed, None)? {
+                        return Ok(v);
                     }
                     let args = PyTuple::new(py, args)?;
-                    let policy = r.policy(backend, false);
-                    let flow = if r.rules.is_on() {
-                        Flow::start(policy)
-                    } else {
-                        Flow::missed(policy)
-                    };
+                    let flow = r.flow_after(r.policy(backend, false), true);
                     let call = Call::new(slf, r.shared(), backend.clone(), key, &args, None);
                     return drive::run(py, call, flow);
                 }

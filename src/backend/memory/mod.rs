@@ -79,15 +79,7 @@ impl<V: Send + Sync> Evict for MemoryStore<V> {
     }
 
     fn entries(&self) -> Vec<(u64, u64, u64, u32)> {
-        self.shards
-            .iter()
-            .flat_map(|shard| {
-                let map = shard.map.read();
-                map.iter()
-                    .map(|(k, s)| (hash_of(k), s.seq, s.expires_ns, s.weight))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        self.names(|hash, s| (hash, s.seq, s.expires_ns, s.weight))
     }
 }
 
@@ -437,16 +429,7 @@ impl<V> Drop for MemoryStore<V> {
         // The entries leave with the store: the package's budget no longer counts them.
         self.budget.freed(self.len());
         if self.budget.is_bounded() {
-            let gone: Vec<(u64, u64)> = self
-                .shards
-                .iter()
-                .flat_map(|shard| {
-                    let map = shard.map.read();
-                    map.iter()
-                        .map(|(k, s)| (hash_of(k), s.seq))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let gone = self.names(|hash, s| (hash, s.seq));
             self.budget.policy.forget(&gone);
         }
     }
@@ -498,6 +481,19 @@ impl<V> MemoryStore<V> {
             evicted: AtomicU64::new(0),
             expired_swept: AtomicU64::new(0),
         }
+    }
+
+    /// What `f` makes of every entry (its key's hash and its slot), for the policy.
+    fn names<R>(&self, f: impl Fn(u64, &Slot<V>) -> R) -> Vec<R> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let map = shard.map.read();
+                map.iter()
+                    .map(|(k, s)| f(hash_of(k), s))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Tells the policy of entries the store removed (a bounded package's only).
