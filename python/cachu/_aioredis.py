@@ -28,7 +28,10 @@ from cachu._cachu import (
     _redis_command,
     _redis_endpoint,
     _redis_failed,
+    _redis_node,
     _redis_ok,
+    _redis_redirect,
+    _redis_resolve,
 )
 
 
@@ -169,6 +172,23 @@ class _Connection(asyncio.Protocol):
             self._watchdog = self._loop.call_at(self._waiters[0][0], self._watch)
         return await fut
 
+    async def request_asking(self, payload: bytes) -> Reply:
+        """``payload`` after ``ASKING``, in one write: no other request comes between
+        them (a cluster's slot in migration answers it only after ``ASKING``)."""
+        if self.broken is not None or self._transport is None:
+            raise ConnectionError(f"connection is closed ({self.broken})")
+        deadline = self._loop.time() + self._timeout
+        asking, fut = self._loop.create_future(), self._loop.create_future()
+        self._waiters.extend(((deadline, asking), (deadline, fut)))
+        self._transport.write(_ASKING + payload)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(self._waiters[0][0], self._watch)
+        try:
+            await asking
+        except ReplyError:
+            pass  # the request's own reply says what went wrong
+        return await fut
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
@@ -276,28 +296,85 @@ async def _connection(url: str) -> _Connection:
         raise
 
 
-async def call(url: str, payload: bytes, load: Optional[bytes] = None) -> Reply:
+_ASKING = _redis_command("ASKING")
+# Redirections of one request followed before it fails (a slot moving twice).
+_MAX_REDIRECTS = 5
+# The URLs whose servers are being found again in a thread.
+_resolving: set[str] = set()
+
+
+def _resolve_soon(url: str) -> None:
+    """Finds the servers of ``url`` again (the slot map, Sentinel's master) in a thread,
+    once at a time: a failed master may have been replaced."""
+    if url in _resolving:
+        return
+    _resolving.add(url)
+
+    def done(fut: asyncio.Future[None]) -> None:
+        _resolving.discard(url)
+        if not fut.cancelled():
+            fut.exception()  # a failure is seen by the next call
+
+    asyncio.get_running_loop().run_in_executor(None, _redis_resolve, url).add_done_callback(done)
+
+
+async def _node_of(url: str, key: str) -> str:
+    """The URL of the server that holds ``key`` among the servers of ``url``."""
+    node = _redis_node(url, key, False)
+    if node is None:
+        loop = asyncio.get_running_loop()
+        node = await loop.run_in_executor(None, _redis_node, url, key, True)
+    if node is None:
+        raise BackendError(f"Redis at {_redis_endpoint(url)['shown']}: no master serves the key")
+    return node
+
+
+async def call(
+    url: str, payload: bytes, load: Optional[bytes] = None, key: Optional[str] = None
+) -> Reply:
     """One request; ``load`` (a ``SCRIPT LOAD``) is sent first if the server does not
-    know the script. A transport failure is recorded as the server's outage and raised
-    as ``BackendError`` with the outage's message (the same as the sync path's)."""
-    down = _redis_admit(url)
-    if down is not None:
-        raise BackendError(down)
-    try:
-        conn = await _connection(url)
+    know the script. ``key`` is given when the server depends on it (a cluster, a
+    Sentinel's master); a cluster's redirections are followed. A transport failure is
+    recorded as the server's outage and raised as ``BackendError`` with the outage's
+    message (the same as the sync path's)."""
+    node = url if key is None else await _node_of(url, key)
+    asking = False
+    for _ in range(_MAX_REDIRECTS):
+        down = _redis_admit(node)
+        if down is not None:
+            if key is not None:
+                _resolve_soon(url)
+            raise BackendError(down)
         try:
-            reply = await conn.request(payload)
+            conn = await _connection(node)
+            try:
+                reply = await (conn.request_asking(payload) if asking else conn.request(payload))
+            except ReplyError as e:
+                if load is None or not str(e).startswith("NOSCRIPT"):
+                    raise
+                await conn.request(load)
+                reply = await (conn.request_asking(payload) if asking else conn.request(payload))
         except ReplyError as e:
-            if load is None or not str(e).startswith("NOSCRIPT"):
-                raise
-            await conn.request(load)
-            reply = await conn.request(payload)
-    except ReplyError as e:
-        raise BackendError(f"Redis at {_redis_endpoint(url)['shown']}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - any other failure is the server's, never the caller's
-        raise BackendError(_redis_failed(url, f"{type(e).__name__}: {e}")) from None
-    _redis_ok(url)
-    return reply
+            words = str(e).split()
+            if key is not None and len(words) >= 3 and words[0] in ("MOVED", "ASK"):
+                asking = words[0] == "ASK"
+                node = _redis_redirect(url, words[2], None if asking else int(words[1]))
+                if not asking:
+                    _resolve_soon(url)
+                continue
+            if key is not None and words and words[0] in ("TRYAGAIN", "CLUSTERDOWN", "READONLY"):
+                _resolve_soon(url)
+            raise BackendError(f"Redis at {_redis_endpoint(node)['shown']}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - any other failure is the server's, never the caller's
+            if key is not None:
+                _resolve_soon(url)
+            raise BackendError(_redis_failed(node, f"{type(e).__name__}: {e}")) from None
+        _redis_ok(node)
+        return reply
+    raise BackendError(
+        f"Redis at {_redis_endpoint(url)['shown']}: the request was redirected "
+        f"{_MAX_REDIRECTS} times"
+    )
 
 
 async def close_connections() -> int:

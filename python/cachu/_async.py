@@ -73,7 +73,7 @@ async def _io(call: AsyncCall) -> None:
     op = call.op
     try:
         if call.redis_url is not None:
-            reply = await _aioredis.call(call.redis_url, *op)
+            reply = await _aioredis.call(call.redis_url, *op, call.redis_key)
         else:
             reply = await op
     except BackendError as e:

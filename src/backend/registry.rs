@@ -23,7 +23,7 @@ pub fn listen() {
 
 /// A configuration the backends cannot use is refused before it takes effect.
 fn check_config(cfg: &Config) -> CacheResult<()> {
-    super::redis::Endpoint::parse(&cfg.redis_url)
+    super::redis::layout::Layout::parse(&cfg.redis_url)
         .map(drop)
         .map_err(|why| {
             let shown = Python::attach(|py| repr_of(PyString::new(py, &cfg.redis_url).as_any()));

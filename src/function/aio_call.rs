@@ -21,7 +21,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::background::Refreshing;
 use super::lookup::{Judge, Kind, Seen};
 use super::{failure, CachedFunction, CallArgs, Resolved};
-use crate::backend::redis::wire;
+use crate::backend::redis::{topology, wire, Topology};
 use crate::backend::{decode, Backend, ByteStore, Decoded, Kept, LeaseReply};
 use crate::codec::Stored;
 use crate::config::{self, BackendKind};
@@ -100,6 +100,8 @@ pub struct AsyncCall {
     /// The server of the Redis backend (the loop's connection to it carries the I/O).
     #[pyo3(get)]
     redis_url: Option<String>,
+    /// The servers of `redis_url`.
+    servers: Option<Arc<Topology>>,
     /// The loop and the future of the computation this call leads.
     leading: Option<(usize, Py<PyAny>)>,
     /// The future of the computation this call follows.
@@ -154,6 +156,7 @@ impl AsyncCall {
     ) -> AsyncCall {
         let redis_url = (backend.kind == BackendKind::Redis)
             .then(|| config::config_of(backend.package.as_deref()).redis_endpoint_url());
+        let servers = redis_url.as_deref().and_then(|url| topology(url).ok());
         AsyncCall {
             cached: cached.clone_ref(py),
             drive: drive.clone_ref(py),
@@ -164,6 +167,7 @@ impl AsyncCall {
             flow,
             flights: flights.clone(),
             redis_url,
+            servers,
             leading: None,
             follow: None,
             wait: 0.0,
@@ -418,11 +422,15 @@ impl AsyncCall {
     /// The request of a step of the Redis backend, for the loop's connection.
     fn redis_io(&mut self, py: Python<'_>, step: Step) -> PyResult<()> {
         let token = self.token();
+        let lock = match &self.servers {
+            Some(servers) => servers.lock_key(&self.key),
+            None => wire::lock_key(&self.key),
+        };
         let (request, load) = if let Step::Lease { read } = step {
-            wire::lease_request(&self.key, &token, self.r.lock_timeout, read)
+            wire::lease_request(&self.key, &lock, &token, self.r.lock_timeout, read)
         } else {
             let value = self.encoded(py)?;
-            wire::store_release_request(&self.key, &token, value.as_ref())
+            wire::store_release_request(&self.key, &lock, &token, value.as_ref())
         };
         self.op = Some(
             (PyBytes::new(py, &request), PyBytes::new(py, &load))
@@ -628,6 +636,16 @@ impl AsyncCall {
 
 #[pymethods]
 impl AsyncCall {
+    /// The key, when its server depends on it (a cluster's slot, Sentinel's master):
+    /// the asyncio transport asks [`crate::backend::redis::py`] where it lives.
+    #[getter]
+    fn redis_key(&self) -> Option<&str> {
+        match self.servers.as_deref() {
+            Some(Topology::Single(_)) | None => None,
+            Some(_) => Some(&self.key),
+        }
+    }
+
     /// Does what needs no waiting; returns what to await.
     fn next(&mut self, py: Python<'_>) -> PyResult<Await> {
         self.op = None;

@@ -121,9 +121,28 @@ fn is_reply_error(e: &RedisError) -> bool {
     )
 }
 
+/// How a call to one server failed.
+pub(crate) enum Fault {
+    /// The server answered with an error (the connection is still in step).
+    Reply(RedisError),
+    /// The server could not be reached, or did not answer in time: an outage.
+    Down(CacheError),
+}
+
+impl Fault {
+    pub(crate) fn into_error(self, shown: &str) -> CacheError {
+        match self {
+            Fault::Reply(e) => CacheError::Backend(format!("Redis at {shown}: {e}")),
+            Fault::Down(e) => e,
+        }
+    }
+}
+
 /// The connections to one server URL, shared by every region and package that uses
 /// it, with the server's health (which the asyncio client of the async API shares).
 pub struct Connector {
+    /// The URL this connector was made for (the key of [`connector`]).
+    pub(crate) url: String,
     pub(crate) endpoint: Endpoint,
     client: redis::Client,
     /// Neither the connection nor its runtime crosses `fork()`.
@@ -145,6 +164,7 @@ pub fn connector(url: &str) -> CacheResult<Arc<Connector>> {
         Endpoint::parse(url).map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
     let client = endpoint.client()?;
     let fresh = Arc::new(Connector {
+        url: url.to_owned(),
         endpoint,
         client,
         mux: ForkLocal::new(),
@@ -240,6 +260,16 @@ impl Connector {
         &self,
         f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError> + Send,
     ) -> CacheResult<T> {
+        self.run_raw(f)
+            .map_err(|fault| fault.into_error(&self.endpoint.shown))
+    }
+
+    /// [`Connector::run`], with the server's error replies (a cluster's redirections
+    /// among them) handed back as they came.
+    pub(crate) fn run_raw<T: Send>(
+        &self,
+        f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError> + Send,
+    ) -> Result<T, Fault> {
         if tokio::runtime::Handle::try_current().is_ok() {
             // A thread of a tokio runtime (a server written in Rust that runs Python
             // handlers on its workers) must not block on another runtime: the call is
@@ -257,9 +287,9 @@ impl Connector {
     fn run_here<T>(
         &self,
         mut f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError>,
-    ) -> CacheResult<T> {
-        self.health.admit()?;
-        let (runtime, mut open) = self.current()?;
+    ) -> Result<T, Fault> {
+        self.health.admit().map_err(Fault::Down)?;
+        let (runtime, mut open) = self.current().map_err(Fault::Down)?;
         let mut _connecting = None;
         if open.is_none() {
             // Threads that find no connection wait for the one that makes it (the GIL
@@ -267,10 +297,10 @@ impl Connector {
             // they fail with it rather than each pay the connect timeout in turn.
             let outages = self.health.outages.load(Ordering::Acquire);
             let guard = self.connecting.lock();
-            open = self.current()?.1;
+            open = self.current().map_err(Fault::Down)?.1;
             if open.is_none() {
                 if self.health.outages.load(Ordering::Acquire) != outages {
-                    return Err(self.health.outage_error());
+                    return Err(Fault::Down(self.health.outage_error()));
                 }
                 _connecting = Some(guard);
             }
@@ -283,30 +313,25 @@ impl Connector {
                     None => self
                         .connect()
                         .await
-                        .map_err(|e| self.health.failed(&self.endpoint.shown, &e))?,
+                        .map_err(|e| Fault::Down(self.health.failed(&self.endpoint.shown, &e)))?,
                 };
                 match f(&mut con).await {
                     Ok(v) => {
                         self.health.ok();
                         return Ok(v);
                     }
-                    Err(e) if is_reply_error(&e) => {
-                        return Err(CacheError::Backend(format!(
-                            "Redis at {}: {e}",
-                            self.endpoint.shown
-                        )));
-                    }
+                    Err(e) if is_reply_error(&e) => return Err(Fault::Reply(e)),
                     // A late reply is matched to its request and dropped: the
                     // connection stays in step after a timeout.
                     Err(e) if e.is_timeout() => {
-                        return Err(self.health.failed(&self.endpoint.shown, &e));
+                        return Err(Fault::Down(self.health.failed(&self.endpoint.shown, &e)));
                     }
                     // A connection that the server closed (it restarted, or dropped
                     // idle clients) is replaced and the call tried once on a new one.
                     Err(e) => {
                         self.discard(number);
                         if !reused {
-                            return Err(self.health.failed(&self.endpoint.shown, &e));
+                            return Err(Fault::Down(self.health.failed(&self.endpoint.shown, &e)));
                         }
                     }
                 }

@@ -18,36 +18,44 @@
 //!   the names of its cached functions) and `UNLINK` in batches: keys that this library
 //!   did not write are never touched.
 
+pub mod cluster;
 pub mod connector;
 pub mod endpoint;
+pub mod layout;
 pub mod py;
+pub mod sentinel;
+pub mod slots;
+pub mod topology;
 pub mod wire;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Value};
+use redis::{Cmd, Value};
 
 use crate::backend::store::{ByteStore, LeaseReply};
 use crate::config::{config_of, functions_of};
 use crate::errors::CacheResult;
 use crate::pattern::glob_match;
-pub use connector::{connector, forget_connections, Connector};
+pub use connector::{connector, Connector};
 pub use endpoint::Endpoint;
-use wire::{
-    lease_reply, lock_key, pack_value, setex_seconds, split_value, DELETE_IF_SAME, LEASE,
-    STORE_RELEASE,
-};
+pub use topology::{topology, Op, Topology};
+use wire::{lease_reply, pack_value, setex_seconds, split_value};
 
 /// Keys asked per `SCAN` step and removed per `UNLINK`.
 const SCAN_COUNT: usize = 1000;
 const UNLINK_BATCH: usize = 500;
 
+/// Drops the connection of every URL; the next call connects again.
+pub fn forget_connections() {
+    topology::forget_topologies();
+    connector::forget_connections();
+}
+
 /// The keys of one (package, TTL region) on a shared server.
 pub struct RedisStore {
-    conn: Arc<Connector>,
+    servers: Arc<Topology>,
     package: Option<String>,
     /// `{region}:`
     region: String,
@@ -57,23 +65,20 @@ impl RedisStore {
     /// An instance for `package` and `region`; connects lazily.
     pub fn open(url: &str, package: Option<String>, region: &str) -> CacheResult<Self> {
         Ok(RedisStore {
-            conn: connector(url)?,
+            servers: topology(url)?,
             package,
             region: format!("{region}:"),
         })
     }
 
-    fn run<T: Send>(
-        &self,
-        f: impl AsyncFnMut(&mut MultiplexedConnection) -> Result<T, RedisError> + Send,
-    ) -> CacheResult<T> {
-        self.conn.run(f)
+    fn query<T: redis::FromRedisValue>(&self, key: &str, cmd: Cmd) -> CacheResult<T> {
+        self.servers.query_as(Some(key), &Op::new(cmd))
     }
 
     /// The keys of this instance matching `pattern`, as `SCAN` finds them.
     fn scan(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
         let scope = Scope::of(self.package.as_deref(), Some(&self.region));
-        self.conn.scan(&scope, pattern)
+        scan(&self.servers, &scope, pattern)
     }
 }
 
@@ -126,14 +131,15 @@ impl<'a> Scope<'a> {
     }
 }
 
-impl Connector {
-    /// The keys of `scope` matching `pattern`, one `SCAN` over the keyspace.
-    fn scan(&self, scope: &Scope<'_>, pattern: Option<&str>) -> CacheResult<Vec<String>> {
-        let matcher = scope.matcher();
-        let mut seen = HashSet::new();
+/// The keys of `scope` matching `pattern`: one `SCAN` over the keyspace of every
+/// master.
+fn scan(servers: &Topology, scope: &Scope<'_>, pattern: Option<&str>) -> CacheResult<Vec<String>> {
+    let matcher = scope.matcher();
+    let mut seen = HashSet::new();
+    for node in servers.masters()? {
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(async |c| {
+            let (next, batch): (u64, Vec<Vec<u8>>) = node.run(async |c| {
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
@@ -156,41 +162,61 @@ impl Connector {
             }
             cursor = next;
         }
-        Ok(seen.into_iter().collect())
     }
-
-    /// Removes `keys` with `UNLINK`, in batches; returns how many existed.
-    fn unlink(&self, keys: &[String]) -> CacheResult<usize> {
-        let mut removed = 0;
-        for batch in keys.chunks(UNLINK_BATCH) {
-            removed += self.run(async |c| {
-                redis::cmd("UNLINK")
-                    .arg(batch)
-                    .query_async::<usize>(c)
-                    .await
-            })?;
-        }
-        Ok(removed)
-    }
+    Ok(seen.into_iter().collect())
 }
 
-/// Clears the keys of `package` in every region of the server at `url` (those matching
-/// `pattern` if given): `cache_clear()` without a TTL, so that regions this process
-/// never opened are cleared too.
+/// Removes `keys` with `UNLINK`, in batches, on the server of each (one key per
+/// command on a cluster, where a command's keys must share a slot); returns how many
+/// existed. A key that moved meanwhile is removed where it went.
+fn unlink(servers: &Topology, keys: &[String]) -> CacheResult<usize> {
+    let cluster = matches!(servers, Topology::Cluster(_));
+    let mut removed = 0;
+    for (node, keys) in servers.group(keys)? {
+        for batch in keys.chunks(UNLINK_BATCH) {
+            if !cluster {
+                removed += node.run(async |c| {
+                    redis::cmd("UNLINK")
+                        .arg(batch)
+                        .query_async::<usize>(c)
+                        .await
+                })?;
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for key in batch {
+                pipe.cmd("UNLINK").arg(key);
+            }
+            match node.run(async |c| pipe.query_async::<Vec<usize>>(c).await) {
+                Ok(counts) => removed += counts.iter().sum::<usize>(),
+                Err(_) => {
+                    for key in batch {
+                        let op = Op::new(redis::cmd("UNLINK").arg(key).clone());
+                        removed += servers.query_as::<usize>(Some(key), &op)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Clears the keys of `package` in every region of the servers at `url` (those
+/// matching `pattern` if given): `cache_clear()` without a TTL, so that regions this
+/// process never opened are cleared too.
 pub fn clear_package(
     url: &str,
     package: Option<&str>,
     pattern: Option<&str>,
 ) -> CacheResult<usize> {
-    let conn = connector(url)?;
-    let keys = conn.scan(&Scope::of(package, None), pattern)?;
-    conn.unlink(&keys)
+    let servers = topology(url)?;
+    let keys = scan(&servers, &Scope::of(package, None), pattern)?;
+    unlink(&servers, &keys)
 }
 
 impl ByteStore for RedisStore {
     fn get(&self, key: &str) -> CacheResult<Option<(Vec<u8>, f64)>> {
-        let data: Option<Vec<u8>> =
-            self.run(async |c| redis::cmd("GET").arg(key).query_async(c).await)?;
+        let data: Option<Vec<u8>> = self.query(key, redis::cmd("GET").arg(key).clone())?;
         Ok(data.map(split_value))
     }
 
@@ -199,23 +225,23 @@ impl ByteStore for RedisStore {
             return self.delete(key);
         }
         let packed = pack_value(value, created_at);
-        self.run(async |c| {
+        self.query(
+            key,
             redis::cmd("SETEX")
                 .arg(key)
                 .arg(setex_seconds(ttl))
                 .arg(&packed)
-                .query_async::<()>(c)
-                .await
-        })
+                .clone(),
+        )
     }
 
     fn delete(&self, key: &str) -> CacheResult<()> {
-        self.run(async |c| redis::cmd("DEL").arg(key).query_async::<()>(c).await)
+        self.query(key, redis::cmd("DEL").arg(key).clone())
     }
 
     fn clear(&self, pattern: Option<&str>) -> CacheResult<usize> {
         let keys = self.scan(pattern)?;
-        self.conn.unlink(&keys)
+        unlink(&self.servers, &keys)
     }
 
     fn keys(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
@@ -232,14 +258,8 @@ impl ByteStore for RedisStore {
             return Ok(());
         }
         let packed = pack_value(value, created_at);
-        self.run(async |c| {
-            DELETE_IF_SAME
-                .key(key)
-                .arg(&packed)
-                .invoke_async::<i64>(c)
-                .await
-                .map(drop)
-        })
+        let op = wire::delete_if_same_op(key, &packed);
+        self.servers.query_as::<i64>(Some(key), &op).map(drop)
     }
 
     fn has_leases(&self) -> bool {
@@ -253,18 +273,9 @@ impl ByteStore for RedisStore {
         lease: Duration,
         read: bool,
     ) -> CacheResult<LeaseReply> {
-        let lock = lock_key(key);
-        let token = token.get();
-        let reply: Value = self.run(async |c| {
-            LEASE
-                .key(key)
-                .key(&lock)
-                .arg(token)
-                .arg(wire::lease_millis(lease))
-                .arg(if read { "1" } else { "0" })
-                .invoke_async(c)
-                .await
-        })?;
+        let lock = self.servers.lock_key(key);
+        let op = wire::lease_op(key, &lock, token.get(), lease, read);
+        let reply: Value = self.servers.query(Some(key), &op)?;
         Ok(lease_reply(reply))
     }
 
@@ -274,31 +285,23 @@ impl ByteStore for RedisStore {
         value: Option<(&[u8], f64, f64)>,
         token: &str,
     ) -> CacheResult<()> {
-        let lock = lock_key(key);
-        let (seconds, packed) = wire::store_args(value);
-        self.run(async |c| {
-            STORE_RELEASE
-                .key(key)
-                .key(&lock)
-                .arg(seconds)
-                .arg(&packed)
-                .arg(token)
-                .invoke_async::<i64>(c)
-                .await
-                .map(drop)
-        })
+        let lock = self.servers.lock_key(key);
+        let op = wire::store_release_op(key, &lock, value, token);
+        self.servers.query_as::<i64>(Some(key), &op).map(drop)
     }
 
     fn location(&self) -> String {
-        self.conn.endpoint.shown.clone()
+        self.servers.shown().to_owned()
     }
 
     fn take_recovery(&self) -> Option<String> {
-        self.conn.health.take_recovery().map(|n| {
-            format!(
-                "cachu: Redis at {} recovered (outage {n} is over)",
-                self.conn.endpoint.shown
-            )
+        self.servers.known_nodes().iter().find_map(|c| {
+            c.health.take_recovery().map(|n| {
+                format!(
+                    "cachu: Redis at {} recovered (outage {n} is over)",
+                    c.endpoint.shown
+                )
+            })
         })
     }
 }

@@ -6,16 +6,23 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use super::{connector, Endpoint};
+use super::layout::Layout;
+use super::{connector, topology, Endpoint};
 use crate::errors::CacheError;
 
 /// The URL's options, as `Endpoint` reads them.
 #[pyfunction]
 pub fn _redis_endpoint<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, PyDict>> {
-    let ep =
-        Endpoint::parse(url).map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
+    let bad = |e: String| CacheError::config("redis_url", format!("{url:?}"), e);
+    let layout = Layout::parse(url).map_err(bad)?;
+    // A cluster's or Sentinel's options are those of each of its nodes.
+    let ep = match layout.nodes().first() {
+        Some(node) => Endpoint::parse(&layout.node_url(node)),
+        None => Endpoint::parse(url),
+    }
+    .map_err(bad)?;
     let d = PyDict::new(py);
-    d.set_item("shown", &ep.shown)?;
+    d.set_item("shown", &layout.shown)?;
     d.set_item("ca_file", &ep.ca_file)?;
     d.set_item("insecure", ep.url.ends_with("#insecure"))?;
     d.set_item("connect_timeout", ep.connect_timeout.as_secs_f64())?;
@@ -78,11 +85,45 @@ pub fn _redis_ok(py: Python<'_>, url: &str) -> PyResult<()> {
     Ok(())
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(_redis_endpoint, m)?)?;
-    m.add_function(wrap_pyfunction!(_redis_command, m)?)?;
-    m.add_function(wrap_pyfunction!(_redis_admit, m)?)?;
-    m.add_function(wrap_pyfunction!(_redis_failed, m)?)?;
-    m.add_function(wrap_pyfunction!(_redis_ok, m)?)?;
-    Ok(())
+/// The URL of the server that holds `key` among the servers of `url` (a cluster's
+/// master of its slot, Sentinel's master), or `None` if not known without asking the
+/// network; with `resolve`, asks it (blocking, without the GIL: call it in a thread).
+#[pyfunction]
+pub fn _redis_node(
+    py: Python<'_>,
+    url: &str,
+    key: &str,
+    resolve: bool,
+) -> PyResult<Option<String>> {
+    let servers = topology(url)?;
+    if let Some(node) = servers.node_of(key) {
+        return Ok(Some(node.url.clone()));
+    }
+    if !resolve {
+        return Ok(None);
+    }
+    py.detach(|| servers.resolve())?;
+    Ok(servers.node_of(key).map(|n| n.url.clone()))
+}
+
+/// Finds the servers of `url` again (after a failure), unless that was done a moment
+/// ago. Blocking, without the GIL: call it in a thread.
+#[pyfunction]
+pub fn _redis_resolve(py: Python<'_>, url: &str) -> PyResult<()> {
+    let servers = topology(url)?;
+    Ok(py.detach(|| servers.resolve())?)
+}
+
+/// A cluster of `url` redirected a request: `MOVED` (the slot map learns that
+/// `slot` is served by `address`) or `ASK` (`slot` is `None`: just that request goes
+/// there). The URL of the server to send it to.
+#[pyfunction]
+#[pyo3(signature = (url, address, slot=None))]
+pub fn _redis_redirect(url: &str, address: &str, slot: Option<u16>) -> PyResult<String> {
+    let servers = topology(url)?;
+    let node = match slot {
+        Some(slot) => servers.moved_here(slot, address)?,
+        None => servers.node_at(address)?,
+    };
+    Ok(node.url.clone())
 }

@@ -6,14 +6,16 @@
 //!
 //! - Values: 8 bytes of `created_at` (native-endian double) then the pickle, written
 //!   with `SETEX` (FORMATS.md).
-//! - The lease on computing `key` is `lock:{key}`, holding the holder's token, with an
-//!   expiry: a holder that dies delays the others by the lease at most.
+//! - The lease on computing `key` is `lock:{key}` (on a cluster `lock:{N}:{key}`, in
+//!   the key's slot: `slots.rs`), holding the holder's token, with an expiry: a holder
+//!   that dies delays the others by the lease at most.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{Script, Value};
 
+use super::topology::Op;
 use crate::backend::store::LeaseReply;
 
 pub const HEADER: usize = 8;
@@ -40,13 +42,10 @@ return 1";
 pub static STORE_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_RELEASE_SRC));
 
 /// Delete a value only if it is still the one that failed to decode.
-pub static DELETE_IF_SAME: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub const DELETE_IF_SAME_SRC: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0",
-    )
-});
+return 0";
+pub static DELETE_IF_SAME: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_IF_SAME_SRC));
 
 /// Splits a stored value into the pickle and its creation time. A value too short to
 /// carry the header comes back whole with a NaN time: it cannot be decoded.
@@ -92,27 +91,36 @@ pub fn lock_key(key: &str) -> String {
 /// `NOSCRIPT` (it restarted, or its scripts were flushed).
 pub type Request = (Vec<u8>, Vec<u8>);
 
-fn script_request(script: &Script, source: &str, keys: [&str; 2], args: &[&[u8]]) -> Request {
+/// `EVALSHA` of `script` on two keys, with its source for the server that lacks it.
+fn script_op(script: &Script, source: &'static str, keys: [&str; 2], args: &[&[u8]]) -> Op {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(2).arg(keys[0]).arg(keys[1]);
     for a in args {
         cmd.arg(*a);
     }
-    let load = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(source)
-        .get_packed_command();
-    (cmd.get_packed_command(), load)
+    Op {
+        cmd,
+        script: Some(source),
+    }
 }
 
-/// The request of the lease script: the value of `key` (when `read`), else the lease
-/// on computing it, held as `token` for `lease` at most.
-pub fn lease_request(key: &str, token: &str, lease: Duration, read: bool) -> Request {
+/// The bytes of `op` and of the `SCRIPT LOAD` of its script, for the asyncio transport.
+fn request_of(op: &Op) -> Request {
+    let load = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(op.script.unwrap_or_default())
+        .get_packed_command();
+    (op.cmd.get_packed_command(), load)
+}
+
+/// The lease script: the value of `key` (when `read`), else the lease `lock` on
+/// computing it, held as `token` for `lease` at most.
+pub fn lease_op(key: &str, lock: &str, token: &str, lease: Duration, read: bool) -> Op {
     let millis = lease_millis(lease).to_string();
-    script_request(
+    script_op(
         &LEASE,
         LEASE_SRC,
-        [key, &lock_key(key)],
+        [key, lock],
         &[
             token.as_bytes(),
             millis.as_bytes(),
@@ -121,21 +129,55 @@ pub fn lease_request(key: &str, token: &str, lease: Duration, read: bool) -> Req
     )
 }
 
-/// The request of the store-and-release script: `(value, created_at, ttl)` stored if
-/// given (and the TTL is not zero), the lease of `token` released.
+/// The store-and-release script: `(value, created_at, ttl)` stored if given (and the
+/// TTL is not zero), the lease `lock` of `token` released.
+pub fn store_release_op(
+    key: &str,
+    lock: &str,
+    value: Option<(&[u8], f64, f64)>,
+    token: &str,
+) -> Op {
+    let (seconds, packed) = store_args(value);
+    let seconds = seconds.to_string();
+    script_op(
+        &STORE_RELEASE,
+        STORE_RELEASE_SRC,
+        [key, lock],
+        &[seconds.as_bytes(), &packed, token.as_bytes()],
+    )
+}
+
+/// Deletes `key` if it still holds `packed`.
+pub fn delete_if_same_op(key: &str, packed: &[u8]) -> Op {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(DELETE_IF_SAME.get_hash())
+        .arg(1)
+        .arg(key)
+        .arg(packed);
+    Op {
+        cmd,
+        script: Some(DELETE_IF_SAME_SRC),
+    }
+}
+
+/// [`lease_op`] as bytes for the asyncio transport.
+pub fn lease_request(key: &str, lock: &str, token: &str, lease: Duration, read: bool) -> Request {
+    request_of(&lease_op(key, lock, token, lease, read))
+}
+
+/// [`store_release_op`] as bytes for the asyncio transport.
 pub fn store_release_request(
     key: &str,
+    lock: &str,
     token: &str,
     value: Option<&(Vec<u8>, f64, f64)>,
 ) -> Request {
-    let (seconds, packed) = store_args(value.map(|(d, c, t)| (d.as_slice(), *c, *t)));
-    let seconds = seconds.to_string();
-    script_request(
-        &STORE_RELEASE,
-        STORE_RELEASE_SRC,
-        [key, &lock_key(key)],
-        &[seconds.as_bytes(), &packed, token.as_bytes()],
-    )
+    request_of(&store_release_op(
+        key,
+        lock,
+        value.map(|(d, c, t)| (d.as_slice(), *c, *t)),
+        token,
+    ))
 }
 
 /// The lease as the scripts take it: whole milliseconds, at least one.
