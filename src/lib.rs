@@ -28,8 +28,8 @@ mod _cachu {
     use crate::backend::py::{_instances, get_backend, NoValue, PyBackend};
     #[pymodule_export]
     use crate::backend::redis::py::{
-        _redis_admit, _redis_command, _redis_endpoint, _redis_failed, _redis_node, _redis_ok,
-        _redis_redirect, _redis_resolve,
+        _redis_admit, _redis_command, _redis_endpoint, _redis_failed, _redis_layout, _redis_node,
+        _redis_ok, _redis_redirect, _redis_resolve,
     };
     #[pymodule_export]
     use crate::config::py::{

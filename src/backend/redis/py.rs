@@ -6,7 +6,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
-use super::layout::Layout;
+use super::layout::{Layout, Shape};
 use super::{connector, topology, Endpoint};
 use crate::errors::CacheError;
 
@@ -27,6 +27,42 @@ pub fn _redis_endpoint<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, P
     d.set_item("insecure", ep.url.ends_with("#insecure"))?;
     d.set_item("connect_timeout", ep.connect_timeout.as_secs_f64())?;
     d.set_item("command_timeout", ep.command_timeout.as_secs_f64())?;
+    Ok(d)
+}
+
+/// What `url` names, for `get_redis_client()`: `shape` (`single`, `cluster` or
+/// `sentinel`), the `nodes` (seeds or sentinels) as `(host, port)`, the `master`'s name
+/// of a Sentinel URL, and `node_url`: the URL of a single server with the options and
+/// password of every data node, at the first node's address.
+#[pyfunction]
+pub fn _redis_layout<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, PyDict>> {
+    let layout =
+        Layout::parse(url).map_err(|e| CacheError::config("redis_url", format!("{url:?}"), e))?;
+    let d = PyDict::new(py);
+    let (shape, master) = match &layout.shape {
+        Shape::Single => ("single", None),
+        Shape::Cluster(_) => ("cluster", None),
+        Shape::Sentinel(_, name) => ("sentinel", Some(name.as_str())),
+    };
+    d.set_item("shape", shape)?;
+    d.set_item("master", master)?;
+    let nodes: Vec<(String, u16)> = layout
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let (host, port) = n.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    d.set_item("nodes", nodes)?;
+    d.set_item(
+        "node_url",
+        layout
+            .nodes()
+            .first()
+            .map_or_else(|| url.to_owned(), |n| layout.node_url(n)),
+    )?;
     Ok(d)
 }
 

@@ -1,0 +1,268 @@
+"""Redis Cluster and Sentinel groups of real servers on loopback ports, for the tests.
+
+A cluster is ``redis-server --cluster-enabled yes`` per node, joined by ``redis-cli
+--cluster create``; its ports are at most 55535 (each node's bus is its port + 10000).
+A Sentinel group is a master, a replica and three ``redis-sentinel`` processes.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import redis_server_binary
+
+CLI_HELP = (
+    "the cluster and Sentinel tests need redis-cli and redis-sentinel: "
+    "apt-get install redis-server redis-sentinel (or redis-tools)"
+)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports of at most 55535 whose bus ports (+10000) are free too."""
+    ports: list[int] = []
+    rng = random.Random()
+    while len(ports) < n:
+        p = rng.randrange(20000, 55535)
+        if p not in ports and _free(p) and _free(p + 10000):
+            ports.append(p)
+    return ports
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {CLI_HELP}")
+    return found
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"a Redis process exited at start:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    pytest.fail(f"nothing listened on port {port} within 10 s")
+
+
+class Node:
+    """One redis-server (or sentinel) process that a test may kill and start again."""
+
+    def __init__(self, workdir: Path, port: int, args: list[str], binary: str) -> None:
+        self.workdir, self.port, self.args, self.binary = workdir, port, args, binary
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = self.workdir / f"node-{self.port}.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [self.binary, *self.args], stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
+        _wait_listening(self.port, self.proc, log)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+
+def _server_args(port: int, *extra: str) -> list[str]:
+    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra]
+
+
+class Cluster:
+    """``masters`` masters, each with ``replicas`` replicas."""
+
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1) -> None:
+        binary = redis_server_binary()
+        cli = _tool("redis-cli")
+        self.workdir = workdir
+        ports = cluster_ports(masters * (1 + replicas))
+        self.nodes: dict[int, Node] = {}
+        for port in ports:
+            d = workdir / str(port)
+            d.mkdir(parents=True)
+            args = _server_args(
+                port,
+                "--dir",
+                str(d),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-replica-validity-factor",
+                "0",
+            )
+            self.nodes[port] = Node(d, port, args, binary)
+        create = [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
+        create += ["--cluster-replicas", str(replicas), "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            pytest.fail(f"redis-cli --cluster create failed:\n{done.stdout}\n{done.stderr}")
+        self.wait_ok()
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{p}" for p in list(self.nodes)[:2])
+        return f"redis+cluster://{seeds}/0"
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every live node says the cluster is ok and agrees on all slots."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(
+                    b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO")
+                    for n in self.nodes.values()
+                    if n.proc is not None
+                ) and len(self.masters()) >= 1:
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(0.1)
+        pytest.fail("the cluster did not become ok")
+
+    def masters(self) -> list[int]:
+        """Ports of the masters that serve slots and are not failed, as a live node's
+        ``CLUSTER NODES`` says."""
+        for node in self.nodes.values():
+            if node.proc is None:
+                continue
+            try:
+                text = node.client().execute_command("CLUSTER", "NODES").decode()
+            except Exception:  # noqa: BLE001 - down or loading: ask another
+                continue
+            out = []
+            for line in text.splitlines():
+                f = line.split()
+                if "master" in f[2] and "fail" not in f[2] and len(f) > 8:
+                    out.append(int(f[1].split("@")[0].rsplit(":", 1)[1]))
+            return sorted(out)
+        return []
+
+    def client(self) -> Any:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.masters()])
+
+    def all_keys(self) -> set[bytes]:
+        keys: set[bytes] = set()
+        for port in self.masters():
+            keys.update(self.nodes[port].client().scan_iter(count=1000))
+        return keys
+
+    def flush(self) -> None:
+        for port in self.masters():
+            self.nodes[port].client().flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+class SentinelGroup:
+    """A master, a replica and three sentinels watching ``mymaster``."""
+
+    name = "mymaster"
+
+    def __init__(self, workdir: Path) -> None:
+        binary = redis_server_binary()
+        sentinel = _tool("redis-sentinel")
+        ports = cluster_ports(5)
+        self.data: list[Node] = []
+        for i, port in enumerate(ports[:2]):
+            d = workdir / f"data-{port}"
+            d.mkdir(parents=True)
+            extra = ["--dir", str(d)]
+            if i == 1:
+                extra += ["--replicaof", "127.0.0.1", str(ports[0])]
+            self.data.append(Node(d, port, _server_args(port, *extra), binary))
+        self.sentinels: list[Node] = []
+        for port in ports[2:]:
+            d = workdir / f"sentinel-{port}"
+            d.mkdir(parents=True)
+            conf = d / "sentinel.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+                f"sentinel monitor {self.name} 127.0.0.1 {ports[0]} 2\n"
+                f"sentinel down-after-milliseconds {self.name} 1000\n"
+                f"sentinel failover-timeout {self.name} 5000\n"
+                f"sentinel parallel-syncs {self.name} 1\n"
+            )
+            self.sentinels.append(Node(d, port, [str(conf)], sentinel))
+        self.wait_master()
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.name}/0"
+
+    def master_port(self) -> int:
+        for s in self.sentinels:
+            try:
+                _, port = s.client().execute_command("SENTINEL", "get-master-addr-by-name", self.name)
+                return int(port)
+            except Exception:  # noqa: BLE001 - try the next sentinel
+                continue
+        raise RuntimeError("no sentinel answered")
+
+    def master(self) -> Node:
+        port = self.master_port()
+        return next(n for n in self.data if n.port == port)
+
+    def wait_master(self, other_than: int | None = None, timeout: float = 30) -> int:
+        """Until the sentinels name a master (other than ``other_than``) that says it is
+        one and whose replica is in sync; its port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                port = self.master_port()
+                node = next(n for n in self.data if n.port == port)
+                if port != other_than and node.client().execute_command("ROLE")[0] == b"master":
+                    return port
+            except Exception:  # noqa: BLE001 - not yet
+                pass
+            time.sleep(0.1)
+        pytest.fail("the sentinels did not agree on a master")
+
+    def stop(self) -> None:
+        for n in self.sentinels + self.data:
+            n.stop()
