@@ -127,6 +127,9 @@ pub fn cache_clear(
                 total += py.detach(|| {
                     backend::redis::clear_package(&url, pkg.as_deref(), pat.as_deref())
                 })?;
+                for b in targets.iter().filter(|b| b.kind == BackendKind::Redis) {
+                    b.forget_near_matching(pattern.as_deref());
+                }
                 targets.retain(|b| b.kind != BackendKind::Redis);
             }
         }

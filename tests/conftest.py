@@ -491,6 +491,10 @@ class Flavor:
 
         return self.loop.run_until_complete(together())
 
+    def redis_client(self) -> Any:
+        """A redis-py client of the flavor's Redis server or cluster."""
+        return cachu.get_redis_client(self.url)  # type: ignore[attr-defined]
+
     def close(self) -> None:
         if self.loop is not None:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
@@ -507,14 +511,39 @@ def configure_flavor(flavor: Flavor, tmp_path: Any, redis_url: str, **options: A
     )
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: Any) -> Iterator[Any]:
+    """A Redis Cluster of 3 masters, each with a replica, on loopback ports."""
+    from topologies import Cluster
+
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: Any) -> str:
+    """The running cluster, healthy and empty."""
+    redis_cluster.wait_ok()
+    redis_cluster.flush()
+    return str(redis_cluster.url)
+
+
 @pytest.fixture(
-    params=[(b, m) for b in ("memory", "file", "redis") for m in ("sync", "async")],
+    params=[(b, m) for b in ("memory", "file", "redis", "cluster") for m in ("sync", "async")],
     ids=lambda p: "-".join(p),
 )
 def flavor(request: Any, tmp_path: Any) -> Iterator[Flavor]:
-    backend, mode = request.param
-    url = request.getfixturevalue("redis_url") if backend == "redis" else "redis://127.0.0.1:1/0"
-    f = Flavor(backend, mode, f"parity_{backend}_{mode}")
+    """Each backend in each mode; ``cluster`` is the Redis backend on a Redis Cluster."""
+    name, mode = request.param
+    if name == "cluster":
+        url = request.getfixturevalue("cluster_url")
+    elif name == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = "redis://127.0.0.1:1/0"
+    backend = "redis" if name == "cluster" else name
+    f = Flavor(backend, mode, f"parity_{name}_{mode}")
     configure_flavor(f, tmp_path, url, on_backend_error="miss", lock_timeout=10)
     f.url = url  # type: ignore[attr-defined]
     f.file_dir = tmp_path  # type: ignore[attr-defined]

@@ -13,24 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from topologies import Cluster, SentinelGroup
 
 import cachu
 from conftest import configure_redis_package, coroutine_runs_on_a_cold_key, run_at_once
-from topologies import Cluster, SentinelGroup
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: Any) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("cluster"))
-    yield c
-    c.stop()
 
 
 @pytest.fixture
-def cluster_url(cluster: Cluster) -> str:
-    cluster.wait_ok()
-    cluster.flush()
-    return cluster.url
+def cluster(redis_cluster: Cluster) -> Cluster:
+    return redis_cluster
 
 
 @pytest.fixture
@@ -92,7 +83,7 @@ def test_the_lease_of_a_key_lives_in_its_slot(cluster: Cluster, cluster_url: str
 
     for arg in (1, "a}b{", {"k": "{v}"}):
         look(arg)
-    for during, arg in zip(seen, (1, "a}b{", {"k": "{v}"})):
+    for during, arg in zip(seen, (1, "a}b{", {"k": "{v}"}), strict=True):
         (lock,) = [k for k in during if k.startswith(b"lock:")]
         assert lock.startswith(b"lock:{"), lock
         value_key = lock.split(b"}:", 1)[1]
@@ -100,7 +91,9 @@ def test_the_lease_of_a_key_lives_in_its_slot(cluster: Cluster, cluster_url: str
     assert not [k for k in cluster.all_keys() if k.startswith(b"lock:")], "leases released"
 
 
-def test_clears_scan_every_master_and_spare_foreign_keys(cluster: Cluster, cluster_url: str) -> None:
+def test_clears_scan_every_master_and_spare_foreign_keys(
+    cluster: Cluster, cluster_url: str
+) -> None:
     configure_redis_package("scale_c3", cluster_url)
     client = cluster.client()
     foreign = [f"1m:other|x={i}" for i in range(1500)] + [f"app:{i}" for i in range(1500)]
@@ -265,7 +258,9 @@ def test_a_killed_master_is_replaced_without_a_restart(own_cluster: Cluster, mod
     assert victim not in own_cluster.masters()
 
 
-def test_get_redis_client_of_a_cluster_is_a_redis_cluster(cluster: Cluster, cluster_url: str) -> None:
+def test_get_redis_client_of_a_cluster_is_a_redis_cluster(
+    cluster: Cluster, cluster_url: str
+) -> None:
     from redis.cluster import RedisCluster
 
     configure_redis_package("scale_c8", cluster_url)

@@ -149,11 +149,14 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if all(
-                    b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO")
-                    for n in self.nodes.values()
-                    if n.proc is not None
-                ) and len(self.masters()) >= 1:
+                if (
+                    all(
+                        b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO")
+                        for n in self.nodes.values()
+                        if n.proc is not None
+                    )
+                    and len(self.masters()) >= 1
+                ):
                     return
             except Exception:  # noqa: BLE001 - not up yet
                 pass
@@ -238,7 +241,9 @@ class SentinelGroup:
     def master_port(self) -> int:
         for s in self.sentinels:
             try:
-                _, port = s.client().execute_command("SENTINEL", "get-master-addr-by-name", self.name)
+                _, port = s.client().execute_command(
+                    "SENTINEL", "get-master-addr-by-name", self.name
+                )
                 return int(port)
             except Exception:  # noqa: BLE001 - try the next sentinel
                 continue

@@ -3,6 +3,7 @@
 //! instances themselves, one per region as cachu 0.2.x has them, are the registry's.
 
 pub mod memory;
+pub(crate) mod near;
 pub mod py;
 pub mod redis;
 pub mod registry;
@@ -54,6 +55,8 @@ pub struct Backend {
     pub package: Option<String>,
     pub ttl: i64,
     pub(crate) store: Store,
+    /// The near tier in front of a Redis region (`near_cache=True`).
+    pub(crate) near: Option<near::Near>,
     /// The backend operations of sync calls (file, Redis) and the time they took,
     /// for `cachu.metrics()`.
     pub(crate) io_ops: std::sync::atomic::AtomicU64,
@@ -72,7 +75,9 @@ impl Backend {
         package: Option<String>,
         ttl: i64,
         budget: Arc<Budget>,
+        near_budget: impl FnOnce() -> Arc<Budget>,
     ) -> CacheResult<Self> {
+        let mut near = None;
         let store = match kind {
             BackendKind::Memory => Store::Memory(MemoryStore::enlisted(budget)),
             BackendKind::Null => Store::Null,
@@ -84,11 +89,20 @@ impl Backend {
             }
             BackendKind::Redis => {
                 let cfg = config_of(package.as_deref());
-                Store::Bytes(Arc::new(redis::RedisStore::open(
-                    &cfg.redis_endpoint_url(),
-                    package.clone(),
-                    &crate::region::region_name(ttl),
-                )?))
+                let url = cfg.redis_endpoint_url();
+                let region = crate::region::region_name(ttl);
+                let redis = Arc::new(redis::RedisStore::open(&url, package.clone(), &region)?);
+                if cfg.near_cache {
+                    let prefix = format!("{region}:{}", cfg.key_prefix);
+                    near = Some(near::Near::open(
+                        &url,
+                        prefix,
+                        redis.clone(),
+                        near_budget(),
+                        cfg.memory_copy,
+                    )?);
+                }
+                Store::Bytes(redis)
             }
         };
         Ok(Backend {
@@ -96,6 +110,7 @@ impl Backend {
             package,
             ttl,
             store,
+            near,
             io_ops: std::sync::atomic::AtomicU64::new(0),
             io_ns: std::sync::atomic::AtomicU64::new(0),
         })
@@ -156,27 +171,76 @@ impl Backend {
         key: &str,
     ) -> PyResult<Option<(Bound<'py, PyAny>, Stamp)>> {
         match &self.store {
-            Store::Memory(m) => {
+            Store::Memory(_) => self.peek(py, key),
+            Store::Bytes(b) => {
+                if let Some(near) = &self.near {
+                    if let Some(hit) = near.get(py, key)? {
+                        return Ok(Some(hit));
+                    }
+                    let ticket = near.ticket(key);
+                    let Some((data, created, left)) =
+                        self.io(py, b, || near.redis.get_expiring(key))?
+                    else {
+                        return Ok(None);
+                    };
+                    let found = self.decoded(py, b, key, &data, created);
+                    if let Some((value, stamp)) = &found {
+                        near.fill(value, ticket, key, stamp, left);
+                    }
+                    return Ok(found);
+                }
+                let Some((data, created)) = self.io(py, b, || b.get(key))? else {
+                    return Ok(None);
+                };
+                Ok(self.decoded(py, b, key, &data, created))
+            }
+            Store::Null => Ok(None),
+        }
+    }
+
+    /// What is kept in this process: a memory region's value, or a Redis region's
+    /// near copy (`None` for anything that needs I/O).
+    #[inline]
+    pub fn peek<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Stamp)>> {
+        match (&self.store, &self.near) {
+            (Store::Memory(m), _) => {
                 let Some((stored, stamp)) = m.get_with(key, |v, s| (v.clone_ref(py), s)) else {
                     return Ok(None);
                 };
                 Ok(Some((stored.materialize(py)?, stamp)))
             }
-            Store::Bytes(b) => {
-                let Some((data, created)) = self.io(py, b, || b.get(key))? else {
-                    return Ok(None);
-                };
-                let signing = self.signing_key();
-                Ok(decode_or_discard(
-                    py,
-                    b.as_ref(),
-                    signing.as_deref(),
-                    key,
-                    &data,
-                    created,
-                ))
-            }
-            Store::Null => Ok(None),
+            (_, Some(near)) => near.get(py, key),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether calls look for a near copy before asking Redis.
+    #[inline]
+    pub fn has_near(&self) -> bool {
+        self.near.is_some()
+    }
+
+    /// A stored value decoded (an undecodable one of this library's is discarded).
+    fn decoded<'py>(
+        &self,
+        py: Python<'py>,
+        b: &Arc<dyn ByteStore>,
+        key: &str,
+        data: &[u8],
+        created: f64,
+    ) -> Option<(Bound<'py, PyAny>, Stamp)> {
+        let signing = self.signing_key();
+        decode_or_discard(py, b.as_ref(), signing.as_deref(), key, data, created)
+    }
+
+    /// A write or delete of `key` here: its near copy goes.
+    fn forget_near(&self, key: &str) {
+        if let Some(near) = &self.near {
+            near.forget(key);
         }
     }
 
@@ -254,14 +318,26 @@ impl Backend {
         let Store::Bytes(b) = &self.store else {
             return Ok(Lease::Acquired);
         };
-        let signing = self.signing_key();
-        Ok(match self.io(py, b, || b.lease(key, token, lease, read))? {
-            LeaseReply::Found(data, created) => {
-                match decode_or_discard(py, b.as_ref(), signing.as_deref(), key, &data, created) {
-                    Some((v, stamp)) => Lease::Found(v, stamp),
-                    None => return self.lease(py, key, token, lease, false),
-                }
+        let (reply, near) = match &self.near {
+            Some(near) if read => {
+                let ticket = near.ticket(key);
+                let read = redis::wire::Read::Expiring;
+                let (reply, left) =
+                    self.io(py, b, || near.redis.lease_expiring(key, token, lease, read))?;
+                (reply, Some((near, ticket, left)))
             }
+            _ => (self.io(py, b, || b.lease(key, token, lease, read))?, None),
+        };
+        Ok(match reply {
+            LeaseReply::Found(data, created) => match self.decoded(py, b, key, &data, created) {
+                Some((v, stamp)) => {
+                    if let Some((near, ticket, left)) = near {
+                        near.fill(&v, ticket, key, &stamp, left);
+                    }
+                    Lease::Found(v, stamp)
+                }
+                None => return self.lease(py, key, token, lease, false),
+            },
             LeaseReply::Acquired => Lease::Acquired,
             LeaseReply::Held => Lease::Held,
         })
@@ -285,7 +361,11 @@ impl Backend {
         let value = pickled
             .as_ref()
             .map(|(d, ttl)| (d.as_slice(), created, *ttl));
+        let stored = value.is_some();
         self.io(py, b, || b.store_and_release(key, value, token))?;
+        if stored {
+            self.forget_near(key);
+        }
         Ok(())
     }
 
@@ -311,6 +391,7 @@ impl Backend {
             Store::Bytes(b) => {
                 let data = self.encode(codec::dumps(value)?.as_bytes(), fresh);
                 self.write_bytes(py, b, key, &data, ttl)?;
+                self.forget_near(key);
             }
             Store::Null => {}
         }
@@ -330,7 +411,9 @@ impl Backend {
             }
             Store::Bytes(b) => {
                 let data = self.encode_stored(py, &kept.stored, kept.fresh)?;
-                self.write_bytes(py, b, key, &data, kept.ttl)
+                self.write_bytes(py, b, key, &data, kept.ttl)?;
+                self.forget_near(key);
+                Ok(())
             }
             Store::Null => Ok(()),
         }
@@ -365,7 +448,10 @@ impl Backend {
     pub fn delete(&self, py: Python<'_>, key: &str) -> PyResult<()> {
         match &self.store {
             Store::Memory(m) => drop(m.remove(key)),
-            Store::Bytes(b) => self.io(py, b, || b.delete(key))?,
+            Store::Bytes(b) => {
+                self.io(py, b, || b.delete(key))?;
+                self.forget_near(key);
+            }
             Store::Null => {}
         }
         Ok(())
@@ -380,9 +466,21 @@ impl Backend {
                 drop(removed);
                 live
             }
-            Store::Bytes(b) => self.io(py, b, || b.clear(pattern))?,
+            Store::Bytes(b) => {
+                let removed = self.io(py, b, || b.clear(pattern))?;
+                self.forget_near_matching(pattern);
+                removed
+            }
             Store::Null => 0,
         })
+    }
+
+    /// Keys matching `pattern` were cleared (by this region or for its package): their
+    /// near copies go.
+    pub fn forget_near_matching(&self, pattern: Option<&str>) {
+        if let Some(near) = &self.near {
+            near.forget_matching(|k| matches(pattern, k));
+        }
     }
 
     /// Removes the entries of functions tagged `tag`; returns how many live ones were
@@ -456,6 +554,14 @@ impl Backend {
             _ => {
                 d.set_item("entries", self.count(py, None)?)?;
             }
+        }
+        if let Some(near) = &self.near {
+            use std::sync::atomic::Ordering::Relaxed;
+            d.set_item("near_entries", near.tier.len())?;
+            d.set_item("near_cache_maxsize", near.tier.budget().max())?;
+            d.set_item("near_serving", near.watch.serves())?;
+            d.set_item("near_invalidations", near.watch.invalidations.load(Relaxed))?;
+            d.set_item("near_flushes", near.watch.flushes.load(Relaxed))?;
         }
         Ok(d)
     }

@@ -60,6 +60,14 @@ fn config_changed(change: &Change<'_>) {
     if old.redis_endpoint_url() != new.redis_endpoint_url() {
         forget_kind(change.package, BackendKind::Redis);
     }
+    let near_prefix_moved = new.near_cache && old.key_prefix != new.key_prefix;
+    if old.near_cache != new.near_cache
+        || old.near_cache_maxsize != new.near_cache_maxsize
+        || near_prefix_moved
+    {
+        near_budget_of(change.package).set_max(Some(new.near_cache_maxsize));
+        forget_kind(change.package, BackendKind::Redis);
+    }
     if old.memory_maxsize != new.memory_maxsize {
         set_budget(change.package, new.memory_maxsize);
     }
@@ -94,6 +102,20 @@ pub fn budget_of(package: Option<&str>) -> Arc<Budget> {
         .clone()
 }
 
+static NEAR_BUDGETS: LazyLock<Mutex<HashMap<Option<String>, Arc<Budget>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The near cache budget of `package` (`near_cache_maxsize`), shared by its Redis
+/// regions' near tiers.
+pub fn near_budget_of(package: Option<&str>) -> Arc<Budget> {
+    let max = config::config_of(package).near_cache_maxsize;
+    NEAR_BUDGETS
+        .lock()
+        .entry(package.map(str::to_owned))
+        .or_insert_with(|| Arc::new(Budget::new(Some(max))))
+        .clone()
+}
+
 /// Applies a new `memory_maxsize` to the package's existing regions: a lower bound
 /// evicts what is over it now, not at the next inserts.
 pub fn set_budget(package: Option<&str>, max: Option<usize>) {
@@ -110,7 +132,14 @@ pub fn instance(package: Option<&str>, kind: BackendKind, ttl: i64) -> PyResult<
         return Ok(b.clone());
     }
     // Opening may do I/O (a SQLite file): not under the registry lock.
-    let fresh = Arc::new(Backend::new(kind, key.0.clone(), ttl, budget_of(package))?);
+    let near_budget = || near_budget_of(package);
+    let fresh = Arc::new(Backend::new(
+        kind,
+        key.0.clone(),
+        ttl,
+        budget_of(package),
+        near_budget,
+    )?);
     Ok(INSTANCES.lock().entry(key).or_insert(fresh).clone())
 }
 
@@ -164,6 +193,9 @@ fn forget_where(doomed: impl Fn(&InstanceKey) -> bool) -> usize {
     for backend in &removed {
         if let Store::Memory(m) = &backend.store {
             drop(m.remove_matching(|_| true));
+        }
+        if let Some(near) = &backend.near {
+            near.forget_matching(|_| true);
         }
     }
     removed.len()

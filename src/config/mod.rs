@@ -91,6 +91,7 @@ impl fmt::Display for BackendKind {
 
 /// One package's settings.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::struct_excessive_bools)] // each is an option of configure()
 pub struct Config {
     pub backend: BackendKind,
     pub key_prefix: String,
@@ -134,6 +135,11 @@ pub struct Config {
     pub stale_if_error: f64,
     pub early_refresh: Option<f64>,
     pub timeout: Option<f64>,
+    /// `near_cache`: a memory tier in this process in front of the package's Redis
+    /// regions, kept coherent by the server (`backend/redis/near.rs`), of at most
+    /// `near_cache_maxsize` entries.
+    pub near_cache: bool,
+    pub near_cache_maxsize: usize,
 }
 
 /// A key that is never shown.
@@ -170,6 +176,8 @@ impl Default for Config {
             stale_if_error: 0.0,
             early_refresh: None,
             timeout: None,
+            near_cache: false,
+            near_cache_maxsize: 10_000,
         }
     }
 }

@@ -235,6 +235,14 @@ impl PyConfig {
         self.inner.memory_maxbytes
     }
     #[getter]
+    fn near_cache(&self) -> bool {
+        self.inner.near_cache
+    }
+    #[getter]
+    fn near_cache_maxsize(&self) -> usize {
+        self.inner.near_cache_maxsize
+    }
+    #[getter]
     fn stale_ttl(&self) -> f64 {
         self.inner.stale_ttl
     }
@@ -309,6 +317,8 @@ fn config_dict<'py>(py: Python<'py>, c: &Config) -> PyResult<Bound<'py, PyDict>>
     d.set_item("stale_if_error", c.stale_if_error)?;
     d.set_item("early_refresh", c.early_refresh)?;
     d.set_item("timeout", c.timeout)?;
+    d.set_item("near_cache", c.near_cache)?;
+    d.set_item("near_cache_maxsize", c.near_cache_maxsize)?;
     Ok(d)
 }
 

@@ -12,7 +12,7 @@ use crate::region::parse_freshness;
 pub const ALL_OPTIONS: &str = "backend (or backend_default), key_prefix, file_dir, redis_url, \
 lock_timeout, on_backend_error (or fail_open), on_lock_timeout, memory_maxsize, memory_copy, \
 signing_key, cache_deadline, memory_sweep_interval, redis_socket_timeout, redis_retry_count, \
-redis_health_check_interval, ttl_jitter, stale_ttl, stale_if_error, early_refresh, timeout and memory_maxbytes";
+redis_health_check_interval, ttl_jitter, stale_ttl, stale_if_error, early_refresh, timeout, memory_maxbytes, near_cache and near_cache_maxsize";
 
 /// The 0.6 options given to one `configure()` call.
 #[derive(Default)]
@@ -32,6 +32,9 @@ pub struct Since06 {
     timeout: Option<f64>,
     /// `memory_maxbytes` (0 removes the bound).
     memory_maxbytes: Option<usize>,
+    /// The near cache in front of Redis (`backend/redis/near.rs`).
+    near_cache: Option<bool>,
+    near_cache_maxsize: Option<usize>,
 }
 
 fn number(value: &Bound<'_, PyAny>) -> Option<f64> {
@@ -66,6 +69,24 @@ fn whole(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<i64> {
         })
 }
 
+fn flag(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<bool> {
+    value
+        .cast_exact::<PyBool>()
+        .map(pyo3::types::PyBoolMethods::is_true)
+        .map_err(|_| CacheError::config(param, repr_of(value), "expected True or False"))
+}
+
+fn entries(param: &'static str, value: &Bound<'_, PyAny>) -> CacheResult<usize> {
+    match whole(param, value)? {
+        0 => Err(CacheError::config(
+            param,
+            "0",
+            format!("{param} must be a positive number of entries (near_cache=False turns the near cache off)"),
+        )),
+        n => Ok(n as usize),
+    }
+}
+
 /// The 0.6 options among `options` (each `None` is left alone, as in 0.6); any other
 /// name is refused, naming it.
 pub fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Since06> {
@@ -82,17 +103,7 @@ pub fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Since06> {
             "backend_default" => {
                 out.backend_default = Some(BackendKind::parse("backend_default", &value)?);
             }
-            "fail_open" => match value.cast_exact::<PyBool>() {
-                Ok(b) => out.fail_open = Some(b.is_true()),
-                Err(_) => {
-                    return Err(CacheError::config(
-                        "fail_open",
-                        repr_of(&value),
-                        "expected True or False",
-                    )
-                    .into())
-                }
-            },
+            "fail_open" => out.fail_open = Some(flag("fail_open", &value)?),
             "cache_deadline" => {
                 out.cache_deadline = Some(positive_seconds("cache_deadline", &value)?);
             }
@@ -123,6 +134,10 @@ pub fn parse(options: Option<&Bound<'_, PyDict>>) -> PyResult<Since06> {
             "timeout" => out.timeout = Some(parse_freshness("timeout", &value)?),
             "memory_maxbytes" => {
                 out.memory_maxbytes = Some(whole("memory_maxbytes", &value)? as usize);
+            }
+            "near_cache" => out.near_cache = Some(flag("near_cache", &value)?),
+            "near_cache_maxsize" => {
+                out.near_cache_maxsize = Some(entries("near_cache_maxsize", &value)?);
             }
             "redis_health_check_interval" => {
                 out.redis_health_check_interval =
@@ -190,6 +205,12 @@ impl Since06 {
         }
         if let Some(n) = self.memory_maxbytes {
             cfg.memory_maxbytes = (n > 0).then_some(n);
+        }
+        if let Some(v) = self.near_cache {
+            cfg.near_cache = v;
+        }
+        if let Some(n) = self.near_cache_maxsize {
+            cfg.near_cache_maxsize = n;
         }
     }
 }

@@ -75,15 +75,16 @@ impl AsyncCachedFunction {
         let key = this.key_in_buffer(&r, args, kwargs)?;
         // A memory hit keeps its straight line: the flow's own read, then the flow.
         let local = backend.is_local() && !flags.overwrite;
+        let peek = local || (backend.has_near() && !flags.overwrite);
         let call_of = |flow| {
             let parts = (&self.cached, &self.drive, &self.flights);
             AsyncCall::new(py, parts, r.shared(), backend, &key, flow, args, kwargs)
         };
-        if local && !r.rules.is_on() {
+        if peek && !r.rules.is_on() {
             if let Some(v) = this.hit(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
                 return self.completed(py, v);
             }
-        } else if local {
+        } else if peek {
             if let Some(seen) = this.lookup(py, &r, backend, &key, CallArgs::of(args, kwargs))? {
                 if let Kind::Refresh { created_at, .. } = seen.kind {
                     let call = call_of(Flow::start(r.refresh_policy(backend)));

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::background::Refreshing;
 use super::lookup::{Judge, Kind, Seen};
 use super::{failure, CachedFunction, CallArgs, Resolved};
+use crate::backend::redis::near::Ticket;
 use crate::backend::redis::{topology, wire, Topology};
 use crate::backend::{decode, Backend, ByteStore, Decoded, Kept, LeaseReply};
 use crate::codec::Stored;
@@ -30,6 +31,8 @@ use crate::lease::lease_token;
 use crate::process::unix_now;
 use crate::runtime;
 use crate::stamp::Stamp;
+
+mod io;
 
 /// What the driver awaits next.
 #[pyclass(eq, eq_int, frozen, module = "cachu._cachu")]
@@ -102,6 +105,9 @@ pub struct AsyncCall {
     redis_url: Option<String>,
     /// The servers of `redis_url`.
     servers: Option<Arc<Topology>>,
+    /// A read from Redis for the near tier: its ticket, and the seconds the value
+    /// found has left.
+    near_read: Option<(Option<Ticket>, Option<f64>)>,
     /// The loop and the future of the computation this call leads.
     leading: Option<(usize, Py<PyAny>)>,
     /// The future of the computation this call follows.
@@ -168,6 +174,7 @@ impl AsyncCall {
             flights: flights.clone(),
             redis_url,
             servers,
+            near_read: None,
             leading: None,
             follow: None,
             wait: 0.0,
@@ -325,7 +332,14 @@ impl AsyncCall {
             &data,
             created_at,
         ) {
-            Decoded::Value(v, stamp) => return self.found(py, v, stamp),
+            Decoded::Value(v, stamp) => {
+                if let (Some(near), Some((ticket, left))) =
+                    (&self.backend.near, self.near_read.take())
+                {
+                    near.fill(&v, ticket, &self.key, &stamp, left);
+                }
+                return self.found(py, v, stamp);
+            }
             Decoded::Miss => {}
             Decoded::Corrupt => {
                 let key = self.key.clone();
@@ -391,54 +405,6 @@ impl AsyncCall {
             .insert(slot.clone(), (fut.clone_ref(py), me));
         self.leading = Some((slot.0, fut));
         Ok(Answer::Leader)
-    }
-
-    /// Starts the I/O of a step of the file backend on the runtime.
-    fn file_io(&mut self, py: Python<'_>, step: Step) -> PyResult<()> {
-        let store = self.store().expect("the file backend is a byte store");
-        let key = self.key.clone();
-        let token = self.token();
-        let lease = self.r.lock_timeout;
-        let awaitable = match step {
-            Step::Read | Step::Lease { .. } => {
-                let read = !matches!(step, Step::Lease { read: false });
-                runtime::awaitable(py, async move {
-                    let reply = store.lease_async(key, token, lease, read).await?;
-                    Ok(Fetched(Some(reply)))
-                })?
-            }
-            _ => {
-                let value = self.encoded(py)?;
-                runtime::awaitable(py, async move {
-                    store.store_and_release_async(key, value, token).await?;
-                    Ok(Fetched(None))
-                })?
-            }
-        };
-        self.op = Some(awaitable.unbind());
-        Ok(())
-    }
-
-    /// The request of a step of the Redis backend, for the loop's connection.
-    fn redis_io(&mut self, py: Python<'_>, step: Step) -> PyResult<()> {
-        let token = self.token();
-        let lock = match &self.servers {
-            Some(servers) => servers.lock_key(&self.key),
-            None => wire::lock_key(&self.key),
-        };
-        let (request, load) = if let Step::Lease { read } = step {
-            wire::lease_request(&self.key, &lock, &token, self.r.lock_timeout, read)
-        } else {
-            let value = self.encoded(py)?;
-            wire::store_release_request(&self.key, &lock, &token, value.as_ref())
-        };
-        self.op = Some(
-            (PyBytes::new(py, &request), PyBytes::new(py, &load))
-                .into_pyobject(py)?
-                .into_any()
-                .unbind(),
-        );
-        Ok(())
     }
 
     /// What the `Store` step writes to a byte store: `(encoded pickle, created_at,
@@ -662,7 +628,11 @@ impl AsyncCall {
         let lease = if let Ok(fetched) = reply.cast::<Fetched>() {
             fetched.borrow_mut().0.take()
         } else {
-            Some(wire::lease_reply_of(reply)?)
+            let (lease, left) = wire::lease_reply_of(reply)?;
+            if let Some((_, l)) = self.near_read.as_mut() {
+                *l = left;
+            }
+            Some(lease)
         };
         match lease {
             Some(LeaseReply::Found(data, created_at)) => self.found_bytes(py, data, created_at)?,

@@ -69,7 +69,21 @@ impl CachedFunction {
         call: CallArgs<'_, 'py>,
         judge: Judge,
     ) -> PyResult<Result<Option<Seen<'py>>, PyErr>> {
-        match backend.get(py, key) {
+        self.judge_read(py, r, key, backend.get(py, key), call, judge)
+    }
+
+    /// A read's outcome, checked and judged as [`CachedFunction::read`] does.
+    #[inline]
+    fn judge_read<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Resolved,
+        key: &str,
+        got: PyResult<Option<(Bound<'py, PyAny>, Stamp)>>,
+        call: CallArgs<'_, 'py>,
+        judge: Judge,
+    ) -> PyResult<Result<Option<Seen<'py>>, PyErr>> {
+        match got {
             Ok(Some((value, stamp))) => self
                 .validated(py, r, key, value, stamp, call, judge)
                 .map(Ok),
@@ -78,7 +92,8 @@ impl CachedFunction {
         }
     }
 
-    /// The hit fast path: a value found and accepted is a hit (and a stale one starts a
+    /// The hit fast path, on what this process keeps (a memory region, a near tier:
+    /// [`Backend::peek`]): a value found and accepted is a hit (and a stale one starts a
     /// refresh: [`Seen::Refresh`]). A backend that fails is a miss (or raises, with
     /// `on_backend_error='raise'`); an expired value kept as a fallback is a miss here
     /// (the flow reads it again).
@@ -91,7 +106,8 @@ impl CachedFunction {
         key: &str,
         call: CallArgs<'_, 'py>,
     ) -> PyResult<Option<Seen<'py>>> {
-        match self.read(py, r, backend, key, call, Judge::Call)? {
+        let got = backend.peek(py, key);
+        match self.judge_read(py, r, key, got, call, Judge::Call)? {
             Ok(
                 Some(Seen {
                     kind: Kind::Fallback,
@@ -101,14 +117,16 @@ impl CachedFunction {
             ) => Ok(None),
             Ok(Some(seen)) => {
                 self.count_seen(seen.kind);
+                self.count_near(backend);
                 Ok(Some(seen))
             }
             Err(e) => self.read_failed(py, r, e).map(|()| None),
         }
     }
 
-    /// The hit fast path of a function without freshness controls: a value found and
-    /// accepted is a hit (with no judging of its freshness at all).
+    /// The hit fast path of a function without freshness controls, on what this
+    /// process keeps: a value found and accepted is a hit (with no judging of its
+    /// freshness at all).
     #[inline]
     pub(crate) fn hit<'py>(
         &self,
@@ -118,16 +136,25 @@ impl CachedFunction {
         key: &str,
         call: CallArgs<'_, 'py>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match backend.get(py, key) {
+        match backend.peek(py, key) {
             Ok(Some((value, stamp))) => {
                 if self.validate.is_some() && !self.accepts(py, &value, stamp.created_at, call)? {
                     return Ok(None);
                 }
                 self.count_hit();
+                self.count_near(backend);
                 Ok(Some(value))
             }
             Ok(None) => Ok(None),
             Err(e) => self.read_failed(py, r, e).map(|()| None),
+        }
+    }
+
+    /// A hit of the fast path on a near tier is counted as one too.
+    #[inline]
+    fn count_near(&self, backend: &Backend) {
+        if backend.has_near() {
+            self.stats.near_hits.fetch_add(1, Ordering::Relaxed);
         }
     }
 

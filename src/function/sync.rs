@@ -34,7 +34,8 @@ impl CachedFunction {
         Ok(Some((r, key)))
     }
 
-    /// The hit fast path of a memory (or null) backend: the value to serve, if any. A
+    /// The hit fast path of a memory (or null) backend, or of a near tier: the value to
+    /// serve, if any. A
     /// function without freshness controls is answered without judging freshness; with
     /// them, a refresh starts if one is due (`args` packs the arguments for it).
     #[inline]
@@ -85,9 +86,10 @@ impl CachedFunction {
             }
         };
         let key = this.key_in_buffer(&r, args, kwargs)?;
-        // A memory hit keeps its straight line: the flow's own read, then the flow.
+        // A memory hit (or a near one, in front of Redis) keeps its straight line: the
+        // flow's own read, then the flow.
         let local = !backend.has_leases() && !flags.overwrite;
-        if local {
+        if local || (backend.has_near() && !flags.overwrite) {
             let call = CallArgs::of(args, kwargs);
             let args = || Ok(args.clone());
             if let Some(v) = Self::memory_hit(slf, &r, backend, &key, call, args, kwargs)? {
@@ -113,7 +115,8 @@ impl FastCall for CachedFunction {
         if !this.is_off() && this.takes_positional(args.len()) {
             let r = this.resolve_here();
             if let Ok(backend) = &r.backend {
-                if !backend.has_leases() {
+                let local = !backend.has_leases();
+                if local || backend.has_near() {
                     let key = this.key_positional(py, &r, args)?;
                     let call = CallArgs { args, kwargs: None };
                     let packed = || PyTuple::new(py, args);
@@ -121,7 +124,7 @@ impl FastCall for CachedFunction {
                         return Ok(v);
                     }
                     let args = PyTuple::new(py, args)?;
-                    let flow = r.flow_after(r.policy(backend, false), true);
+                    let flow = r.flow_after(r.policy(backend, false), local);
                     let call = Call::new(slf, r.shared(), backend.clone(), key, &args, None);
                     return drive::run(py, call, flow);
                 }

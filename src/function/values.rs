@@ -28,6 +28,8 @@ pub struct Stats {
     /// Stale values served instead of an exception or a slow computation
     /// (`stale_if_error`, `timeout`).
     pub fail_safe: AtomicU64,
+    /// Hits answered by the near tier in front of Redis (also hits).
+    pub near_hits: AtomicU64,
 }
 
 impl Stats {
@@ -41,10 +43,11 @@ impl Stats {
             stale_hits: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
             fail_safe: AtomicU64::new(0),
+            near_hits: AtomicU64::new(0),
         }
     }
 
-    fn counters(&self) -> [&AtomicU64; 6] {
+    fn counters(&self) -> [&AtomicU64; 7] {
         [
             &self.hits,
             &self.misses,
@@ -52,6 +55,7 @@ impl Stats {
             &self.stale_hits,
             &self.refreshes,
             &self.fail_safe,
+            &self.near_hits,
         ]
     }
 
@@ -65,6 +69,7 @@ impl Stats {
             stale_hits: get(&self.stale_hits),
             refreshes: get(&self.refreshes),
             fail_safe: get(&self.fail_safe),
+            near_hits: get(&self.near_hits),
         }
     }
 }
@@ -140,12 +145,16 @@ pub struct CacheInfo {
     /// Stale values served instead of an exception or a slow computation.
     #[pyo3(get)]
     pub(crate) fail_safe: u64,
+    /// Hits answered by the near tier in front of Redis, without the network (also
+    /// hits; the others of a Redis region asked Redis).
+    #[pyo3(get)]
+    pub(crate) near_hits: u64,
 }
 
 #[pymethods]
 impl CacheInfo {
     #[new]
-    #[pyo3(signature = (hits, misses, currsize, stale_hits=0, refreshes=0, fail_safe=0))]
+    #[pyo3(signature = (hits, misses, currsize, stale_hits=0, refreshes=0, fail_safe=0, near_hits=0))]
     fn py_new(
         hits: u64,
         misses: u64,
@@ -153,6 +162,7 @@ impl CacheInfo {
         stale_hits: u64,
         refreshes: u64,
         fail_safe: u64,
+        near_hits: u64,
     ) -> Self {
         CacheInfo {
             hits,
@@ -161,6 +171,7 @@ impl CacheInfo {
             stale_hits,
             refreshes,
             fail_safe,
+            near_hits,
         }
     }
 
@@ -176,6 +187,9 @@ impl CacheInfo {
                 ", stale_hits={}, refreshes={}, fail_safe={}",
                 self.stale_hits, self.refreshes, self.fail_safe
             );
+        }
+        if self.near_hits > 0 {
+            let _ = write!(out, ", near_hits={}", self.near_hits);
         }
         out.push(')');
         out
@@ -203,6 +217,7 @@ pub fn metrics(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
         d.set_item("misses", s.misses.load(Ordering::Relaxed))?;
         d.set_item("errors", s.errors.load(Ordering::Relaxed))?;
         d.set_item("stale_hits", s.stale_hits.load(Ordering::Relaxed))?;
+        d.set_item("near_hits", s.near_hits.load(Ordering::Relaxed))?;
         d.set_item("refreshes", s.refreshes.load(Ordering::Relaxed))?;
         d.set_item("fail_safe", s.fail_safe.load(Ordering::Relaxed))?;
         functions.append(d)?;

@@ -12,8 +12,8 @@ use redis::{ErrorKind, ServerErrorKind, Value};
 
 use super::connector::{connector, Connector, Fault};
 use super::layout::Layout;
+use super::op::{send, Op};
 use super::slots::{slot_of, SLOTS};
-use super::topology::{send, Op};
 use crate::errors::{CacheError, CacheResult};
 
 /// Redirections followed for one request before it fails.

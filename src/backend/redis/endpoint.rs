@@ -86,6 +86,30 @@ impl Endpoint {
         Ok(ep)
     }
 
+    /// A client that speaks RESP3 (push messages: the near cache's invalidations).
+    pub(crate) fn resp3_client(&self) -> CacheResult<redis::Client> {
+        let (head, fragment) = match self.url.split_once('#') {
+            Some((h, f)) => (h, Some(f)),
+            None => (self.url.as_str(), None),
+        };
+        let (base, query) = head.split_once('?').unwrap_or((head, ""));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("protocol="))
+            .collect();
+        params.push("protocol=resp3");
+        let mut url = format!("{base}?{}", params.join("&"));
+        if let Some(f) = fragment {
+            url.push('#');
+            url.push_str(f);
+        }
+        Endpoint {
+            url,
+            ..self.clone()
+        }
+        .client()
+    }
+
     pub(crate) fn client(&self) -> CacheResult<redis::Client> {
         let fail = |e: RedisError| CacheError::Backend(format!("Redis at {}: {e}", self.shown));
         if self.url.starts_with("rediss://") {

@@ -22,6 +22,8 @@ pub mod cluster;
 pub mod connector;
 pub mod endpoint;
 pub mod layout;
+pub mod near;
+pub mod op;
 pub mod py;
 pub mod sentinel;
 pub mod slots;
@@ -41,7 +43,10 @@ use crate::pattern::glob_match;
 pub use connector::{connector, Connector};
 pub use endpoint::Endpoint;
 pub use topology::{topology, Op, Topology};
-use wire::{lease_reply, pack_value, setex_seconds, split_value};
+use wire::{pack_value, setex_seconds, split_value, Read};
+
+/// A value read with its creation time and the seconds it has left (`None`: no expiry).
+pub type Expiring = (Vec<u8>, f64, Option<f64>);
 
 /// Keys asked per `SCAN` step and removed per `UNLINK`.
 const SCAN_COUNT: usize = 1000;
@@ -49,6 +54,7 @@ const UNLINK_BATCH: usize = 500;
 
 /// Drops the connection of every URL; the next call connects again.
 pub fn forget_connections() {
+    near::forget_watches();
     topology::forget_topologies();
     connector::forget_connections();
 }
@@ -73,6 +79,36 @@ impl RedisStore {
 
     fn query<T: redis::FromRedisValue>(&self, key: &str, cmd: Cmd) -> CacheResult<T> {
         self.servers.query_as(Some(key), &Op::new(cmd))
+    }
+
+    /// The value of `key`, its creation time and the seconds it has left (`None`:
+    /// no expiry), in one round trip: what a near cache reads.
+    pub fn get_expiring(&self, key: &str) -> CacheResult<Option<Expiring>> {
+        let reply = self.servers.query(Some(key), &wire::get_pttl_op(key))?;
+        Ok(match wire::lease_reply_expiring(reply) {
+            (LeaseReply::Found(data, created), left) => Some((data, created, left)),
+            _ => None,
+        })
+    }
+
+    /// [`ByteStore::lease`], with the seconds a value found has left when `read` is
+    /// [`Read::Expiring`].
+    pub fn lease_expiring(
+        &self,
+        key: &str,
+        token: &crate::lease::Token,
+        lease: Duration,
+        read: Read,
+    ) -> CacheResult<(LeaseReply, Option<f64>)> {
+        let lock = self.servers.lock_key(key);
+        let op = wire::lease_op(key, &lock, token.get(), lease, read);
+        let reply: Value = self.servers.query(Some(key), &op)?;
+        Ok(wire::lease_reply_expiring(reply))
+    }
+
+    /// The servers of this store.
+    pub fn servers(&self) -> &Arc<Topology> {
+        &self.servers
     }
 
     /// The keys of this instance matching `pattern`, as `SCAN` finds them.
@@ -273,10 +309,8 @@ impl ByteStore for RedisStore {
         lease: Duration,
         read: bool,
     ) -> CacheResult<LeaseReply> {
-        let lock = self.servers.lock_key(key);
-        let op = wire::lease_op(key, &lock, token.get(), lease, read);
-        let reply: Value = self.servers.query(Some(key), &op)?;
-        Ok(lease_reply(reply))
+        self.lease_expiring(key, token, lease, Read::of(read, false))
+            .map(|(reply, _)| reply)
     }
 
     fn store_and_release(

@@ -11,7 +11,7 @@ use redis::Value;
 
 use super::connector::{connector, Connector, Fault};
 use super::layout::{Layout, Shape};
-use super::topology::{is_read_only, send, Op};
+use super::op::{is_read_only, send, Op};
 use crate::errors::{CacheError, CacheResult};
 
 const ASK_EVERY: Duration = Duration::from_millis(200);

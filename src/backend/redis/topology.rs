@@ -7,61 +7,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
-use redis::{Cmd, RedisError, RedisResult, Value};
+use redis::Value;
 
 use super::cluster::Cluster;
 use super::connector::{connector, Connector};
 use super::layout::{Layout, Shape};
+use super::op::send;
+pub use super::op::Op;
 use super::sentinel::Sentinel;
 use super::slots::cluster_lock_key;
 use super::wire::lock_key;
 use crate::errors::{CacheError, CacheResult};
-
-/// One request: a command, and for a script the source to load if the server does not
-/// know it yet (it restarted, or its scripts were flushed).
-pub struct Op {
-    pub cmd: Cmd,
-    pub script: Option<&'static str>,
-}
-
-impl Op {
-    pub fn new(cmd: Cmd) -> Op {
-        Op { cmd, script: None }
-    }
-}
-
-/// Sends `op` on `c`, after `ASKING` in the same write when a cluster redirected it
-/// there for the time of a slot's migration.
-pub(crate) async fn send(
-    c: &mut MultiplexedConnection,
-    op: &Op,
-    asking: bool,
-) -> RedisResult<Value> {
-    let once = async |c: &mut MultiplexedConnection| -> RedisResult<Value> {
-        if asking {
-            let mut pipe = redis::pipe();
-            pipe.cmd("ASKING").ignore().add_command(op.cmd.clone());
-            let (v,): (Value,) = pipe.query_async(c).await?;
-            Ok(v)
-        } else {
-            op.cmd.query_async(c).await
-        }
-    };
-    match (once(c).await, op.script) {
-        (Err(e), Some(source))
-            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-        {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(source)
-                .query_async::<()>(c)
-                .await?;
-            once(c).await
-        }
-        (reply, _) => reply,
-    }
-}
 
 /// The servers of one URL.
 pub enum Topology {
@@ -200,9 +156,4 @@ impl Topology {
             Topology::Single(c) => Ok(c.clone()),
         }
     }
-}
-
-/// Whether `e` says that the server is a replica now (a master demoted by a failover).
-pub(crate) fn is_read_only(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }

@@ -15,17 +15,21 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
-use super::topology::Op;
+use super::op::Op;
 use crate::backend::store::LeaseReply;
 
 pub const HEADER: usize = 8;
 
 /// `GET key`, or take the lease on a miss. Returns the value (bulk), or 1 when the
-/// lease is ours, 0 when another holds it.
+/// lease is ours, 0 when another holds it. With ARGV[4] = '1' (a near cache reads), a
+/// value comes with its `PTTL`: `{value, pttl}`.
 pub const LEASE_SRC: &str = r"
 if ARGV[3] == '1' then
   local v = redis.call('GET', KEYS[1])
-  if v then return v end
+  if v then
+    if ARGV[4] == '1' then return {v, redis.call('PTTL', KEYS[1])} end
+    return v
+  end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
@@ -40,6 +44,13 @@ end
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 return 1";
 pub static STORE_RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_RELEASE_SRC));
+
+/// `GET` with the key's `PTTL`: `{value, pttl}`, or nil.
+pub const GET_PTTL_SRC: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return {v, redis.call('PTTL', KEYS[1])} end
+return false";
+pub static GET_PTTL: LazyLock<Script> = LazyLock::new(|| Script::new(GET_PTTL_SRC));
 
 /// Delete a value only if it is still the one that failed to decode.
 pub const DELETE_IF_SAME_SRC: &str = r"
@@ -69,6 +80,21 @@ pub fn pack_value(value: &[u8], created_at: f64) -> Vec<u8> {
 /// Whole seconds for `SETEX` (at least one: Redis refuses zero).
 pub fn setex_seconds(ttl: f64) -> u64 {
     (ttl.ceil() as u64).max(1)
+}
+
+/// The answer of the lease script, and the seconds a value found has left (when
+/// asked for: a near cache reads; `None` if not asked, or it never expires).
+pub fn lease_reply_expiring(reply: Value) -> (LeaseReply, Option<f64>) {
+    match reply {
+        Value::Array(mut parts) if parts.len() == 2 => {
+            let left = match parts.pop() {
+                Some(Value::Int(ms)) if ms >= 0 => Some(ms as f64 / 1000.0),
+                _ => None,
+            };
+            (lease_reply(parts.pop().unwrap_or(Value::Nil)), left)
+        }
+        other => (lease_reply(other), None),
+    }
 }
 
 /// The answer of the lease script.
@@ -115,18 +141,48 @@ fn request_of(op: &Op) -> Request {
 
 /// The lease script: the value of `key` (when `read`), else the lease `lock` on
 /// computing it, held as `token` for `lease` at most.
-pub fn lease_op(key: &str, lock: &str, token: &str, lease: Duration, read: bool) -> Op {
+pub fn lease_op(key: &str, lock: &str, token: &str, lease: Duration, read: Read) -> Op {
     let millis = lease_millis(lease).to_string();
+    let (read, expiring): (&[u8], &[u8]) = match read {
+        Read::No => (b"0", b"0"),
+        Read::Value => (b"1", b"0"),
+        Read::Expiring => (b"1", b"1"),
+    };
     script_op(
         &LEASE,
         LEASE_SRC,
         [key, lock],
-        &[
-            token.as_bytes(),
-            millis.as_bytes(),
-            if read { b"1" } else { b"0" },
-        ],
+        &[token.as_bytes(), millis.as_bytes(), read, expiring],
     )
+}
+
+/// What the lease script reads first: nothing (take the lease), the value, or the
+/// value with its `PTTL` (for a near cache).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Read {
+    No,
+    Value,
+    Expiring,
+}
+
+impl Read {
+    pub fn of(read: bool, near: bool) -> Read {
+        match (read, near) {
+            (false, _) => Read::No,
+            (true, false) => Read::Value,
+            (true, true) => Read::Expiring,
+        }
+    }
+}
+
+/// `GET` of `key` with its `PTTL`.
+pub fn get_pttl_op(key: &str) -> Op {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(GET_PTTL.get_hash()).arg(1).arg(key);
+    Op {
+        cmd,
+        script: Some(GET_PTTL_SRC),
+    }
 }
 
 /// The store-and-release script: `(value, created_at, ttl)` stored if given (and the
@@ -161,7 +217,7 @@ pub fn delete_if_same_op(key: &str, packed: &[u8]) -> Op {
 }
 
 /// [`lease_op`] as bytes for the asyncio transport.
-pub fn lease_request(key: &str, lock: &str, token: &str, lease: Duration, read: bool) -> Request {
+pub fn lease_request(key: &str, lock: &str, token: &str, lease: Duration, read: Read) -> Request {
     request_of(&lease_op(key, lock, token, lease, read))
 }
 
@@ -196,14 +252,29 @@ pub fn store_args(value: Option<(&[u8], f64, f64)>) -> (u64, Vec<u8>) {
 
 /// The lease script's reply as the asyncio transport read it from the wire (`bytes`,
 /// `int`, ...).
-pub fn lease_reply_of(reply: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<LeaseReply> {
+pub fn lease_reply_of(
+    reply: &pyo3::Bound<'_, pyo3::PyAny>,
+) -> pyo3::PyResult<(LeaseReply, Option<f64>)> {
+    Ok(lease_reply_expiring(value_of(reply)?))
+}
+
+/// A reply of the asyncio transport (`bytes`, `int`, `list`, `None`) as redis-rs's.
+fn value_of(reply: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<Value> {
     use pyo3::prelude::*;
-    use pyo3::types::{PyBytes, PyInt};
+    use pyo3::types::{PyBytes, PyInt, PyList};
     if let Ok(b) = reply.cast::<PyBytes>() {
-        return Ok(lease_reply(Value::BulkString(b.as_bytes().to_vec())));
+        return Ok(Value::BulkString(b.as_bytes().to_vec()));
     }
     if reply.is_instance_of::<PyInt>() {
-        return Ok(lease_reply(Value::Int(reply.extract()?)));
+        return Ok(Value::Int(reply.extract()?));
     }
-    Ok(LeaseReply::Held)
+    if let Ok(items) = reply.cast::<PyList>() {
+        return Ok(Value::Array(
+            items
+                .iter()
+                .map(|i| value_of(&i))
+                .collect::<PyResult<_>>()?,
+        ));
+    }
+    Ok(Value::Nil)
 }
