@@ -373,3 +373,44 @@ def test_a_sentinel_failover_under_load_recovers(sentinels: SentinelGroup, mode:
             time.sleep(0.1)
     assert new is not None, "no failover happened"
     assert time.monotonic() - killed_at < 40
+
+
+def test_the_near_cache_follows_a_sentinel_failover(sentinels: SentinelGroup) -> None:
+    """After a failover the near cache tracks the new master: a write there reaches it."""
+    import pickle
+    import struct
+
+    cachu.configure(package="scale_s3", backend="redis", redis_url=sentinels.url, near_cache=True)
+
+    @cachu.cache(ttl=120, package="scale_s3")
+    def f(x: int) -> str:
+        return "computed"
+
+    def near_serves() -> bool:
+        before = f.cache_info().near_hits
+        f(1)
+        return f.cache_info().near_hits > before
+
+    f.set("A", 1)
+    deadline = time.monotonic() + 10
+    while not near_serves():
+        assert time.monotonic() < deadline, "the near cache never served"
+        time.sleep(0.02)
+    old = sentinels.master_port()
+    sentinels.master().kill()
+    new = None
+    with pytest.warns(RuntimeWarning):
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            f(1)
+            if sentinels.master_port() != old and near_serves():
+                new = sentinels.master_port()
+                break
+            time.sleep(0.05)
+    assert new is not None, "the near cache never served after the failover"
+    master = next(n for n in sentinels.data if n.port == new).client()
+    master.set("2m:f|x=1", struct.pack("=d", time.time()) + pickle.dumps("B"))
+    deadline = time.monotonic() + 0.05
+    while f(1) != "B":
+        assert time.monotonic() < deadline, "a write on the new master did not reach the near copy"
+        time.sleep(0.0005)

@@ -622,6 +622,9 @@ impl AsyncCall {
     fn replied(&mut self, py: Python<'_>, reply: &Bound<'_, PyAny>) -> PyResult<()> {
         let step = self.flow.step();
         if matches!(step, Step::Store { .. } | Step::Release) {
+            if let (Some(near), Step::Store { .. }) = (&self.backend.near, step) {
+                near.forget(&self.key); // written here: the near copy goes at once
+            }
             self.answer(Answer::Stored);
             return Ok(());
         }

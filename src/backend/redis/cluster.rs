@@ -289,25 +289,31 @@ impl Cluster {
         )))
     }
 
+    /// The masters that serve slots as far as the map knows, without asking.
     pub fn known_nodes(&self) -> Vec<Arc<Connector>> {
-        self.map
-            .read()
-            .nodes
-            .iter()
-            .map(|(_, c)| c.clone())
+        Self::owners(&self.map.read()).cloned().collect()
+    }
+
+    /// The addresses in memory of [`Cluster::known_nodes`] (no reference is taken).
+    pub fn known_node_ids(&self) -> Vec<usize> {
+        Self::owners(&self.map.read())
+            .map(|c| Arc::as_ptr(c) as usize)
             .collect()
+    }
+
+    /// The masters of `map` that serve slots.
+    fn owners(map: &SlotMap) -> impl Iterator<Item = &Arc<Connector>> {
+        map.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| map.owners.contains(&(*i as u16)))
+            .map(|(_, (_, c))| c)
     }
 
     /// The masters that serve slots.
     pub fn masters(&self) -> CacheResult<Vec<Arc<Connector>>> {
         let map = self.map()?;
-        Ok(map
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| map.owners.contains(&(*i as u16)))
-            .map(|(_, (_, c))| c.clone())
-            .collect())
+        Ok(Self::owners(&map).cloned().collect())
     }
 
     /// `keys` by the master of their slot.

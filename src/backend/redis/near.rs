@@ -24,6 +24,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
 use super::connector::Connector;
+use super::endpoint::Endpoint;
 use super::topology::{topology, Topology};
 use crate::backend::memory::MemoryStore;
 use crate::codec::Stored;
@@ -50,7 +51,9 @@ pub struct Ticket {
 
 /// The coherence of the near tiers in front of one Redis URL.
 pub struct Watch {
-    servers: Arc<Topology>,
+    /// The URL of the servers (looked up when needed: a watch owns no server, so that
+    /// the tracking thread never drops the last reference to one).
+    url: String,
     /// Whether every master is tracked now.
     ready: AtomicBool,
     /// Bumped by every flush.
@@ -75,9 +78,9 @@ pub fn watch(url: &str) -> CacheResult<Arc<Watch>> {
     if let Some(w) = WATCHES.lock().get(url) {
         return Ok(w.clone());
     }
-    let servers = topology(url)?;
+    topology(url)?; // the URL is checked here
     let made = Arc::new(Watch {
-        servers,
+        url: url.to_owned(),
         ready: AtomicBool::new(false),
         generation: AtomicU64::new(0),
         epochs: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -258,6 +261,10 @@ impl Watch {
 /// The tracking thread of `weak` in process `pid`: makes a tracking connection per
 /// master, then checks them until one drops, the masters or the prefixes change, or
 /// the watch is forgotten; the tiers serve only while all are up.
+///
+/// The runtime runs (and the connections read their invalidations) while this thread
+/// waits; everything that may drop the last reference to a watch or a server happens
+/// between two runs, as a runtime cannot end inside another one.
 fn track(weak: &Weak<Watch>, pid: u32) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -265,78 +272,84 @@ fn track(weak: &Weak<Watch>, pid: u32) {
     else {
         return;
     };
-    runtime.block_on(async {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let Some(watch) = weak.upgrade() else { return };
-            if watch.pid.load(Ordering::Acquire) != pid {
-                return;
-            }
-            let version = watch.prefixes_changed.load(Ordering::Acquire);
-            let prefixes = watch.prefixes();
-            let servers = watch.servers.clone();
-            let masters = tokio::task::spawn_blocking(move || servers.masters())
-                .await
-                .ok()
-                .and_then(Result::ok);
-            let broken = Arc::new(AtomicBool::new(false));
-            let mut tracked = Vec::new();
-            if let Some(masters) = masters.filter(|m| !m.is_empty() && !prefixes.is_empty()) {
-                for node in &masters {
-                    match tracking_connection(weak, node, &prefixes, &broken).await {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(watch) = weak.upgrade() else { return };
+        if watch.pid.load(Ordering::Acquire) != pid {
+            return;
+        }
+        let version = watch.prefixes_changed.load(Ordering::Acquire);
+        let prefixes = watch.prefixes();
+        let masters = topology(&watch.url).and_then(|servers| servers.masters());
+        drop(watch);
+        let masters: Vec<(Weak<Connector>, Endpoint)> = match masters {
+            Ok(all) => all
+                .iter()
+                .map(|c| (Arc::downgrade(c), c.endpoint.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let broken = Arc::new(AtomicBool::new(false));
+        let mut tracked: Vec<Tracked> = Vec::new();
+        if !masters.is_empty() && !prefixes.is_empty() {
+            runtime.block_on(async {
+                for (node, endpoint) in &masters {
+                    match tracking_connection(weak, endpoint, &prefixes, &broken).await {
                         Ok(con) => tracked.push((node.clone(), con)),
                         Err(_) => break,
                     }
                 }
-                if tracked.len() != masters.len() {
-                    tracked.clear();
-                }
-            }
-            if tracked.is_empty() || broken.load(Ordering::SeqCst) {
-                drop(watch);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-            backoff = Duration::from_millis(50);
-            watch.ready.store(true, Ordering::SeqCst);
-            drop(watch);
-            let mut checks = 0u32;
-            loop {
-                tokio::time::sleep(CHECK_EVERY).await;
-                let Some(watch) = weak.upgrade() else { return };
-                let changed = watch.prefixes_changed.load(Ordering::Acquire) != version
-                    || masters_changed(&watch.servers, &tracked);
-                if broken.load(Ordering::SeqCst)
-                    || changed
-                    || watch.pid.load(Ordering::Acquire) != pid
-                {
-                    watch.lost();
-                    break;
-                }
-                checks += 1;
-                if checks % PING_EVERY_CHECKS == 0 && !ping_all(&mut tracked).await {
-                    watch.lost();
-                    break;
-                }
+            });
+            if tracked.len() != masters.len() {
+                tracked.clear();
             }
         }
-    });
+        if tracked.is_empty() || broken.load(Ordering::SeqCst) {
+            drop(tracked);
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        let Some(watch) = weak.upgrade() else { return };
+        watch.ready.store(true, Ordering::SeqCst);
+        drop(watch);
+        let mut checks = 0u32;
+        loop {
+            checks += 1;
+            let ping = checks % PING_EVERY_CHECKS == 0;
+            let answered = runtime.block_on(async {
+                tokio::time::sleep(CHECK_EVERY).await;
+                !ping || ping_all(&mut tracked).await
+            });
+            let Some(watch) = weak.upgrade() else { return };
+            let changed = watch.prefixes_changed.load(Ordering::Acquire) != version
+                || topology(&watch.url).map_or(true, |t| masters_changed(&t, &tracked));
+            if !answered
+                || changed
+                || broken.load(Ordering::SeqCst)
+                || watch.pid.load(Ordering::Acquire) != pid
+            {
+                watch.lost();
+                break;
+            }
+        }
+    }
 }
 
 /// Whether the masters known now differ from those tracked.
-fn masters_changed(
-    servers: &Topology,
-    tracked: &[(Arc<Connector>, MultiplexedConnection)],
-) -> bool {
-    let known = servers.known_nodes();
+fn masters_changed(servers: &Topology, tracked: &[Tracked]) -> bool {
+    let known = servers.known_node_ids();
     known.len() != tracked.len()
         || !known
             .iter()
-            .all(|k| tracked.iter().any(|(t, _)| Arc::ptr_eq(k, t)))
+            .all(|k| tracked.iter().any(|(t, _)| t.as_ptr() as usize == *k))
 }
 
-async fn ping_all(tracked: &mut [(Arc<Connector>, MultiplexedConnection)]) -> bool {
+/// A tracked master and its tracking connection.
+type Tracked = (Weak<Connector>, MultiplexedConnection);
+
+async fn ping_all(tracked: &mut [Tracked]) -> bool {
     for (_, con) in tracked.iter_mut() {
         if redis::cmd("PING").query_async::<()>(con).await.is_err() {
             return false;
@@ -348,15 +361,15 @@ async fn ping_all(tracked: &mut [(Arc<Connector>, MultiplexedConnection)]) -> bo
 /// A RESP3 connection to `node` that receives the invalidations of `prefixes`.
 async fn tracking_connection(
     weak: &Weak<Watch>,
-    node: &Connector,
+    endpoint: &Endpoint,
     prefixes: &[String],
     broken: &Arc<AtomicBool>,
 ) -> Result<MultiplexedConnection, String> {
-    let client = node.endpoint.resp3_client().map_err(|e| e.to_string())?;
+    let client = endpoint.resp3_client().map_err(|e| e.to_string())?;
     let (on_push, flag) = (weak.clone(), broken.clone());
     let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(node.endpoint.connect_timeout))
-        .set_response_timeout(Some(node.endpoint.command_timeout))
+        .set_connection_timeout(Some(endpoint.connect_timeout))
+        .set_response_timeout(Some(endpoint.command_timeout))
         .set_push_sender(move |push: PushInfo| {
             if let Some(w) = on_push.upgrade() {
                 w.on_push(push, &flag);

@@ -44,6 +44,11 @@ impl Sentinel {
         self.master.read().clone()
     }
 
+    /// The address in memory of the master found last (no reference is taken).
+    pub fn known_master_id(&self) -> Option<usize> {
+        self.master.read().as_ref().map(|m| Arc::as_ptr(m) as usize)
+    }
+
     /// The master: the one found last while it is up, else the one the sentinels name.
     pub fn master(&self) -> CacheResult<Arc<Connector>> {
         if let Some(m) = self.known_master() {

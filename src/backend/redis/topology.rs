@@ -90,6 +90,16 @@ impl Topology {
         }
     }
 
+    /// The addresses of [`Topology::known_nodes`] in memory, to compare with: no
+    /// reference is taken (a thread that must not drop the last one asks this).
+    pub fn known_node_ids(&self) -> Vec<usize> {
+        match self {
+            Topology::Single(c) => vec![Arc::as_ptr(c) as usize],
+            Topology::Cluster(c) => c.known_node_ids(),
+            Topology::Sentinel(s) => s.known_master_id().into_iter().collect(),
+        }
+    }
+
     /// Every master: the servers that `SCAN` of the whole keyspace must visit.
     pub fn masters(&self) -> CacheResult<Vec<Arc<Connector>>> {
         match self {
