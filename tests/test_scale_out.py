@@ -414,3 +414,29 @@ def test_the_near_cache_follows_a_sentinel_failover(sentinels: SentinelGroup) ->
     while f(1) != "B":
         assert time.monotonic() < deadline, "a write on the new master did not reach the near copy"
         time.sleep(0.0005)
+
+
+def test_a_url_of_the_wrong_kind_is_a_clear_error(
+    cluster: Cluster, cluster_url: str, redis_url: str
+) -> None:
+    node = cluster.masters()[0]
+    for package, url, words in [
+        ("scale_w1", f"redis://127.0.0.1:{node}/0", "redis+cluster://"),
+        ("scale_w2", redis_url.replace("redis://", "redis+cluster://"), "CLUSTER SLOTS"),
+    ]:
+        cachu.configure(package=package, backend="redis", redis_url=url, on_backend_error="raise")
+
+        @cachu.cache(ttl=60, package=package)
+        def f(x: int) -> int:
+            return x
+
+        @cachu.cache(ttl=60, package=package)
+        async def g(x: int) -> int:
+            return x
+
+        with pytest.raises(cachu.BackendError, match=words.replace("+", r"\+")):
+            for i in range(20):  # some keys of a node's own slots may get through
+                f(i)
+        with pytest.raises(cachu.BackendError, match=words.replace("+", r"\+")):
+            for i in range(20):
+                asyncio.run(g(i))

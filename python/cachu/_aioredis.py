@@ -364,7 +364,13 @@ async def call(
                 continue
             if key is not None and words and words[0] in ("TRYAGAIN", "CLUSTERDOWN", "READONLY"):
                 _resolve_soon(url)
-            raise BackendError(f"Redis at {_redis_endpoint(node)['shown']}: {e}") from None
+            shown = _redis_endpoint(node)["shown"]
+            if key is None and words and words[0] in ("MOVED", "ASK", "CROSSSLOT"):
+                raise BackendError(
+                    f"Redis at {shown} is a node of a Redis Cluster ({e}): "
+                    "use a redis+cluster:// URL"
+                ) from None
+            raise BackendError(f"Redis at {shown}: {e}") from None
         except Exception as e:  # noqa: BLE001 - any other failure is the server's, never the caller's
             if key is not None:
                 _resolve_soon(url)

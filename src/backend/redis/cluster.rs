@@ -49,8 +49,9 @@ impl SlotMap {
 pub struct Cluster {
     pub(crate) layout: Layout,
     map: RwLock<Arc<SlotMap>>,
-    /// When the map was last asked for; held while it is.
-    asked: Mutex<Option<Instant>>,
+    /// When the map was last asked for, and why that failed if it did; held while
+    /// it is asked for.
+    asked: Mutex<(Option<Instant>, Option<String>)>,
 }
 
 impl Cluster {
@@ -58,7 +59,7 @@ impl Cluster {
         Cluster {
             layout,
             map: RwLock::new(Arc::new(SlotMap::empty())),
-            asked: Mutex::new(None),
+            asked: Mutex::new((None, None)),
         }
     }
 
@@ -94,16 +95,22 @@ impl Cluster {
     /// seeds. Skipped if it was asked less than [`REFRESH_EVERY`] ago, unless `now`.
     pub fn refresh(&self, now: bool) -> CacheResult<()> {
         let mut asked = self.asked.lock();
-        if !now && asked.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
-            return Ok(());
+        let known = !self.map.read().owners.is_empty();
+        if asked.0.is_some_and(|at| at.elapsed() < REFRESH_EVERY) && (known || !now) {
+            // Asked a moment ago (perhaps by another thread): what it found stands.
+            return match (&asked.1, known) {
+                (Some(failure), false) => Err(CacheError::Backend(failure.clone())),
+                _ => Ok(()),
+            };
         }
-        if now
-            && asked.is_some_and(|at| at.elapsed() < REFRESH_EVERY)
-            && !self.map.read().owners.is_empty()
-        {
-            return Ok(()); // another thread has just made it
-        }
-        *asked = Some(Instant::now());
+        asked.0 = Some(Instant::now());
+        let failed = self.ask_nodes();
+        asked.1 = failed.as_ref().err().map(ToString::to_string);
+        failed
+    }
+
+    /// One round of [`Cluster::refresh`]: the first node that answers makes the map.
+    fn ask_nodes(&self) -> CacheResult<()> {
         let known = self.map.read().clone();
         let mut candidates: Vec<String> = known.nodes.iter().map(|(a, _)| a.clone()).collect();
         candidates.sort_by_key(|a| {
@@ -133,12 +140,11 @@ impl Cluster {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            CacheError::Backend(format!(
-                "Redis Cluster at {}: no node to ask",
-                self.layout.shown
-            ))
-        }))
+        Err(CacheError::Backend(format!(
+            "Redis Cluster at {}: no node answered CLUSTER SLOTS (last: {})",
+            self.layout.shown,
+            last.map_or_else(|| "no node to ask".to_owned(), |e| e.to_string())
+        )))
     }
 
     /// The map of a `CLUSTER SLOTS` reply of the node at `asked`.

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use super::cluster::Cluster;
-use super::connector::{connector, Connector};
+use super::connector::{connector, Connector, Fault};
 use super::layout::{Layout, Shape};
 use super::op::send;
 pub use super::op::Op;
@@ -67,7 +67,15 @@ impl Topology {
     /// `op`, sent where `key` lives (any master for a request without a key).
     pub fn query(&self, key: Option<&str>, op: &Op) -> CacheResult<Value> {
         match self {
-            Topology::Single(c) => c.run(async |con| send(con, op, false).await),
+            Topology::Single(c) => c
+                .run_raw(async |con| send(con, op, false).await)
+                .map_err(|fault| match fault {
+                    Fault::Reply(e) if is_cluster_reply(&e) => CacheError::Backend(format!(
+                        "Redis at {} is a node of a Redis Cluster ({e}): use a redis+cluster:// URL",
+                        c.endpoint.shown
+                    )),
+                    other => other.into_error(&c.endpoint.shown),
+                }),
             Topology::Cluster(c) => c.query(key, op),
             Topology::Sentinel(s) => s.query(op),
         }
@@ -166,4 +174,11 @@ impl Topology {
             Topology::Single(c) => Ok(c.clone()),
         }
     }
+}
+
+/// Whether a single server's reply says that it is a cluster node: a redirection, or
+/// a refusal of keys of several slots.
+fn is_cluster_reply(e: &redis::RedisError) -> bool {
+    e.redirect_node().is_some()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
 }
