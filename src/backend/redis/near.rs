@@ -56,6 +56,9 @@ pub struct Watch {
     url: String,
     /// Whether every master is tracked now.
     ready: AtomicBool,
+    /// Forgotten ([`forget_watches`]): its thread ends, its tiers never serve again
+    /// (the regions that hold it are forgotten too; new ones have a new watch).
+    stopped: AtomicBool,
     /// Bumped by every flush.
     generation: AtomicU64,
     epochs: Box<[AtomicU64]>,
@@ -82,6 +85,7 @@ pub fn watch(url: &str) -> CacheResult<Arc<Watch>> {
     let made = Arc::new(Watch {
         url: url.to_owned(),
         ready: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
         generation: AtomicU64::new(0),
         epochs: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         tiers: Mutex::new(Vec::new()),
@@ -97,7 +101,8 @@ pub fn watch(url: &str) -> CacheResult<Arc<Watch>> {
 pub fn forget_watches() {
     let all: Vec<Arc<Watch>> = WATCHES.lock().drain().map(|(_, w)| w).collect();
     for w in &all {
-        w.flush();
+        w.stopped.store(true, Ordering::SeqCst);
+        w.lost();
     }
 }
 
@@ -139,6 +144,9 @@ impl Watch {
     /// Starts the tracking thread in this process if none runs (first use, or a child
     /// of `fork()`, which has the parent's copies but not its thread: flushed).
     fn ensure_tracking(self: &Arc<Self>) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let me = crate::process::pid();
         let was = self.pid.load(Ordering::Acquire);
         if was == me
@@ -275,7 +283,7 @@ fn track(weak: &Weak<Watch>, pid: u32) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(watch) = weak.upgrade() else { return };
-        if watch.pid.load(Ordering::Acquire) != pid {
+        if watch.pid.load(Ordering::Acquire) != pid || watch.stopped.load(Ordering::Acquire) {
             return;
         }
         let version = watch.prefixes_changed.load(Ordering::Acquire);
@@ -313,6 +321,10 @@ fn track(weak: &Weak<Watch>, pid: u32) {
         backoff = Duration::from_millis(50);
         let Some(watch) = weak.upgrade() else { return };
         watch.ready.store(true, Ordering::SeqCst);
+        if watch.stopped.load(Ordering::SeqCst) {
+            watch.lost(); // forgotten while connecting
+            return;
+        }
         drop(watch);
         let mut checks = 0u32;
         loop {
@@ -327,6 +339,7 @@ fn track(weak: &Weak<Watch>, pid: u32) {
                 || topology(&watch.url).map_or(true, |t| masters_changed(&t, &tracked));
             if !answered
                 || changed
+                || watch.stopped.load(Ordering::Acquire)
                 || broken.load(Ordering::SeqCst)
                 || watch.pid.load(Ordering::Acquire) != pid
             {
