@@ -352,7 +352,7 @@ def make_tls_files(directory: Path) -> dict[str, str]:
         "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
         "authorityKeyIdentifier=keyid\n"
     )
 

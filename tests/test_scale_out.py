@@ -440,3 +440,37 @@ def test_a_url_of_the_wrong_kind_is_a_clear_error(
         with pytest.raises(cachu.BackendError, match=words.replace("+", r"\+")):
             for i in range(20):
                 asyncio.run(g(i))
+
+
+def test_a_cluster_over_tls_with_a_password(tmp_path: Path) -> None:
+    from conftest import make_tls_files
+
+    tls = make_tls_files(tmp_path)
+    c = Cluster(tmp_path / "tls", replicas=0, tls=tls, password="s3cret-pw")
+    try:
+        assert c.url.startswith("rediss+cluster://:s3cret-pw@")
+        configure_redis_package("scale_tls", c.url)
+        runs: list[int] = []
+
+        @cachu.cache(ttl=60, package="scale_tls")
+        def f(x: int) -> int:
+            runs.append(x)
+            return x * 2
+
+        @cachu.cache(ttl=60, package="scale_tls")
+        async def g(x: int) -> int:
+            runs.append(x)
+            return x * 3
+
+        async def twice() -> list[int]:
+            return [await g(i) for i in range(20)] + [await g(i) for i in range(20)]
+
+        assert [f(i) for i in range(20)] * 2 == [f(i) for i in range(20)] + [
+            f(i) for i in range(20)
+        ]
+        assert asyncio.run(twice()) == [i * 3 for i in range(20)] * 2
+        assert len(runs) == 40
+        assert len(c.all_keys()) == 40
+        assert cachu.cache_clear(package="scale_tls") == 40
+    finally:
+        c.stop()

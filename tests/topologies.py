@@ -68,8 +68,16 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
 class Node:
     """One redis-server (or sentinel) process that a test may kill and start again."""
 
-    def __init__(self, workdir: Path, port: int, args: list[str], binary: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        args: list[str],
+        binary: str,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         self.workdir, self.port, self.args, self.binary = workdir, port, args, binary
+        self.client_options = client_options or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -99,20 +107,45 @@ class Node:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=5, **self.client_options
+        )
 
 
-def _server_args(port: int, *extra: str) -> list[str]:
-    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra]
+def _server_args(port: int, *extra: str, tls: dict[str, str] | None = None) -> list[str]:
+    ports = ["--port", str(port)]
+    if tls:
+        ports = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls["cert"]]
+        ports += ["--tls-key-file", tls["key"], "--tls-ca-cert-file", tls["ca"]]
+        ports += ["--tls-auth-clients", "no", "--tls-cluster", "yes", "--tls-replication", "yes"]
+    return [*ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra]
 
 
 class Cluster:
-    """``masters`` masters, each with ``replicas`` replicas."""
+    """``masters`` masters, each with ``replicas`` replicas; over TLS with ``tls`` (the
+    files of ``make_tls_files``), with a password if given."""
 
-    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1) -> None:
-        binary = redis_server_binary()
+    def __init__(
+        self,
+        workdir: Path,
+        masters: int = 3,
+        replicas: int = 1,
+        tls: dict[str, str] | None = None,
+        password: str | None = None,
+    ) -> None:
+        binary = redis_server_binary(tls=tls is not None)
         cli = _tool("redis-cli")
-        self.workdir = workdir
+        self.workdir, self.tls, self.password = workdir, tls, password
+        options: dict[str, Any] = {}
+        cli_options: list[str] = []
+        auth: list[str] = []
+        if tls:
+            options.update(ssl=True, ssl_ca_certs=tls["ca"])
+            cli_options += ["--tls", "--cacert", tls["ca"]]
+        if password:
+            options["password"] = password
+            cli_options += ["-a", password, "--no-auth-warning"]
+            auth = ["--requirepass", password, "--masterauth", password]
         ports = cluster_ports(masters * (1 + replicas))
         self.nodes: dict[int, Node] = {}
         for port in ports:
@@ -130,19 +163,38 @@ class Cluster:
                 "1000",
                 "--cluster-replica-validity-factor",
                 "0",
+                *auth,
+                tls=tls,
             )
-            self.nodes[port] = Node(d, port, args, binary)
-        create = [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
-        create += ["--cluster-replicas", str(replicas), "--cluster-yes"]
-        done = subprocess.run(create, capture_output=True, text=True, timeout=60)
-        if done.returncode != 0:
-            pytest.fail(f"redis-cli --cluster create failed:\n{done.stdout}\n{done.stderr}")
+            self.nodes[port] = Node(d, port, args, binary, options)
+        if tls:
+            self._join_by_hand(ports)  # Debian's redis-cli speaks no TLS
+        else:
+            create = [cli, *cli_options, "--cluster", "create"]
+            create += [f"127.0.0.1:{p}" for p in ports]
+            create += ["--cluster-replicas", str(replicas), "--cluster-yes"]
+            done = subprocess.run(create, capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                pytest.fail(f"redis-cli --cluster create failed:\n{done.stdout}\n{done.stderr}")
         self.wait_ok()
+
+    def _join_by_hand(self, ports: list[int]) -> None:
+        """Masters only: each takes an equal share of the slots, then all meet."""
+        share = 16384 // len(ports)
+        for i, port in enumerate(ports):
+            last = 16383 if i == len(ports) - 1 else (i + 1) * share - 1
+            self.nodes[port].client().execute_command("CLUSTER", "ADDSLOTSRANGE", i * share, last)
+        first = self.nodes[ports[0]].client()
+        for port in ports[1:]:
+            first.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
 
     @property
     def url(self) -> str:
         seeds = ",".join(f"127.0.0.1:{p}" for p in list(self.nodes)[:2])
-        return f"redis+cluster://{seeds}/0"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss+cluster://{auth}{seeds}/0?ssl_ca_certs={self.tls['ca']}"
+        return f"redis+cluster://{auth}{seeds}/0"
 
     def wait_ok(self, timeout: float = 30) -> None:
         """Until every live node says the cluster is ok and agrees on all slots."""
@@ -184,7 +236,8 @@ class Cluster:
     def client(self) -> Any:
         from redis.cluster import ClusterNode, RedisCluster
 
-        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.masters()])
+        nodes = [ClusterNode("127.0.0.1", p) for p in self.masters()]
+        return RedisCluster(startup_nodes=nodes, **next(iter(self.nodes.values())).client_options)
 
     def all_keys(self) -> set[bytes]:
         keys: set[bytes] = set()

@@ -368,7 +368,7 @@ async def call(
             if key is None and words and words[0] in ("MOVED", "ASK", "CROSSSLOT"):
                 raise BackendError(
                     f"Redis at {shown} is a node of a Redis Cluster ({e}): "
-                    "use a redis+cluster:// URL"
+                    "its URL is a redis+cluster:// one"
                 ) from None
             raise BackendError(f"Redis at {shown}: {e}") from None
         except Exception as e:  # noqa: BLE001 - any other failure is the server's, never the caller's

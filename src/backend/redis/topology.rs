@@ -71,7 +71,7 @@ impl Topology {
                 .run_raw(async |con| send(con, op, false).await)
                 .map_err(|fault| match fault {
                     Fault::Reply(e) if is_cluster_reply(&e) => CacheError::Backend(format!(
-                        "Redis at {} is a node of a Redis Cluster ({e}): use a redis+cluster:// URL",
+                        "Redis at {} is a node of a Redis Cluster ({e}): its URL is a redis+cluster:// one",
                         c.endpoint.shown
                     )),
                     other => other.into_error(&c.endpoint.shown),
@@ -160,7 +160,7 @@ impl Topology {
         match self {
             Topology::Cluster(c) => c.patch(slot, address),
             _ => Err(CacheError::Backend(format!(
-                "Redis at {} redirected a request ({slot} {address}): it is a cluster node; use a redis+cluster:// URL",
+                "Redis at {} redirected a request ({slot} {address}): it is a cluster node, whose URL is a redis+cluster:// one",
                 self.shown()
             ))),
         }
