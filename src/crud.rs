@@ -124,7 +124,7 @@ pub fn cache_clear(
                 let url = config::config_of(package).redis_endpoint_url();
                 let pat = pattern.clone();
                 let pkg = package.map(str::to_owned);
-                total += py.detach(|| {
+                total += crate::exit::detach(py, || {
                     backend::redis::clear_package(&url, pkg.as_deref(), pat.as_deref())
                 })?;
                 for b in targets.iter().filter(|b| b.kind == BackendKind::Redis) {

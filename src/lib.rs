@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod crud;
 pub mod errors;
+pub mod exit;
 pub mod flight;
 pub mod flow;
 pub mod function;
@@ -45,6 +46,8 @@ mod _cachu {
         cache_clear, cache_delete, cache_get, cache_info, cache_set, clear_all_backends,
         clear_backends,
     };
+    #[pymodule_export]
+    use crate::exit::_at_exit;
     #[pymodule_export]
     use crate::function::aio::AsyncCachedFunction;
     #[pymodule_export]

@@ -58,7 +58,7 @@ pub fn driven_by_caller() -> std::io::Result<Runtime> {
 #[pyfunction]
 pub fn _shutdown_runtime(py: Python<'_>) {
     if let Some(rt) = RUNTIME.take() {
-        py.detach(|| {
+        crate::exit::detach(py, || {
             if let Ok(rt) = Arc::try_unwrap(rt) {
                 rt.shutdown_timeout(std::time::Duration::from_secs(1));
             }

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -215,3 +216,42 @@ def test_a_lower_memory_maxsize_applies_at_once():
     assert cachu.cache_info(f).currsize <= 1000
     f(5000)
     assert cachu.cache_info(f).currsize <= 1000
+
+
+EXIT_WITH_A_DAEMON = """
+import sys, threading, time, cachu
+backend, where, url, follow, nap = sys.argv[1:6]
+cachu.configure(backend=backend, file_dir=where, redis_url=url, lock_timeout=10)
+
+@cachu.cache(ttl=300)
+def f(x):
+    time.sleep(float(nap))
+    return x
+
+threading.Thread(target=f, args=(1,), daemon=True).start()
+time.sleep(0.2)
+print(f(1) if follow == "1" else "left")
+"""
+
+
+@pytest.mark.parametrize("backend", ["memory", "file", "redis"])
+@pytest.mark.parametrize(
+    ("follow", "nap"),
+    [("1", "0.6"), ("0", "0.4"), ("0", "5")],
+    ids=["main-follows-the-daemon", "daemon-finishing-at-exit", "daemon-left-computing"],
+)
+def test_the_interpreter_exits_cleanly_with_a_daemon_thread_in_a_cached_call(
+    backend: str, follow: str, nap: str, tmp_path, redis_url: str
+) -> None:
+    """A daemon thread inside a call (computing, storing, releasing its lease) when the
+    interpreter exits: the process ends normally, without waiting for a long one."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_WITH_A_DAEMON, backend, str(tmp_path), redis_url, follow, nap],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == ("1" if follow == "1" else "left")
+    assert time.monotonic() - started < 4.5, "the exit waited for the daemon's computation"

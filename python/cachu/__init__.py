@@ -102,3 +102,16 @@ __all__ = [
     "metrics",
     "presets",
 ]
+
+
+def _register_exit_hook() -> None:
+    """Daemon threads inside a cached call at interpreter exit: see ``src/exit.rs``."""
+    import atexit
+
+    from cachu._cachu import _at_exit
+
+    atexit.register(_at_exit)
+
+
+_register_exit_hook()
+del _register_exit_hook

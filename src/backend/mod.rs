@@ -126,7 +126,7 @@ impl Backend {
     ) -> T {
         use std::sync::atomic::Ordering::Relaxed;
         let started = std::time::Instant::now();
-        let out = py.detach(f);
+        let out = crate::exit::detach(py, f);
         self.io_ops.fetch_add(1, Relaxed);
         self.io_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
@@ -643,7 +643,7 @@ fn decode_or_discard<'py>(
         Decoded::Value(v, stamp) => Some((v, stamp)),
         Decoded::Miss => None,
         Decoded::Corrupt => {
-            let _ = py.detach(|| store.discard_corrupt(key, data, created));
+            let _ = crate::exit::detach(py, || store.discard_corrupt(key, data, created));
             None
         }
     }

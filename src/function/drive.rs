@@ -35,7 +35,7 @@ pub(crate) fn sleep_interruptibly(py: Python<'_>, nap: Duration) -> PyResult<()>
         if left.is_zero() {
             return Ok(());
         }
-        py.detach(|| std::thread::sleep(left.min(SIGNAL_SLICE)));
+        crate::exit::detach(py, || std::thread::sleep(left.min(SIGNAL_SLICE)));
         py.check_signals()?;
     }
 }
@@ -50,7 +50,7 @@ fn wait_interruptibly(
     let until = Instant::now() + wait;
     loop {
         let slice = (Instant::now() + SIGNAL_SLICE).min(until);
-        match py.detach(|| flight.wait_until(slice)) {
+        match crate::exit::detach(py, || flight.wait_until(slice)) {
             Waited::TimedOut if Instant::now() < until => py.check_signals()?,
             waited => return Ok(waited),
         }
@@ -212,6 +212,7 @@ impl Call {
         let h = handoff.clone();
         let taken = background::submit(move || {
             // At interpreter exit the computation is dropped.
+            crate::exit::park_if_left_behind();
             let _ = Python::try_attach(|py| h.finish(job.run(py)));
         });
         if !taken {
@@ -220,7 +221,7 @@ impl Call {
         let until = Instant::now() + left;
         loop {
             let slice = (Instant::now() + SIGNAL_SLICE).min(until);
-            match py.detach(|| handoff.wait_until(slice)) {
+            match crate::exit::detach(py, || handoff.wait_until(slice)) {
                 background::Waited::Done(outcome) => return Ok(Ok(outcome)),
                 background::Waited::Running if Instant::now() < until => py.check_signals()?,
                 background::Waited::Running => return Ok(Err(handoff)),
@@ -252,6 +253,7 @@ pub(crate) fn refresh_later(py: Python<'_>, mut call: Call, created_at: f64) -> 
     let flow = Flow::start(call.r.refresh_policy(&call.backend));
     // A full queue drops the refresh (and its hold on the key): a later call asks again.
     background::submit(move || {
+        crate::exit::park_if_left_behind();
         let _ = Python::try_attach(|py| {
             if let Err(e) = drive(py, call, flow, Gathered::default()) {
                 e.write_unraisable(py, None);
@@ -264,6 +266,7 @@ pub(crate) fn refresh_later(py: Python<'_>, mut call: Call, created_at: f64) -> 
 /// Runs the call flow from `flow` with blocking I/O.
 #[inline]
 pub(crate) fn run(py: Python<'_>, call: Call, flow: Flow) -> PyResult<Bound<'_, PyAny>> {
+    let _counted = crate::exit::InFlow::enter();
     drive(py, call, flow, Gathered::default())
 }
 
@@ -377,6 +380,7 @@ fn drive(
                                 got.fallback.take().expect("a soft timeout has a fallback");
                             this.served_fallback(py, key, None);
                             handoff.leave(move |outcome| {
+                                crate::exit::park_if_left_behind();
                                 let _ = Python::try_attach(|py| {
                                     let answer = got.computed(py, outcome, took());
                                     flow.answer(answer);

@@ -138,7 +138,7 @@ pub fn _redis_node(
     if !resolve {
         return Ok(None);
     }
-    py.detach(|| servers.resolve())?;
+    crate::exit::detach(py, || servers.resolve())?;
     Ok(servers.node_of(key).map(|n| n.url.clone()))
 }
 
@@ -147,7 +147,7 @@ pub fn _redis_node(
 #[pyfunction]
 pub fn _redis_resolve(py: Python<'_>, url: &str) -> PyResult<()> {
     let servers = topology(url)?;
-    Ok(py.detach(|| servers.resolve())?)
+    Ok(crate::exit::detach(py, || servers.resolve())?)
 }
 
 /// A cluster of `url` redirected a request: `MOVED` (the slot map learns that
