@@ -281,6 +281,53 @@ impl KeyPlan {
         Ok(())
     }
 
+    /// A call of positional arguments and keywords as the interpreter passes them
+    /// (`names`, and their `values`), when every keyword names a positional parameter
+    /// that no positional argument gave: written as [`KeyPlan::write_positional`]
+    /// writes, without a dict. `false` (nothing written) for any other call.
+    pub fn write_keywords<'py>(
+        &self,
+        py: Python<'py>,
+        out: &mut String,
+        args: &[Bound<'py, PyAny>],
+        names: &Bound<'py, PyTuple>,
+        values: &[Bound<'py, PyAny>],
+    ) -> PyResult<bool> {
+        const MOST: usize = 16;
+        if self.positional.len() > MOST || args.len() > self.positional.len() {
+            return Ok(false);
+        }
+        let mut given: [Option<&Bound<'py, PyAny>>; MOST] = [None; MOST];
+        for (name, value) in names.iter().zip(values) {
+            let Ok(name) = name.cast::<PyString>() else {
+                return Ok(false);
+            };
+            let name = name.to_str()?;
+            let Some(i) = self.positional.iter().position(|p| p.name == name) else {
+                return Ok(false); // a keyword-only or unknown name, or a flag
+            };
+            if i < args.len() || given[i].is_some() {
+                return Ok(false); // given twice: the call raises as Python's would
+            }
+            given[i] = Some(value);
+        }
+        let mut first = true;
+        for &i in &self.sorted {
+            let param = &self.positional[i];
+            let value = if let Some(arg) = args.get(i) {
+                arg
+            } else if let Some(v) = given[i] {
+                v
+            } else if let Some(d) = &param.default {
+                d.bind(py)
+            } else {
+                continue;
+            };
+            self.write_pair(out, &param.name, value, &mut first)?;
+        }
+        Ok(true)
+    }
+
     /// Every other call: bind as `inspect` would, later bindings replacing earlier ones.
     #[cold]
     fn write_general(

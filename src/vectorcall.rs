@@ -10,8 +10,10 @@
 //! `tp_call`, 14 ns through vectorcall.
 //!
 //! Positional calls (`f(123)`, the common case) reach [`FastCall::call_positional`]
-//! with the interpreter's array as a slice; calls with keywords are packed as the
-//! interpreter packs them and handed to the type's `tp_call`.
+//! with the interpreter's array as a slice; calls with keywords reach
+//! [`FastCall::call_keywords`] with the array and the names, and unless answered there
+//! (a hit), are packed as the interpreter packs them and handed to the type's
+//! `tp_call`.
 
 use pyo3::ffi;
 use pyo3::panic::PanicException;
@@ -25,6 +27,18 @@ pub trait FastCall: PyClass + Sync {
         slf: &Bound<'py, Self>,
         args: &[Bound<'py, PyAny>],
     ) -> PyResult<Bound<'py, PyAny>>;
+
+    /// A call with keywords (`names`, and their `values` after the positional `args`),
+    /// answered without packing them if it can be (a hit); `None`: pack them for
+    /// `tp_call`.
+    fn call_keywords<'py>(
+        _slf: &Bound<'py, Self>,
+        _args: &[Bound<'py, PyAny>],
+        _names: &Bound<'py, pyo3::types::PyTuple>,
+        _values: &[Bound<'py, PyAny>],
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        Ok(None)
+    }
 }
 
 /// The vectorcall entry of `T`, for its instances' entry field.
@@ -44,9 +58,11 @@ pub unsafe extern "C" fn entry<T: FastCall>(
     // value per name of `kwnames` (a tuple, or NULL), all borrowed for the call.
     unsafe {
         let nargs = ffi::PyVectorcall_NARGS(nargsf) as usize;
-        if !kwnames.is_null() && ffi::PyTuple_GET_SIZE(kwnames) > 0 {
-            return call_with_keywords(callable, args, nargs, kwnames);
-        }
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames) as usize
+        };
         // The GIL is held; attaching tells pyo3 so, so that what the call drops is
         // released at once (`assume_attached` would queue it for later: one reference
         // per hit). Unchecked: the checked `attach` panics while the interpreter is
@@ -55,16 +71,29 @@ pub unsafe extern "C" fn entry<T: FastCall>(
         Python::attach_unchecked(|py| {
             // `Bound<PyAny>` has the layout of an object pointer: the array is a slice
             // of them, borrowed for as long as the call.
-            let all: &[Bound<'_, PyAny>] = if nargs == 0 {
+            let all: &[Bound<'_, PyAny>] = if nargs + nkw == 0 {
                 &[]
             } else {
-                std::slice::from_raw_parts(args.cast::<Bound<'_, PyAny>>(), nargs)
+                std::slice::from_raw_parts(args.cast::<Bound<'_, PyAny>>(), nargs + nkw)
             };
             // After a panic nothing of this call is used again: it becomes the
             // caller's `PanicException`.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let slf = Borrowed::from_ptr(py, callable).cast_unchecked::<T>();
-                T::call_positional(&slf, all).map(Bound::into_ptr)
+                if nkw == 0 {
+                    return T::call_positional(&slf, all).map(Bound::into_ptr);
+                }
+                let names =
+                    Borrowed::from_ptr(py, kwnames).cast_unchecked::<pyo3::types::PyTuple>();
+                if let Some(v) = T::call_keywords(&slf, &all[..nargs], &names, &all[nargs..])? {
+                    return Ok(v.into_ptr());
+                }
+                let packed = call_with_keywords(callable, args, nargs, kwnames);
+                if packed.is_null() {
+                    Err(PyErr::fetch(py))
+                } else {
+                    Ok(packed)
+                }
             }));
             match outcome {
                 Ok(Ok(ptr)) => ptr,

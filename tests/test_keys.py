@@ -258,3 +258,46 @@ def test_floats_and_tuples_are_written_as_repr_writes_them():
     ]
     for v in values:
         assert f.cache_key(v) == f"1m:f|x={v!r}", v
+
+
+def test_keyword_calls_are_keyed_as_the_packed_call_keys_them():
+    """Keywords read from the interpreter's call (a hit answered without a dict) give
+    the key of the same call packed: one entry per distinct call, errors unchanged."""
+    import pytest
+
+    runs = []
+
+    @cachu.cache(ttl=300, package="kwfast", exclude={"verbose"})
+    def f(k, region="eu-west-1", flags=(), verbose=False, *, mode="a"):
+        runs.append((k, region, flags, mode))
+        return (k, region, flags, mode)
+
+    shapes = [
+        ((1,), {}),
+        ((1,), {"flags": ("beta", 2)}),
+        ((1, "eu-west-1"), {"flags": ("beta", 2)}),
+        ((), {"k": 1, "region": "eu-west-1", "flags": ("beta", 2)}),
+        ((), {"flags": ("beta", 2), "k": 1}),
+        ((1,), {"verbose": True, "flags": ("beta", 2)}),
+        ((1,), {"mode": "b"}),
+        ((1,), {"region": "us-east-1"}),
+        ((2.5,), {"flags": frozenset({1})}),
+    ]
+    keys = [f.cache_key(*a, **kw) for a, kw in shapes]
+    for _ in range(3):
+        for a, kw in shapes:
+            assert f(*a, **kw) == (
+                kw.get("k", a[0] if a else None),
+                kw.get("region", a[1] if len(a) > 1 else "eu-west-1"),
+                kw.get("flags", ()),
+                kw.get("mode", "a"),
+            )
+    assert len(runs) == len(set(keys)) == 5, (runs, keys)
+    info = cachu.cache_info(f)
+    assert info.hits == 3 * len(shapes) - len(runs)
+    with pytest.raises(TypeError):
+        f(1, k=2)
+    with pytest.raises(TypeError):
+        f(1, nope=3)
+    with pytest.raises(TypeError):
+        f(1, region="a", **{"region2": 1})

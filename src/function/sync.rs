@@ -132,6 +132,40 @@ impl FastCall for CachedFunction {
         }
         Self::call_packed(slf, &PyTuple::new(py, args)?, None)
     }
+
+    /// `f(k, 'eu-west-1', flags=('beta', 2))`: a hit keyed from the interpreter's array
+    /// and the keywords' names, when every keyword names a positional parameter (no
+    /// flag, no `validate=`, no freshness controls to judge); any other call, and a
+    /// miss, is packed and taken by [`CachedFunction::call_packed`].
+    #[inline]
+    fn call_keywords<'py>(
+        slf: &Bound<'py, Self>,
+        args: &[Bound<'py, PyAny>],
+        names: &Bound<'py, PyTuple>,
+        values: &[Bound<'py, PyAny>],
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let this = slf.get();
+        let py = slf.py();
+        if this.is_off() || this.validate.is_some() {
+            return Ok(None);
+        }
+        let r = this.resolve_here();
+        let Ok(backend) = &r.backend else {
+            return Ok(None);
+        };
+        if r.rules.is_on() || (backend.has_leases() && !backend.has_near()) {
+            return Ok(None);
+        }
+        let mut key = crate::key::KeyBuf::take();
+        key.0.push_str(&r.head);
+        if !this
+            .plan
+            .write_keywords(py, &mut key.0, args, names, values)?
+        {
+            return Ok(None);
+        }
+        this.hit(py, &r, backend, &key, CallArgs { args, kwargs: None })
+    }
 }
 
 /// An optional default, the positional arguments and the keyword arguments without it.
