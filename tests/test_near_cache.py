@@ -92,6 +92,22 @@ def _finish(reader: subprocess.Popen[str], control: Any, last: int) -> dict[str,
     return result
 
 
+def _writer_and_reader(
+    url: str, server: RedisServer, mode: str, f: Any, first: int
+) -> tuple[Any, subprocess.Popen[str]]:
+    """This process writes `f(1)` of package ``near_w`` (the reader's `f(1)`: the same
+    key, neither has a key prefix); the reader has seen version ``first`` and serves
+    from its near cache."""
+    control = server.client()
+    control.delete("ack", "stop", "reader")
+    cachu.configure(package="near_w", backend="redis", redis_url=url)
+    reader = _start_reader(url, mode, server.url)
+    f.set(_value(first), 1)
+    _wait_ack(control, first, timeout=20)
+    time.sleep(0.5)  # its tracking connection is up
+    return control, reader
+
+
 @pytest.fixture(params=["single", "cluster"])
 def near_url(request: Any) -> str:
     if request.param == "cluster":
@@ -104,20 +120,13 @@ def test_writes_of_another_process_reach_the_near_copies_within_50_ms(
     near_url: str, redis_server: RedisServer, mode: str
 ) -> None:
     """1,000 `.set`s here, each seen by the reader before the next: p99 of the delay."""
-    control = redis_server.client()
-    control.delete("ack", "stop", "reader")
-    cachu.configure(package="near_w", backend="redis", redis_url=near_url)
+    version = [-1]
 
     @cachu.cache(ttl=300, package="near_w")
     def f(x: int) -> dict[str, Any]:
-        return {"v": -1, "t": 0.0}
+        return _value(version[0])
 
-    # The reader's function is `f(1)` of another package without a key prefix: the
-    # same key as ours.
-    reader = _start_reader(near_url, mode, redis_server.url)
-    f.set(_value(0), 1)
-    _wait_ack(control, 0, timeout=20)
-    time.sleep(0.5)  # its tracking connection is up: it serves from its near cache
+    control, reader = _writer_and_reader(near_url, redis_server, mode, f, 0)
     changes = 1000
     for version in range(1, changes + 1):
         f.set(_value(version), 1)
@@ -138,19 +147,13 @@ def test_writes_of_another_process_reach_the_near_copies_within_50_ms(
 def test_every_kind_of_change_reaches_the_other_process(
     redis_url: str, redis_server: RedisServer, change: str
 ) -> None:
-    control = redis_server.client()
-    control.delete("ack", "stop", "reader")
-    cachu.configure(package="near_w", backend="redis", redis_url=redis_url)
     version = [1]
 
     @cachu.cache(ttl=300, package="near_w")
     def f(x: int) -> dict[str, Any]:
         return _value(version[0])
 
-    reader = _start_reader(redis_url, "sync", redis_server.url)
-    f.set(_value(1), 1)
-    _wait_ack(control, 1, timeout=20)
-    time.sleep(0.5)
+    control, reader = _writer_and_reader(redis_url, redis_server, "sync", f, 1)
     version[0] = 2
     if change == "set":
         f.set(_value(2), 1)

@@ -202,15 +202,19 @@ impl Watch {
     /// the near copies go.
     pub fn invalidate(&self, key: &str) {
         self.epochs[bucket_of(key)].fetch_add(1, Ordering::SeqCst);
-        let tiers: Vec<Arc<MemoryStore<Stored>>> = self
-            .tiers
+        for t in self.live_tiers() {
+            drop(t.remove(key));
+        }
+    }
+
+    /// The near tiers still in use, taken out of the lock (removing values drops
+    /// them, which is not done under it).
+    fn live_tiers(&self) -> Vec<Arc<MemoryStore<Stored>>> {
+        self.tiers
             .lock()
             .iter()
             .filter_map(|(_, t)| t.upgrade())
-            .collect();
-        for t in tiers {
-            drop(t.remove(key));
-        }
+            .collect()
     }
 
     /// Reads under older tickets fill nothing.
@@ -222,13 +226,7 @@ impl Watch {
     pub fn flush(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        let tiers: Vec<Arc<MemoryStore<Stored>>> = self
-            .tiers
-            .lock()
-            .iter()
-            .filter_map(|(_, t)| t.upgrade())
-            .collect();
-        for t in tiers {
+        for t in self.live_tiers() {
             drop(t.remove_matching(|_| true));
         }
     }
