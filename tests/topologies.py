@@ -148,26 +148,38 @@ class Cluster:
             auth = ["--requirepass", password, "--masterauth", password]
         ports = cluster_ports(masters * (1 + replicas))
         self.nodes: dict[int, Node] = {}
-        for port in ports:
-            d = workdir / str(port)
-            d.mkdir(parents=True)
-            args = _server_args(
-                port,
-                "--dir",
-                str(d),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-replica-validity-factor",
-                "0",
-                *auth,
-                tls=tls,
-            )
-            self.nodes[port] = Node(d, port, args, binary, options)
-        if tls:
+        try:
+            for port in ports:
+                self._start_node(workdir, port, binary, auth, options)
+            self._join(cli, ports, replicas, cli_options)
+        except BaseException:
+            self.stop()  # a cluster that did not form leaves no server behind
+            raise
+
+    def _start_node(
+        self, workdir: Path, port: int, binary: str, auth: list[str], options: dict[str, Any]
+    ) -> None:
+        d = workdir / str(port)
+        d.mkdir(parents=True)
+        args = _server_args(
+            port,
+            "--dir",
+            str(d),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-replica-validity-factor",
+            "0",
+            *auth,
+            tls=self.tls,
+        )
+        self.nodes[port] = Node(d, port, args, binary, options)
+
+    def _join(self, cli: str, ports: list[int], replicas: int, cli_options: list[str]) -> None:
+        if self.tls:
             self._join_by_hand(ports)  # Debian's redis-cli speaks no TLS
         else:
             create = [cli, *cli_options, "--cluster", "create"]
@@ -264,6 +276,14 @@ class SentinelGroup:
         sentinel = _tool("redis-sentinel")
         ports = cluster_ports(5)
         self.data: list[Node] = []
+        self.sentinels: list[Node] = []
+        try:
+            self._start(workdir, binary, sentinel, ports)
+        except BaseException:
+            self.stop()  # a group that did not form leaves no server behind
+            raise
+
+    def _start(self, workdir: Path, binary: str, sentinel: str, ports: list[int]) -> None:
         for i, port in enumerate(ports[:2]):
             d = workdir / f"data-{port}"
             d.mkdir(parents=True)
@@ -271,7 +291,6 @@ class SentinelGroup:
             if i == 1:
                 extra += ["--replicaof", "127.0.0.1", str(ports[0])]
             self.data.append(Node(d, port, _server_args(port, *extra), binary))
-        self.sentinels: list[Node] = []
         for port in ports[2:]:
             d = workdir / f"sentinel-{port}"
             d.mkdir(parents=True)
