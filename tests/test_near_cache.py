@@ -328,3 +328,39 @@ def test_near_cache_options_are_checked() -> None:
             cachu.configure(package="near_bad", **{name: value})
     cfg = cachu.configure(package="near_ok", near_cache=True, near_cache_maxsize=7)
     assert (cfg.near_cache, cfg.near_cache_maxsize) == (True, 7)
+
+
+def test_a_forked_child_starts_its_own_tracking(redis_url: str, redis_server: RedisServer) -> None:
+    """A child of fork() has the parent's near copies but not its tracking thread: it
+    serves none of them until its own tracking connection is up, and then sees writes."""
+    import os
+
+    cachu.configure(package="near_f", backend="redis", redis_url=redis_url, near_cache=True)
+
+    @cachu.cache(ttl=300, package="near_f")
+    def f(x: int) -> str:
+        return "computed"
+
+    f.set("A", 1)
+    _near_ready(f, 1)
+    client = redis_server.client()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            client.set("5m:f|x=1", _pickled("B"))  # while no tracking of its own is up
+            first = f(1)
+            _near_ready(f, 1)
+            client.set("5m:f|x=1", _pickled("C"))
+            deadline = time.monotonic() + 0.05
+            while f(1) != "C" and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            os.write(write, f"{first} {f(1)}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    got = os.read(read, 100).decode()
+    assert os.WEXITSTATUS(status) == 0 and got == "B C", got
