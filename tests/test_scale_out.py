@@ -474,3 +474,33 @@ def test_a_cluster_over_tls_with_a_password(tmp_path: Path) -> None:
         assert cachu.cache_clear(package="scale_tls") == 40
     finally:
         c.stop()
+
+
+def test_sentinel_over_tls(tmp_path: Path) -> None:
+    from conftest import make_tls_files
+
+    group = SentinelGroup(tmp_path / "s", tls=make_tls_files(tmp_path))
+    try:
+        assert group.url.startswith("rediss+sentinel://")
+        configure_redis_package("scale_s4", group.url)
+        runs: list[int] = []
+
+        @cachu.cache(ttl=60, package="scale_s4")
+        def f(x: int) -> int:
+            runs.append(x)
+            return x + 1
+
+        @cachu.cache(ttl=60, package="scale_s4")
+        async def g(x: int) -> int:
+            runs.append(x)
+            return x + 2
+
+        async def twice() -> list[int]:
+            return [await g(i) for i in range(5)] + [await g(i) for i in range(5)]
+
+        assert [f(i) for i in range(5)] + [f(i) for i in range(5)] == [i + 1 for i in range(5)] * 2
+        assert asyncio.run(twice()) == [i + 2 for i in range(5)] * 2
+        assert len(runs) == 10
+        assert len(list(group.master().client().scan_iter("1m:*"))) == 10
+    finally:
+        group.stop()

@@ -267,13 +267,18 @@ class Cluster:
 
 
 class SentinelGroup:
-    """A master, a replica and three sentinels watching ``mymaster``."""
+    """A master, a replica and three sentinels watching ``mymaster``; every one of
+    them over TLS with ``tls`` (the files of ``make_tls_files``)."""
 
     name = "mymaster"
 
-    def __init__(self, workdir: Path) -> None:
-        binary = redis_server_binary()
+    def __init__(self, workdir: Path, tls: dict[str, str] | None = None) -> None:
+        binary = redis_server_binary(tls=tls is not None)
         sentinel = _tool("redis-sentinel")
+        self.tls = tls
+        self.options: dict[str, Any] = {}
+        if tls:
+            self.options = {"ssl": True, "ssl_ca_certs": tls["ca"]}
         ports = cluster_ports(5)
         self.data: list[Node] = []
         self.sentinels: list[Node] = []
@@ -290,24 +295,34 @@ class SentinelGroup:
             extra = ["--dir", str(d)]
             if i == 1:
                 extra += ["--replicaof", "127.0.0.1", str(ports[0])]
-            self.data.append(Node(d, port, _server_args(port, *extra), binary))
+            args = _server_args(port, *extra, tls=self.tls)
+            self.data.append(Node(d, port, args, binary, self.options))
         for port in ports[2:]:
             d = workdir / f"sentinel-{port}"
             d.mkdir(parents=True)
             conf = d / "sentinel.conf"
+            listen = f"port {port}\n"
+            if self.tls:
+                listen = (
+                    f"port 0\ntls-port {port}\ntls-cert-file {self.tls['cert']}\n"
+                    f"tls-key-file {self.tls['key']}\ntls-ca-cert-file {self.tls['ca']}\n"
+                    "tls-auth-clients no\ntls-replication yes\n"
+                )
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+                f"{listen}bind 127.0.0.1\ndir {d}\n"
                 f"sentinel monitor {self.name} 127.0.0.1 {ports[0]} 2\n"
                 f"sentinel down-after-milliseconds {self.name} 1000\n"
                 f"sentinel failover-timeout {self.name} 5000\n"
                 f"sentinel parallel-syncs {self.name} 1\n"
             )
-            self.sentinels.append(Node(d, port, [str(conf)], sentinel))
+            self.sentinels.append(Node(d, port, [str(conf)], sentinel, self.options))
         self.wait_master()
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        if self.tls:
+            return f"rediss+sentinel://{hosts}/{self.name}/0?ssl_ca_certs={self.tls['ca']}"
         return f"redis+sentinel://{hosts}/{self.name}/0"
 
     def master_port(self) -> int:
