@@ -152,10 +152,14 @@ impl<T> Flights<T> {
 impl<T> Leader<T> {
     /// Publishes the outcome to every waiter.
     pub fn finish(mut self, outcome: T) {
-        self.settle(State::Done(Arc::new(outcome)));
+        self.settle(|| State::Done(Arc::new(outcome)));
     }
 
-    fn settle(&mut self, state: State<T>) {
+    /// Takes the flight out of the map and, if anyone follows it, tells them `state`.
+    /// Followers hold the flight (cloned from the map, under its lock): once the map's
+    /// reference is gone, nobody else can find it, so if ours is the last one no one
+    /// waits and nothing is made for them.
+    fn settle(&mut self, state: impl FnOnce() -> State<T>) {
         self.finished = true;
         let mut map = self.map.lock();
         if map
@@ -164,16 +168,19 @@ impl<T> Leader<T> {
         {
             map.remove(&self.key);
         }
+        let followed = Arc::strong_count(&self.flight) > 1;
         drop(map);
-        *self.flight.state.lock() = state;
-        self.flight.done.notify_all();
+        if followed {
+            *self.flight.state.lock() = state();
+            self.flight.done.notify_all();
+        }
     }
 }
 
 impl<T> Drop for Leader<T> {
     fn drop(&mut self) {
         if !self.finished {
-            self.settle(State::Abandoned);
+            self.settle(|| State::Abandoned);
         }
     }
 }
