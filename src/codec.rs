@@ -72,11 +72,18 @@ fn shape(v: &Bound<'_, PyAny>, depth: usize) -> Shape {
         return shape_of_items(l.iter(), depth).max(Shape::Structural);
     }
     if let Ok(d) = v.cast_exact::<PyDict>() {
-        let keys = shape_of_items(d.keys().iter(), depth);
-        if keys != Shape::Immutable {
-            return Shape::Opaque;
+        // One walk of the items (`keys()` and `values()` would each make a list).
+        let mut values = Shape::Immutable;
+        for (k, item) in d.iter() {
+            if shape(&k, depth + 1) != Shape::Immutable {
+                return Shape::Opaque;
+            }
+            values = values.max(shape(&item, depth + 1));
+            if values == Shape::Opaque {
+                return Shape::Opaque;
+            }
         }
-        return shape_of_items(d.values().iter(), depth).max(Shape::Structural);
+        return values.max(Shape::Structural);
     }
     if let Ok(s) = v.cast_exact::<PySet>() {
         return match shape_of_items(s.iter(), depth) {
