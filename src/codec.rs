@@ -341,7 +341,9 @@ impl NestedDict {
 /// Whether `v` is a dict or list whose items (and keys) are all immutable leaves.
 fn is_flat(v: &Bound<'_, PyAny>) -> bool {
     if let Ok(d) = v.cast_exact::<PyDict>() {
-        return d.iter().all(|(_, item)| is_immutable_leaf(&item));
+        return d
+            .iter()
+            .all(|(k, item)| is_immutable_leaf(&item) && shape(&k, 1) == Shape::Immutable);
     }
     if let Ok(l) = v.cast_exact::<PyList>() {
         return l.iter().all(|item| is_immutable_leaf(&item));
@@ -369,15 +371,14 @@ impl Stored {
         if !copy {
             return Ok(Stored::Shared(value.clone().unbind()));
         }
-        let shape = shape(value, 0);
-        if shape == Shape::Structural {
-            if let Ok(d) = value.cast_exact::<PyDict>() {
-                if let Some(record) = record_of(d)? {
-                    return Ok(Stored::Record(record));
-                }
+        // A small record is found by its own walk (str keys; values immutable, or flat
+        // containers, which it copies): a dict it takes needs no other.
+        if let Ok(d) = value.cast_exact::<PyDict>() {
+            if let Some(record) = record_of(d)? {
+                return Ok(Stored::Record(record));
             }
         }
-        Ok(match shape {
+        Ok(match shape(value, 0) {
             Shape::Immutable => Stored::Shared(value.clone().unbind()),
             Shape::Structural if is_flat(value) => Stored::Flat(shallow_copy(value)?.unbind()),
             Shape::Structural => {

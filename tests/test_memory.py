@@ -3,6 +3,7 @@ releases. Real threads; every wait is bounded."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import sys
 import threading
@@ -389,3 +390,45 @@ def test_memory_maxbytes_bounds_the_bytes_a_package_holds():
 def test_a_bad_memory_maxbytes_is_refused_naming_it(bad):
     with pytest.raises(ConfigurationError, match="memory_maxbytes"):
         cachu.configure(package="by_bytes_bad", memory_maxbytes=bad)
+
+
+class HashableKey:
+    """A key that is no plain value: dicts keyed by it are pickled, not copied."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HashableKey)
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "HashableKey()"
+
+
+def test_copies_of_dicts_of_every_shape_are_isolated():
+    """Whatever form a dict is kept in (a record, a flat copy, a nested plan, a pickle),
+    the caller that mutates its result changes nothing cached."""
+    k = HashableKey()
+    values = [
+        {"a": 1, "b": [1, 2], "c": {"x": 1}},
+        {(1, 2): "t", (3,): [4]},
+        {"inner": {(1, 2): 3}},
+        {"inner": {k: 1}},
+        {"a": {1, 2}, "b": [[1], 2]},
+        {i: i for i in range(20)},
+    ]
+    for i, original in enumerate(values):
+
+        @cachu.cache(ttl=300, package=f"copies{i}")
+        def f(x, value=original):
+            return copy.deepcopy(value)
+
+        f(1)  # computed and stored
+        hit = f(1)
+        assert hit == original
+        for v in hit.values():
+            if isinstance(v, (list, set, dict)):
+                v.clear()
+        hit.clear()
+        assert f(1) == original, (i, f(1))
+        assert cachu.cache_info(f).hits == 2
