@@ -278,3 +278,52 @@ fn value_of(reply: &pyo3::Bound<'_, pyo3::PyAny>) -> pyo3::PyResult<Value> {
     }
     Ok(Value::Nil)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_read_for_a_near_cache_comes_with_the_seconds_it_has_left() {
+        let packed = pack_value(b"\x80\x04v", 1.5);
+        let (reply, left) = lease_reply_expiring(Value::Array(vec![
+            Value::BulkString(packed.clone()),
+            Value::Int(2500),
+        ]));
+        assert!(
+            matches!(reply, LeaseReply::Found(ref v, c) if v == b"\x80\x04v" && c.to_bits() == 1.5f64.to_bits())
+        );
+        assert_eq!(left, Some(2.5));
+        // No expiry (-1): nothing to bound the near copy by.
+        let (_, left) = lease_reply_expiring(Value::Array(vec![
+            Value::BulkString(packed),
+            Value::Int(-1),
+        ]));
+        assert_eq!(left, None);
+        assert!(matches!(
+            lease_reply_expiring(Value::Int(1)),
+            (LeaseReply::Acquired, None)
+        ));
+        assert!(matches!(
+            lease_reply_expiring(Value::Int(0)),
+            (LeaseReply::Held, None)
+        ));
+    }
+
+    #[test]
+    fn what_the_lease_script_reads_first() {
+        assert_eq!(Read::of(false, true), Read::No);
+        assert_eq!(Read::of(true, false), Read::Value);
+        assert_eq!(Read::of(true, true), Read::Expiring);
+        let op = lease_op(
+            "5m:f|x=1",
+            "lock:{3}:5m:f|x=1",
+            "t",
+            Duration::from_secs(1),
+            Read::Expiring,
+        );
+        let packed = String::from_utf8_lossy(&op.cmd.get_packed_command()).into_owned();
+        assert!(packed.contains("lock:{3}:5m:f|x=1") && packed.ends_with("$1\r\n1\r\n$1\r\n1\r\n"));
+        assert_eq!(op.script, Some(LEASE_SRC));
+    }
+}
