@@ -504,3 +504,36 @@ def test_sentinel_over_tls(tmp_path: Path) -> None:
         assert len(list(group.master().client().scan_iter("1m:*"))) == 10
     finally:
         group.stop()
+
+
+def test_a_cluster_that_does_not_answer_costs_one_timeout_not_one_per_seed() -> None:
+    import socket
+
+    listeners = []
+    for _ in range(4):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)  # connections are accepted by the kernel, never answered
+        listeners.append(s)
+    seeds = ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in listeners)
+    try:
+        cachu.configure(
+            package="scale_mute",
+            backend="redis",
+            redis_url=f"redis+cluster://{seeds}/0?socket_timeout=0.5&socket_connect_timeout=0.5",
+        )
+
+        @cachu.cache(ttl=60, package="scale_mute")
+        def f(x: int) -> int:
+            return x
+
+        started = time.monotonic()
+        with pytest.warns(RuntimeWarning, match="CLUSTER SLOTS"):
+            assert f(1) == 1  # a miss, fail-open
+        assert time.monotonic() - started < 1.5, "each seed cost its own timeout"
+        started = time.monotonic()
+        assert [f(i) for i in range(5)] == list(range(5))
+        assert time.monotonic() - started < 1.0, "the breakers did not answer"
+    finally:
+        for s in listeners:
+            s.close()

@@ -20,6 +20,9 @@ use crate::errors::{CacheError, CacheResult};
 const MAX_REDIRECTS: usize = 5;
 /// The slot map is asked for at most this often (a redirection or a failure asks).
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
+/// After a refresh that no node answered, the next waits this long (the breakers'
+/// period).
+const RETRY_FAILED_EVERY: Duration = Duration::from_secs(1);
 /// A slot without a master (`CLUSTERDOWN`, `TRYAGAIN`) is asked again after this.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 const UNOWNED: u16 = u16::MAX;
@@ -68,7 +71,7 @@ impl Cluster {
         if !map.owners.is_empty() {
             return Ok(map);
         }
-        self.refresh(true)?;
+        self.refresh()?;
         Ok(self.map.read().clone())
     }
 
@@ -92,11 +95,18 @@ impl Cluster {
     }
 
     /// Asks the nodes for the slot map: the known masters that are up first, then the
-    /// seeds. Skipped if it was asked less than [`REFRESH_EVERY`] ago, unless `now`.
-    pub fn refresh(&self, now: bool) -> CacheResult<()> {
+    /// seeds. Skipped if it was asked less than [`REFRESH_EVERY`] ago, or less than
+    /// [`RETRY_FAILED_EVERY`] ago without an answer (then the failure stands while no
+    /// map is known: callers do not each pay a timeout).
+    pub fn refresh(&self) -> CacheResult<()> {
         let mut asked = self.asked.lock();
         let known = !self.map.read().owners.is_empty();
-        if asked.0.is_some_and(|at| at.elapsed() < REFRESH_EVERY) && (known || !now) {
+        let pause = if asked.1.is_some() {
+            RETRY_FAILED_EVERY
+        } else {
+            REFRESH_EVERY
+        };
+        if asked.0.is_some_and(|at| at.elapsed() < pause) {
             // Asked a moment ago (perhaps by another thread): what it found stands.
             return match (&asked.1, known) {
                 (Some(failure), false) => Err(CacheError::Backend(failure.clone())),
@@ -125,9 +135,15 @@ impl Cluster {
                 candidates.push(seed.clone());
             }
         }
+        // One connect timeout in all: a cluster whose nodes do not answer costs a call
+        // what one server that does not answer costs (then the breakers answer).
+        let started = Instant::now();
         let mut last = None;
         for address in &candidates {
             let node = connector(&self.layout.node_url(address))?;
+            if last.is_some() && started.elapsed() >= node.endpoint.connect_timeout {
+                break;
+            }
             let op = Op::new(redis::cmd("CLUSTER").arg("SLOTS").clone());
             match node.run(async |c| send(c, &op, false).await) {
                 Ok(reply) => match self.read_slots(address, reply) {
@@ -214,7 +230,7 @@ impl Cluster {
     /// `slot` is served by `address` now: the map says so at once, and is asked for
     /// again (other slots are likely moving too).
     pub fn moved(&self, slot: u16, address: &str) -> CacheResult<Arc<Connector>> {
-        let _ = self.refresh(false);
+        let _ = self.refresh();
         self.patch(slot, address)
     }
 
@@ -275,7 +291,7 @@ impl Cluster {
                             _,
                         ) => {
                             std::thread::sleep(RETRY_PAUSE);
-                            let _ = self.refresh(false);
+                            let _ = self.refresh();
                         }
                         _ => return Err(Fault::Reply(e).into_error(&node.endpoint.shown)),
                     }
@@ -283,7 +299,7 @@ impl Cluster {
                 }
                 Err(Fault::Down(e)) => {
                     // A master that is down may have been replaced by its replica.
-                    let _ = self.refresh(false);
+                    let _ = self.refresh();
                     return Err(e);
                 }
             }

@@ -149,7 +149,7 @@ impl Topology {
     pub fn resolve(&self) -> CacheResult<()> {
         match self {
             Topology::Single(_) => Ok(()),
-            Topology::Cluster(c) => c.refresh(false),
+            Topology::Cluster(c) => c.refresh(),
             Topology::Sentinel(s) => s.resolve(false).map(drop),
         }
     }
