@@ -15,12 +15,15 @@ use super::op::{is_read_only, send, Op};
 use crate::errors::{CacheError, CacheResult};
 
 const ASK_EVERY: Duration = Duration::from_millis(200);
+/// After a round that found no master, the next waits this long (the breakers' period).
+const RETRY_FAILED_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Sentinel {
     pub(crate) layout: Layout,
     master: RwLock<Option<Arc<Connector>>>,
-    /// When the sentinels were last asked; held while they are.
-    asked: Mutex<Option<Instant>>,
+    /// When the sentinels were last asked, and why no master came of it if none did;
+    /// held while they are asked.
+    asked: Mutex<(Option<Instant>, Option<String>)>,
 }
 
 impl Sentinel {
@@ -28,7 +31,7 @@ impl Sentinel {
         Sentinel {
             layout,
             master: RwLock::new(None),
-            asked: Mutex::new(None),
+            asked: Mutex::new((None, None)),
         }
     }
 
@@ -63,15 +66,31 @@ impl Sentinel {
     /// ago and named one).
     pub fn resolve(&self, now: bool) -> CacheResult<Arc<Connector>> {
         let mut asked = self.asked.lock();
-        if let Some(m) = self.known_master() {
-            if !now && asked.is_some_and(|at| at.elapsed() < ASK_EVERY) {
-                return Ok(m);
+        let recently = |pause| asked.0.is_some_and(|at: Instant| at.elapsed() < pause);
+        match (self.known_master(), &asked.1) {
+            (Some(m), _) if !now && recently(ASK_EVERY) => return Ok(m),
+            // None answered a moment ago: that stands (callers do not each pay a timeout).
+            (None, Some(failure)) if recently(RETRY_FAILED_EVERY) => {
+                return Err(CacheError::Backend(failure.clone()));
             }
+            _ => {}
         }
-        *asked = Some(Instant::now());
+        asked.0 = Some(Instant::now());
+        let found = self.ask_sentinels();
+        asked.1 = found.as_ref().err().map(ToString::to_string);
+        found
+    }
+
+    /// One round of [`Sentinel::resolve`]: the first sentinel that names the master.
+    /// One connect timeout in all, as for one server that does not answer.
+    fn ask_sentinels(&self) -> CacheResult<Arc<Connector>> {
+        let started = Instant::now();
         let mut why = String::from("no sentinel answered");
-        for address in self.layout.nodes() {
+        for (i, address) in self.layout.nodes().iter().enumerate() {
             let sentinel = connector(&self.layout.sentinel_url(address))?;
+            if i > 0 && started.elapsed() >= sentinel.endpoint.connect_timeout {
+                break;
+            }
             let op = Op::new(
                 redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
