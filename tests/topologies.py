@@ -2,7 +2,8 @@
 
 A cluster is ``redis-server --cluster-enabled yes`` per node, joined by ``redis-cli
 --cluster create``; its ports are at most 55535 (each node's bus is its port + 10000).
-A Sentinel group is a master, a replica and three ``redis-sentinel`` processes.
+A Sentinel group is a master, a replica and three sentinels (``redis-server
+--sentinel``, which is what ``redis-sentinel`` runs).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import pytest
 from conftest import redis_server_binary
 
 CLI_HELP = (
-    "the cluster and Sentinel tests need redis-cli and redis-sentinel: "
-    "apt-get install redis-server redis-sentinel (or redis-tools)"
+    "the cluster tests need redis-cli: apt-get install redis-server (its redis-tools "
+    "has redis-cli), or put redis-cli on PATH"
 )
 
 
@@ -274,7 +275,6 @@ class SentinelGroup:
 
     def __init__(self, workdir: Path, tls: dict[str, str] | None = None) -> None:
         binary = redis_server_binary(tls=tls is not None)
-        sentinel = _tool("redis-sentinel")
         self.tls = tls
         self.options: dict[str, Any] = {}
         if tls:
@@ -283,12 +283,12 @@ class SentinelGroup:
         self.data: list[Node] = []
         self.sentinels: list[Node] = []
         try:
-            self._start(workdir, binary, sentinel, ports)
+            self._start(workdir, binary, ports)
         except BaseException:
             self.stop()  # a group that did not form leaves no server behind
             raise
 
-    def _start(self, workdir: Path, binary: str, sentinel: str, ports: list[int]) -> None:
+    def _start(self, workdir: Path, binary: str, ports: list[int]) -> None:
         for i, port in enumerate(ports[:2]):
             d = workdir / f"data-{port}"
             d.mkdir(parents=True)
@@ -315,7 +315,9 @@ class SentinelGroup:
                 f"sentinel failover-timeout {self.name} 5000\n"
                 f"sentinel parallel-syncs {self.name} 1\n"
             )
-            self.sentinels.append(Node(d, port, [str(conf)], sentinel, self.options))
+            # redis-server in Sentinel mode (what the redis-sentinel command runs).
+            args = [str(conf), "--sentinel"]
+            self.sentinels.append(Node(d, port, args, binary, self.options))
         self.wait_master()
 
     @property
