@@ -364,3 +364,48 @@ def test_a_forked_child_starts_its_own_tracking(redis_url: str, redis_server: Re
     _, status = os.waitpid(pid, 0)
     got = os.read(read, 100).decode()
     assert os.WEXITSTATUS(status) == 0 and got == "B C", got
+
+
+def test_a_server_that_cannot_track_keys_is_asked_every_time_and_says_why(tmp_path: Any) -> None:
+    """Without `CLIENT` (renamed away here, as on a managed server; or a Redis before 6,
+    which has no tracking), the near cache never serves: every call asks Redis, and the
+    region's stats say why."""
+    from conftest import free_port, redis_server_binary
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--rename-command", "CLIENT", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        cachu.configure(package="near_n", backend="redis", redis_url=url, near_cache=True)
+        runs = []
+
+        @cachu.cache(ttl=300, package="near_n")
+        def f(x: int) -> int:
+            runs.append(x)
+            return x * 2
+
+        for _ in range(20):
+            assert f(1) == 2
+            time.sleep(0.02)
+        info = f.cache_info()
+        assert (info.hits, info.near_hits, len(runs)) == (19, 0, 1)
+        stats = cachu.get_backend("redis", package="near_n", ttl=300).stats()
+        assert stats["near_serving"] is False
+        assert "CLIENT" in stats["near_trouble"] or "unknown command" in stats["near_trouble"]
+    finally:
+        proc.terminate()
+        proc.wait(10)

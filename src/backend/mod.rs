@@ -562,6 +562,7 @@ impl Backend {
             d.set_item("near_serving", near.watch.serves())?;
             d.set_item("near_invalidations", near.watch.invalidations.load(Relaxed))?;
             d.set_item("near_flushes", near.watch.flushes.load(Relaxed))?;
+            d.set_item("near_trouble", near.watch.trouble.lock().clone())?;
         }
         Ok(d)
     }

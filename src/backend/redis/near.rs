@@ -71,6 +71,9 @@ pub struct Watch {
     /// Invalidations received, flushes done (for `stats()`).
     pub invalidations: AtomicU64,
     pub flushes: AtomicU64,
+    /// Why the tracking connections could not be made last time (`None` once they
+    /// are): a server without RESP3 or `CLIENT TRACKING` (before Redis 6) says so here.
+    pub trouble: Mutex<Option<String>>,
 }
 
 static WATCHES: LazyLock<Mutex<HashMap<String, Arc<Watch>>>> =
@@ -93,6 +96,7 @@ pub fn watch(url: &str) -> CacheResult<Arc<Watch>> {
         pid: AtomicU32::new(0),
         invalidations: AtomicU64::new(0),
         flushes: AtomicU64::new(0),
+        trouble: Mutex::new(None),
     });
     Ok(WATCHES.lock().entry(url.to_owned()).or_insert(made).clone())
 }
@@ -288,12 +292,16 @@ fn track(weak: &Weak<Watch>, pid: u32) {
         let prefixes = watch.prefixes();
         let masters = topology(&watch.url).and_then(|servers| servers.masters());
         drop(watch);
+        let mut trouble = None;
         let masters: Vec<(Weak<Connector>, Endpoint)> = match masters {
             Ok(all) => all
                 .iter()
                 .map(|c| (Arc::downgrade(c), c.endpoint.clone()))
                 .collect(),
-            Err(_) => Vec::new(),
+            Err(e) => {
+                trouble = Some(e.to_string());
+                Vec::new()
+            }
         };
         let broken = Arc::new(AtomicBool::new(false));
         let mut tracked: Vec<Tracked> = Vec::new();
@@ -302,13 +310,19 @@ fn track(weak: &Weak<Watch>, pid: u32) {
                 for (node, endpoint) in &masters {
                     match tracking_connection(weak, endpoint, &prefixes, &broken).await {
                         Ok(con) => tracked.push((node.clone(), con)),
-                        Err(_) => break,
+                        Err(e) => {
+                            trouble = Some(format!("Redis at {}: {e}", endpoint.shown));
+                            break;
+                        }
                     }
                 }
             });
             if tracked.len() != masters.len() {
                 tracked.clear();
             }
+        }
+        if let Some(watch) = weak.upgrade() {
+            *watch.trouble.lock() = trouble;
         }
         if tracked.is_empty() || broken.load(Ordering::SeqCst) {
             drop(tracked);
