@@ -269,11 +269,23 @@ impl KeyPlan {
         out: &mut String,
         args: &[Bound<'py, PyAny>],
     ) -> PyResult<()> {
+        self.write_given(py, out, |i| args.get(i))
+    }
+
+    /// The pairs of the positional parameters in key order: the value `given` for a
+    /// parameter, else its default; one without either is left out.
+    #[inline]
+    fn write_given<'a, 'py: 'a>(
+        &self,
+        py: Python<'py>,
+        out: &mut String,
+        given: impl Fn(usize) -> Option<&'a Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
         let mut first = true;
         for &i in &self.sorted {
             let param = &self.positional[i];
-            let value = if let Some(arg) = args.get(i) {
-                arg
+            let value = if let Some(v) = given(i) {
+                v
             } else if let Some(d) = &param.default {
                 d.bind(py)
             } else {
@@ -314,20 +326,7 @@ impl KeyPlan {
             }
             given[i] = Some(value);
         }
-        let mut first = true;
-        for &i in &self.sorted {
-            let param = &self.positional[i];
-            let value = if let Some(arg) = args.get(i) {
-                arg
-            } else if let Some(v) = given[i] {
-                v
-            } else if let Some(d) = &param.default {
-                d.bind(py)
-            } else {
-                continue;
-            };
-            self.write_pair(out, &param.name, value, &mut first)?;
-        }
+        self.write_given(py, out, |i| args.get(i).or(given[i]))?;
         Ok(true)
     }
 

@@ -193,17 +193,24 @@ def _near_ready(f: Any, arg: int, timeout: float = 10) -> None:
     raise AssertionError("the near cache never served")
 
 
-def test_a_killed_tracking_connection_leaves_nothing_stale(
-    redis_url: str, redis_server: RedisServer
-) -> None:
-    cachu.configure(package="near_k", backend="redis", redis_url=redis_url, near_cache=True)
+def _serving_a(url: str, package: str) -> Any:
+    """`f` of `package` (computing "computed"), its `f(1)` set to "A" and served from
+    the near cache."""
+    cachu.configure(package=package, backend="redis", redis_url=url, near_cache=True)
 
-    @cachu.cache(ttl=300, package="near_k")
+    @cachu.cache(ttl=300, package=package)
     def f(x: int) -> str:
         return "computed"
 
     f.set("A", 1)
     _near_ready(f, 1)
+    return f
+
+
+def test_a_killed_tracking_connection_leaves_nothing_stale(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    f = _serving_a(redis_url, "near_k")
     client = redis_server.client()
     trackers = [c for c in client.client_list() if c.get("name") == "cachu-near"]
     assert len(trackers) == 1
@@ -335,14 +342,7 @@ def test_a_forked_child_starts_its_own_tracking(redis_url: str, redis_server: Re
     serves none of them until its own tracking connection is up, and then sees writes."""
     import os
 
-    cachu.configure(package="near_f", backend="redis", redis_url=redis_url, near_cache=True)
-
-    @cachu.cache(ttl=300, package="near_f")
-    def f(x: int) -> str:
-        return "computed"
-
-    f.set("A", 1)
-    _near_ready(f, 1)
+    f = _serving_a(redis_url, "near_f")
     client = redis_server.client()
     read, write = os.pipe()
     pid = os.fork()

@@ -106,11 +106,6 @@ impl RedisStore {
         Ok(wire::lease_reply_expiring(reply))
     }
 
-    /// The servers of this store.
-    pub fn servers(&self) -> &Arc<Topology> {
-        &self.servers
-    }
-
     /// The keys of this instance matching `pattern`, as `SCAN` finds them.
     fn scan(&self, pattern: Option<&str>) -> CacheResult<Vec<String>> {
         let scope = Scope::of(self.package.as_deref(), Some(&self.region));

@@ -117,10 +117,10 @@ pub fn lock_key(key: &str) -> String {
 /// `NOSCRIPT` (it restarted, or its scripts were flushed).
 pub type Request = (Vec<u8>, Vec<u8>);
 
-/// `EVALSHA` of `script` on two keys, with its source for the server that lacks it.
-fn script_op(script: &Script, source: &'static str, keys: [&str; 2], args: &[&[u8]]) -> Op {
+/// `EVALSHA` of `script` on `keys`, with its source for the server that lacks it.
+fn script_op(script: &Script, source: &'static str, keys: &[&str], args: &[&[u8]]) -> Op {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(2).arg(keys[0]).arg(keys[1]);
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     for a in args {
         cmd.arg(*a);
     }
@@ -151,7 +151,7 @@ pub fn lease_op(key: &str, lock: &str, token: &str, lease: Duration, read: Read)
     script_op(
         &LEASE,
         LEASE_SRC,
-        [key, lock],
+        &[key, lock],
         &[token.as_bytes(), millis.as_bytes(), read, expiring],
     )
 }
@@ -177,12 +177,7 @@ impl Read {
 
 /// `GET` of `key` with its `PTTL`.
 pub fn get_pttl_op(key: &str) -> Op {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(GET_PTTL.get_hash()).arg(1).arg(key);
-    Op {
-        cmd,
-        script: Some(GET_PTTL_SRC),
-    }
+    script_op(&GET_PTTL, GET_PTTL_SRC, &[key], &[])
 }
 
 /// The store-and-release script: `(value, created_at, ttl)` stored if given (and the
@@ -198,22 +193,14 @@ pub fn store_release_op(
     script_op(
         &STORE_RELEASE,
         STORE_RELEASE_SRC,
-        [key, lock],
+        &[key, lock],
         &[seconds.as_bytes(), &packed, token.as_bytes()],
     )
 }
 
 /// Deletes `key` if it still holds `packed`.
 pub fn delete_if_same_op(key: &str, packed: &[u8]) -> Op {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(DELETE_IF_SAME.get_hash())
-        .arg(1)
-        .arg(key)
-        .arg(packed);
-    Op {
-        cmd,
-        script: Some(DELETE_IF_SAME_SRC),
-    }
+    script_op(&DELETE_IF_SAME, DELETE_IF_SAME_SRC, &[key], &[packed])
 }
 
 /// [`lease_op`] as bytes for the asyncio transport.
