@@ -22,6 +22,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
+mod history;
 pub mod policy;
 
 use crate::process::now_ns;

@@ -7,10 +7,11 @@
 //! entries hit again), and is admitted only if it was asked for more often than the
 //! main space's own victim, by a count-min sketch of recent frequencies (4 counters
 //! of at most 15 per key, halved after every `10 * max` accesses so that old popularity
-//! fades). A scan of cold keys thus passes through the window without flushing the
-//! hot set. The window's share adapts by hill climbing on the hit rate: a recency-
-//! skewed workload grows it (towards LRU), a frequency-skewed one shrinks it.
-//! Expired entries found at the lists' cold ends go first.
+//! fades), or if it was asked for twice while the victim was not asked for at all in
+//! a long while. A scan of cold keys thus passes through the window without flushing
+//! the hot set. The window's share follows the evicted keys that come back: keys the
+//! window let go and the main space turned away grow it (towards LRU), keys the main
+//! space evicted shrink it. Expired entries found at the lists' cold ends go first.
 //!
 //! Entries are named by their key's hash and an insertion number (`seq`), so that the
 //! store removes exactly the entry chosen, never a newer one of the same key. Hits are
@@ -22,6 +23,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
+
+use super::history::{Exit, Ghosts, Sketch};
 
 /// One entry chosen for eviction: its store (a TTL region of the package), its key's
 /// hash and insertion number.
@@ -50,6 +53,8 @@ struct Node {
     /// Bytes it counts against `memory_maxbytes` (its key and value).
     weight: u32,
     expires_ns: u64,
+    /// The policy's access count when it was last asked for.
+    touched: u32,
     segment: Segment,
     prev: u32,
     next: u32,
@@ -75,80 +80,23 @@ impl List {
     };
 }
 
-/// Count-min sketch: four counters (of at most 15) per key, all in one 64-byte block
-/// of the table (one cache line per access, as in Caffeine), 16 counters per entry
-/// of the bound.
-struct Sketch {
-    blocks: Vec<[u8; 64]>,
-    mask: usize,
-    additions: usize,
-    period: usize,
-}
-
-impl Sketch {
-    fn new(max: usize) -> Sketch {
-        let max = max.clamp(16, 1 << 26);
-        let blocks = (max / 4).next_power_of_two();
-        Sketch {
-            blocks: vec![[0; 64]; blocks],
-            mask: blocks - 1,
-            additions: 0,
-            period: max * 10,
-        }
-    }
-
-    /// The key's block, and its four counters there.
-    fn slots(&self, hash: u64) -> (usize, [usize; 4]) {
-        let h = (hash ^ (hash >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let block = (h >> 40) as usize & self.mask;
-        // Four 6-bit offsets, one in each quarter of the block: never the same counter.
-        let at = |i: u32| i as usize * 16 + ((h >> (i * 4)) & 15) as usize;
-        (block, [at(0), at(1), at(2), at(3)])
-    }
-
-    fn increment(&mut self, hash: u64) {
-        let (block, slots) = self.slots(hash);
-        let counters = &mut self.blocks[block];
-        let mut added = false;
-        for i in slots {
-            if counters[i] < 15 {
-                counters[i] += 1;
-                added = true;
-            }
-        }
-        if added {
-            self.additions += 1;
-            if self.additions >= self.period {
-                self.age();
-            }
-        }
-    }
-
-    /// Halves every counter: popularity fades.
-    fn age(&mut self) {
-        for block in &mut self.blocks {
-            for c in block.iter_mut() {
-                *c >>= 1;
-            }
-        }
-        self.additions /= 2;
-    }
-
-    fn frequency(&self, hash: u64) -> u8 {
-        let (block, slots) = self.slots(hash);
-        let counters = &self.blocks[block];
-        slots.iter().map(|&i| counters[i]).min().unwrap_or(0)
-    }
-}
-
-/// The hill climber that sizes the window.
-struct Climber {
-    hits: usize,
-    misses: usize,
-    previous: f64,
-    /// Entries by which the window grows (or, negative, shrinks) next.
-    step: f64,
-}
+/// How the window's size follows the ghosts: a return within `REACH * max`
+/// departures of its kind counts; each moves the window by `STEP * max` entries
+/// (a return evicted from the main space by twice that), a move in the same
+/// direction as the last by `DRIFT` times the last, at most `MOST_STEP * max`.
+const REACH: f64 = 1.0 / 16.0;
+const STEP: f64 = 0.001;
+const DRIFT: f64 = 1.5;
+const MOST_STEP: f64 = 0.1;
+/// The window's share of the bound: from 1% to 80%.
+const LEAST_WINDOW: f64 = 0.01;
+const MOST_WINDOW: f64 = 0.8;
+/// A victim not asked for in `STALE * max` accesses loses to a candidate asked for
+/// twice.
+const STALE: u32 = 3;
+/// Entries moved between segments by one insert at most (a resized window moves the
+/// rest with the inserts that follow).
+const TRANSFER: usize = 64;
 
 struct Inner {
     nodes: Vec<Node>,
@@ -165,7 +113,11 @@ struct Inner {
     weight: usize,
     window_max: usize,
     sketch: Sketch,
-    climber: Climber,
+    ghosts: Ghosts,
+    /// The window's last move (entries; negative: it shrank).
+    drift: f64,
+    /// Accesses so far (hits replayed and inserts).
+    clock: u32,
 }
 
 /// Lossy buffers of the hashes of recent hits.
@@ -199,12 +151,9 @@ impl Inner {
             weight: 0,
             window_max,
             sketch: Sketch::new(max),
-            climber: Climber {
-                hits: 0,
-                misses: 0,
-                previous: 0.0,
-                step: -(max as f64) * 0.0625,
-            },
+            ghosts: Ghosts::new(max),
+            drift: 0.0,
+            clock: 0,
         }
     }
 
@@ -317,10 +266,11 @@ impl Inner {
     fn touch(&mut self, id: u64) {
         let hash = id;
         self.sketch.increment(hash);
-        self.climber.hits += 1;
+        self.clock = self.clock.wrapping_add(1);
         let Some(&i) = self.index.get(&hash) else {
             return;
         };
+        self.nodes[i as usize].touched = self.clock;
         match self.nodes[i as usize].segment {
             Segment::Window => {
                 self.unlink(i);
@@ -339,11 +289,14 @@ impl Inner {
     }
 
     /// The protected segment keeps 80% of the main space; its coldest go back to
-    /// probation.
+    /// probation (at most `TRANSFER` at a time).
     fn demote_protected(&mut self) {
         let main = self.capacity().saturating_sub(self.window_max);
         let protected_max = main - main / 5;
-        while self.protected.len > protected_max {
+        for _ in 0..TRANSFER {
+            if self.protected.len <= protected_max {
+                break;
+            }
             let i = self.protected.head;
             self.unlink(i);
             self.push(i, Segment::Probation);
@@ -352,7 +305,10 @@ impl Inner {
 
     fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64, weight: u32) {
         self.sketch.increment(hash | 1);
-        self.climber.misses += 1;
+        self.clock = self.clock.wrapping_add(1);
+        if let Some((exit, ago)) = self.ghosts.returned(hash | 1) {
+            self.resize_window(exit, ago);
+        }
         self.weight += weight as usize;
         let node = Node {
             hash,
@@ -360,6 +316,7 @@ impl Inner {
             store,
             weight,
             expires_ns,
+            touched: self.clock,
             segment: Segment::Window,
             prev: NIL,
             next: NIL,
@@ -390,15 +347,20 @@ impl Inner {
 
     /// Evicts until the policy holds at most `max` entries; `now` judges expiry.
     fn evict(&mut self, now: u64, out: &mut Vec<Victim>) {
-        self.climb();
+        if self.max == usize::MAX {
+            // A bound of bytes alone: the window's share of what is held now.
+            let (least, most) = self.window_range();
+            self.window_max = self.window_max.clamp(least, most);
+        }
         // The window's overflow moves to probation, each a candidate against its
         // victim (probation's coldest).
         let mut candidates: usize = 0;
-        while self.window.len > self.window_max {
+        while self.window.len > self.window_max && candidates < TRANSFER {
             let i = self.window.head;
             self.unlink(i);
             self.push(i, Segment::Probation);
             candidates += 1;
+            self.ghosts.depart(Exit::Window);
         }
         while self.over() {
             if let Some(i) = self.expired_end(now) {
@@ -417,22 +379,21 @@ impl Inner {
                 out.push(self.remove_node(i));
                 continue;
             }
-            if candidates == 0 || victim == candidate {
-                candidates = candidates.saturating_sub(1);
-                out.push(self.remove_node(victim));
-                continue;
-            }
-            let (cand_hash, victim_hash) = (
-                self.nodes[candidate as usize].hash | 1,
-                self.nodes[victim as usize].hash | 1,
-            );
-            candidates -= 1;
-            if self.admit(cand_hash, victim_hash) {
-                out.push(self.remove_node(victim));
-                // The candidate stays where it is: at probation's warm end.
+            let rejected = if candidates == 0 || victim == candidate {
+                false
             } else {
-                out.push(self.remove_node(candidate));
-            }
+                !self.admit(candidate, victim)
+            };
+            candidates = candidates.saturating_sub(1);
+            // An admitted candidate stays where it is: at probation's warm end.
+            let (i, exit) = if rejected {
+                (candidate, Exit::Window)
+            } else {
+                self.ghosts.depart(Exit::Main);
+                (victim, Exit::Main)
+            };
+            self.ghosts.remember(self.nodes[i as usize].hash | 1, exit);
+            out.push(self.remove_node(i));
         }
     }
 
@@ -450,13 +411,24 @@ impl Inner {
         }
     }
 
-    /// Whether the candidate is wanted more than the victim. Ties go to the victim,
-    /// but a warm candidate wins one time in 128 (an attacker cannot keep a key out
-    /// by making its victim look hot).
-    fn admit(&self, candidate: u64, victim: u64) -> bool {
-        let c = self.sketch.frequency(candidate);
-        let v = self.sketch.frequency(victim);
+    /// Whether the candidate (node) is wanted more than the victim: asked for more
+    /// often lately, by the sketch, or asked for twice while the victim was not asked
+    /// for in `STALE * max` accesses (its count is of a popularity it lost: when the
+    /// hot set moves, the old hot keys would keep the new ones out until their counts
+    /// fade). Ties go to the victim, but a warm candidate wins one time in 128 (an
+    /// attacker cannot keep a key out by making its victim look hot).
+    fn admit(&self, candidate: u32, victim: u32) -> bool {
+        let (candidate, victim) = (
+            &self.nodes[candidate as usize],
+            &self.nodes[victim as usize],
+        );
+        let c = self.sketch.frequency(candidate.hash | 1);
+        let v = self.sketch.frequency(victim.hash | 1);
         if c > v {
+            return true;
+        }
+        let idle = self.clock.wrapping_sub(victim.touched) as usize;
+        if c >= 2 && idle > self.capacity().saturating_mul(STALE as usize) {
             return true;
         }
         c > 5 && crate::process::uniform() < 1.0 / 128.0
@@ -472,38 +444,35 @@ impl Inner {
             .find(|&i| i != NIL && self.nodes[i as usize].expires_ns <= now)
     }
 
-    /// Every `10 * max` accesses, moves the window's size by the climber's step: on
-    /// in the same direction while the hit rate improves, back (and in smaller steps)
-    /// when it worsens.
-    fn climb(&mut self) {
-        if self.max == usize::MAX {
-            // A bound of bytes alone: a window of 1% of what is held.
-            self.window_max = (self.capacity() / 100).max(1);
+    /// The window's least and most entries.
+    fn window_range(&self) -> (usize, usize) {
+        let capacity = self.capacity() as f64;
+        let least = (capacity * LEAST_WINDOW).max(1.0);
+        (least as usize, (capacity * MOST_WINDOW).max(least) as usize)
+    }
+
+    /// An evicted key asked for again, `ago` departures of its kind after it left:
+    /// had the window (or, for `Exit::Main`, the main space) been larger by that much,
+    /// it would have been a hit. Returns soon enough move the window towards the side
+    /// that lost them, faster while they keep pointing the same way.
+    fn resize_window(&mut self, exit: Exit, ago: u32) {
+        let capacity = self.capacity() as f64;
+        if f64::from(ago) > capacity * REACH {
             return;
         }
-        let sample = self.climber.hits + self.climber.misses;
-        if sample < (self.max * 10).max(1000) {
-            return;
-        }
-        let rate = self.climber.hits as f64 / sample as f64;
-        let delta = rate - self.climber.previous;
-        let step = if delta >= 0.0 {
-            self.climber.step
-        } else {
-            -self.climber.step
+        let step = (capacity * STEP).max(1.0);
+        let toward = match exit {
+            Exit::Window => step,
+            Exit::Main => -2.0 * step,
         };
-        let restart = (self.max as f64) * 0.0625;
-        self.climber.step = if delta.abs() >= 0.05 {
-            restart.copysign(step)
+        self.drift = if self.drift * toward > 0.0 {
+            (self.drift * DRIFT).clamp(-capacity * MOST_STEP, capacity * MOST_STEP)
         } else {
-            step * 0.98
+            toward
         };
-        self.climber.previous = rate;
-        self.climber.hits = 0;
-        self.climber.misses = 0;
-        let window = (self.window_max as f64 + step).round();
-        let most = (self.max as f64 * 0.8).max(1.0);
-        self.window_max = window.clamp(1.0, most) as usize;
+        let (least, most) = self.window_range();
+        let window = (self.window_max as f64 + self.drift).round();
+        self.window_max = window.clamp(least as f64, most as f64) as usize;
         self.demote_protected();
     }
 }
@@ -607,6 +576,7 @@ impl TinyLfu {
             };
             inner.window_max = (entries / 100).max(1);
             inner.sketch = Sketch::new(entries);
+            inner.ghosts = Ghosts::new(entries);
         }
         let mut out = Vec::new();
         inner.evict(now, &mut out);
@@ -670,28 +640,63 @@ mod tests {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let u = (x >> 11) as f64 / (1u64 << 53) as f64 * total;
+                let u = (xorshift(&mut x) >> 11) as f64 / (1u64 << 53) as f64 * total;
                 cumulative.partition_point(|&c| c < u) as u64
             })
             .collect()
     }
 
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// 80% of the accesses to a hot set of `hot` keys that moves every `phase`
+    /// accesses, the rest uniform over `keys` others.
+    fn shifting(n: usize, hot: u64, phase: usize, keys: u64) -> Vec<u64> {
+        let mut x = 11;
+        (0..n)
+            .map(|i| {
+                if xorshift(&mut x) % 5 != 0 {
+                    (i / phase) as u64 * hot + xorshift(&mut x) % hot
+                } else {
+                    (1 << 32) | (xorshift(&mut x) % keys)
+                }
+            })
+            .collect()
+    }
+
     fn lru_ratio(max: usize, trace: &[u64]) -> f64 {
-        let mut order = std::collections::VecDeque::new();
+        let mut last = HashMap::new();
+        let mut order = std::collections::BTreeMap::new();
         let mut hits = 0;
-        for &k in trace {
-            if let Some(pos) = order.iter().position(|&x| x == k) {
+        for (t, &k) in trace.iter().enumerate() {
+            if let Some(old) = last.insert(k, t) {
+                order.remove(&old);
                 hits += 1;
-                order.remove(pos);
             } else if order.len() == max {
-                order.pop_front();
+                let (_, victim) = order.pop_first().unwrap();
+                last.remove(&victim);
             }
-            order.push_back(k);
+            order.insert(t, k);
         }
         f64::from(hits) / trace.len() as f64
+    }
+
+    #[test]
+    fn recency_wins_when_the_hot_set_moves() {
+        // The new hot keys are asked for less often, so far, than the old ones were:
+        // the window grows and stale victims give way, or they would be turned away.
+        let trace = shifting(200_000, 400, 25_000, 1_000_000);
+        let (tiny, lru) = (hit_ratio(2_000, &trace), lru_ratio(2_000, &trace));
+        assert!(
+            tiny >= lru - 0.002,
+            "W-TinyLFU {tiny:.4} against LRU {lru:.4}"
+        );
+        let small = (hit_ratio(200, &trace), lru_ratio(200, &trace));
+        assert!(small.0 > small.1 + 0.02, "at 200 entries: {small:?}");
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! What a bounded package's policy remembers of keys beyond the entries it holds: how
+//! often each was asked for lately (a count-min sketch), and which were evicted lately
+//! and from where (the ghosts that size the window).
+
+/// Count-min sketch: four counters (of at most 15) per key, all in one 64-byte block
+/// of the table (one cache line per access, as in Caffeine), 16 counters per entry
+/// of the bound.
+pub(super) struct Sketch {
+    blocks: Vec<[u8; 64]>,
+    mask: usize,
+    additions: usize,
+    period: usize,
+}
+
+impl Sketch {
+    pub(super) fn new(max: usize) -> Sketch {
+        let max = max.clamp(16, 1 << 26);
+        let blocks = (max / 4).next_power_of_two();
+        Sketch {
+            blocks: vec![[0; 64]; blocks],
+            mask: blocks - 1,
+            additions: 0,
+            period: max * 10,
+        }
+    }
+
+    /// The key's block, and its four counters there.
+    fn slots(&self, hash: u64) -> (usize, [usize; 4]) {
+        let h = (hash ^ (hash >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let block = (h >> 40) as usize & self.mask;
+        // Four 6-bit offsets, one in each quarter of the block: never the same counter.
+        let at = |i: u32| i as usize * 16 + ((h >> (i * 4)) & 15) as usize;
+        (block, [at(0), at(1), at(2), at(3)])
+    }
+
+    pub(super) fn increment(&mut self, hash: u64) {
+        let (block, slots) = self.slots(hash);
+        let counters = &mut self.blocks[block];
+        let mut added = false;
+        for i in slots {
+            if counters[i] < 15 {
+                counters[i] += 1;
+                added = true;
+            }
+        }
+        if added {
+            self.additions += 1;
+            if self.additions >= self.period {
+                self.age();
+            }
+        }
+    }
+
+    /// Halves every counter: popularity fades.
+    fn age(&mut self) {
+        for block in &mut self.blocks {
+            for c in block.iter_mut() {
+                *c >>= 1;
+            }
+        }
+        self.additions /= 2;
+    }
+
+    pub(super) fn frequency(&self, hash: u64) -> u8 {
+        let (block, slots) = self.slots(hash);
+        let counters = &self.blocks[block];
+        slots.iter().map(|&i| counters[i]).min().unwrap_or(0)
+    }
+}
+
+/// Where an evicted key left from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Exit {
+    /// Pushed out of the window and turned away by the main space.
+    Window,
+    /// Evicted from the main space.
+    Main,
+}
+
+/// Keys evicted lately: a lossy table of one slot per entry of the bound (a newer
+/// eviction takes the slot of an older one), each the key's fingerprint, where it
+/// left from, and how many departures of that kind came before it.
+pub(super) struct Ghosts {
+    slots: Vec<u64>,
+    mask: usize,
+    /// Departures so far: from the window (admitted or not), from the main space.
+    departed: [u32; 2],
+}
+
+const EXIT_BIT: u64 = 1 << 31;
+const COUNT_MASK: u32 = (1 << 31) - 1;
+
+impl Ghosts {
+    pub(super) fn new(max: usize) -> Ghosts {
+        let n = max.clamp(16, 1 << 24).next_power_of_two();
+        Ghosts {
+            slots: vec![0; n],
+            mask: n - 1,
+            departed: [0; 2],
+        }
+    }
+
+    /// One more entry left the window (`Exit::Window`) or the main space.
+    pub(super) fn depart(&mut self, exit: Exit) {
+        let n = &mut self.departed[exit as usize];
+        *n = n.wrapping_add(1);
+    }
+
+    /// Remembers that the key of `hash` was evicted, from `exit`.
+    pub(super) fn remember(&mut self, hash: u64, exit: Exit) {
+        let count = self.departed[exit as usize] & COUNT_MASK;
+        let kind = if exit == Exit::Main { EXIT_BIT } else { 0 };
+        let at = self.slot(hash);
+        self.slots[at] = (hash & !0xFFFF_FFFF) | kind | u64::from(count);
+    }
+
+    /// Whether the key of `hash` (asked for again) was evicted lately: where from, and
+    /// how many departures of that kind ago. Forgets it.
+    pub(super) fn returned(&mut self, hash: u64) -> Option<(Exit, u32)> {
+        let at = self.slot(hash);
+        let ghost = self.slots[at];
+        if ghost == 0 || (ghost ^ hash) >> 32 != 0 {
+            return None;
+        }
+        self.slots[at] = 0;
+        let exit = if ghost & EXIT_BIT == 0 {
+            Exit::Window
+        } else {
+            Exit::Main
+        };
+        let ago = self.departed[exit as usize].wrapping_sub(ghost as u32) & COUNT_MASK;
+        Some((exit, ago))
+    }
+
+    fn slot(&self, hash: u64) -> usize {
+        (hash >> 1) as usize & self.mask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ghost_says_where_it_left_from_and_how_long_ago_once() {
+        let mut g = Ghosts::new(64);
+        let (a, b) = (0xABCD_0000_0000_0003_u64, 0x1234_0000_0000_0005_u64);
+        g.depart(Exit::Window);
+        g.remember(a, Exit::Window);
+        g.depart(Exit::Main);
+        g.remember(b, Exit::Main);
+        for _ in 0..5 {
+            g.depart(Exit::Window);
+        }
+        assert_eq!(g.returned(a), Some((Exit::Window, 5)));
+        assert_eq!(g.returned(a), None);
+        assert_eq!(g.returned(b), Some((Exit::Main, 0)));
+        // Another key of the same slot is not taken for it.
+        g.remember(a, Exit::Window);
+        assert_eq!(g.returned(a ^ (1 << 40)), None);
+    }
+}
