@@ -7,8 +7,8 @@
 //! to its process: a child of `fork()` never waits for one of its parent's (whose
 //! thread it does not have), it computes.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,16 @@ impl<T> Flight<T> {
     }
 }
 
-type Map<T> = Arc<Mutex<HashMap<String, Arc<Flight<T>>>>>;
+/// The flights by key: hashed once per miss (seeded per process), and found again by
+/// the leader through its hash and the flight itself.
+type Map<T> = Arc<Mutex<hashbrown::HashTable<(Box<str>, Arc<Flight<T>>)>>>;
+
+static HASHER: LazyLock<foldhash::fast::RandomState> =
+    LazyLock::new(foldhash::fast::RandomState::default);
+
+fn hash_of(key: &str) -> u64 {
+    HASHER.hash_one(key)
+}
 
 /// The computations in progress, by key.
 pub struct Flights<T> {
@@ -76,7 +85,7 @@ pub struct Flights<T> {
 impl<T> Default for Flights<T> {
     fn default() -> Self {
         Flights {
-            map: Arc::new(Mutex::new(HashMap::new())),
+            map: Arc::new(Mutex::new(hashbrown::HashTable::new())),
         }
     }
 }
@@ -97,7 +106,7 @@ pub enum Join<T> {
 /// [`Waited::Abandoned`], so that a panic or an interruption never strands them.
 pub struct Leader<T> {
     map: Map<T>,
-    key: String,
+    hash: u64,
     flight: Arc<Flight<T>>,
     finished: bool,
 }
@@ -107,8 +116,9 @@ impl<T> Flights<T> {
     pub fn join(&self, key: &str) -> Join<T> {
         let me = std::thread::current().id();
         let pid = crate::process::pid();
+        let hash = hash_of(key);
         let mut map = self.map.lock();
-        if let Some(f) = map.get(key).filter(|f| f.pid == pid) {
+        if let Some(f) = flight_of(&map, hash, key).filter(|f| f.pid == pid) {
             return if f.leader == me {
                 Join::Reentrant
             } else {
@@ -121,10 +131,14 @@ impl<T> Flights<T> {
             leader: me,
             pid,
         });
-        map.insert(key.to_owned(), flight.clone());
+        if let Ok(entry) = map.find_entry(hash, |(k, _)| **k == *key) {
+            // A flight of the parent of this process (after fork): ours replaces it.
+            entry.remove();
+        }
+        map.insert_unique(hash, (key.into(), flight.clone()), |(k, _)| hash_of(k));
         Join::Leader(Leader {
             map: self.map.clone(),
-            key: key.to_owned(),
+            hash,
             flight,
             finished: false,
         })
@@ -134,19 +148,30 @@ impl<T> Flights<T> {
     pub fn find(&self, key: &str) -> Option<Join<T>> {
         let me = std::thread::current().id();
         let pid = crate::process::pid();
-        self.map.lock().get(key).filter(|f| f.pid == pid).map(|f| {
-            if f.leader == me {
-                Join::Reentrant
-            } else {
-                Join::Follower(f.clone())
-            }
-        })
+        let map = self.map.lock();
+        flight_of(&map, hash_of(key), key)
+            .filter(|f| f.pid == pid)
+            .map(|f| {
+                if f.leader == me {
+                    Join::Reentrant
+                } else {
+                    Join::Follower(f.clone())
+                }
+            })
     }
 
     /// How many computations are in progress.
     pub fn in_progress(&self) -> usize {
         self.map.lock().len()
     }
+}
+
+fn flight_of<'m, T>(
+    map: &'m hashbrown::HashTable<(Box<str>, Arc<Flight<T>>)>,
+    hash: u64,
+    key: &str,
+) -> Option<&'m Arc<Flight<T>>> {
+    map.find(hash, |(k, _)| **k == *key).map(|(_, f)| f)
 }
 
 impl<T> Leader<T> {
@@ -162,11 +187,8 @@ impl<T> Leader<T> {
     fn settle(&mut self, state: impl FnOnce() -> State<T>) {
         self.finished = true;
         let mut map = self.map.lock();
-        if map
-            .get(&self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-        {
-            map.remove(&self.key);
+        if let Ok(entry) = map.find_entry(self.hash, |(_, f)| Arc::ptr_eq(f, &self.flight)) {
+            entry.remove();
         }
         let followed = Arc::strong_count(&self.flight) > 1;
         drop(map);
@@ -274,14 +296,21 @@ mod tests {
             panic!()
         };
         // As a child of fork() finds it: the leader's process is not this one.
-        let inherited = flights.map.lock().get("k").cloned().unwrap();
+        let inherited = flight_of(&flights.map.lock(), hash_of("k"), "k")
+            .cloned()
+            .unwrap();
         let forked = Arc::new(Flight {
             state: Mutex::new(State::Running),
             done: Condvar::new(),
             leader: inherited.leader,
             pid: crate::process::pid().wrapping_add(1),
         });
-        flights.map.lock().insert("k".into(), forked);
+        let mut map = flights.map.lock();
+        let Ok(entry) = map.find_entry(hash_of("k"), |(k, _)| &**k == "k") else {
+            panic!("the parent's flight is listed")
+        };
+        entry.into_mut().1 = forked;
+        drop(map);
         assert!(flights.find("k").is_none());
         let Join::Leader(child) = flights.join("k") else {
             panic!("the child waited for its parent's computation")

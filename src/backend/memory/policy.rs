@@ -19,7 +19,7 @@
 //! policy's lock by the hit that fills a buffer or by the next insert. Nothing here
 //! calls Python; the store removes the victims after this lock is released.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
@@ -98,10 +98,31 @@ const STALE: u32 = 3;
 /// rest with the inserts that follow).
 const TRANSFER: usize = 64;
 
+/// The keys of the index are hashes already: they are used as they are.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("the index's keys are u64 hashes")
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        // The low bit is always set: the high half makes the bucket's bits vary.
+        self.0 = hash ^ (hash >> 32);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Index = hashbrown::HashMap<u64, u32, BuildHasherDefault<Prehashed>>;
+
 struct Inner {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    index: HashMap<u64, u32>,
+    index: Index,
     window: List,
     probation: List,
     protected: List,
@@ -141,7 +162,7 @@ impl Inner {
         Inner {
             nodes: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: Index::default(),
             window: List::EMPTY,
             probation: List::EMPTY,
             protected: List::EMPTY,
@@ -669,7 +690,7 @@ mod tests {
     }
 
     fn lru_ratio(max: usize, trace: &[u64]) -> f64 {
-        let mut last = HashMap::new();
+        let mut last = std::collections::HashMap::new();
         let mut order = std::collections::BTreeMap::new();
         let mut hits = 0;
         for (t, &k) in trace.iter().enumerate() {
