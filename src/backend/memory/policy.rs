@@ -53,7 +53,8 @@ struct Node {
     /// Bytes it counts against `memory_maxbytes` (its key and value).
     weight: u32,
     expires_ns: u64,
-    /// The policy's access count when it was last asked for.
+    /// The policy's access count when it was last moved to its list's warm end (when
+    /// it was last asked for, or a little before).
     touched: u32,
     segment: Segment,
     prev: u32,
@@ -291,6 +292,19 @@ impl Inner {
         let Some(&i) = self.index.get(&hash) else {
             return;
         };
+        let node = &self.nodes[i as usize];
+        let len = match node.segment {
+            Segment::Window => self.window.len,
+            Segment::Protected => self.protected.len,
+            Segment::Probation => 0,
+        };
+        if (self.clock.wrapping_sub(node.touched) as usize) < len / 4 {
+            // Moved to the warm end fewer accesses ago than a quarter of its list's
+            // length (each access pushes one entry at most): it is still in the
+            // warmest quarter, whose order chooses no victim. Left where it is, it
+            // costs no visit to its neighbours.
+            return;
+        }
         self.nodes[i as usize].touched = self.clock;
         match self.nodes[i as usize].segment {
             Segment::Window => {
