@@ -4,7 +4,9 @@ releases. Real threads; every wait is bounded."""
 from __future__ import annotations
 
 import copy
+import functools
 import gc
+import random
 import sys
 import threading
 
@@ -320,6 +322,53 @@ def test_a_scan_of_cold_keys_does_not_flush_the_hot_set():
         assert cachu.cache_info(load).currsize <= 200
     finally:
         cachu.configure(package="scanned", memory_maxsize=0)
+
+
+def _computations(fn: object, trace: list[int]) -> int:
+    runs = [0]
+
+    def compute(x: int) -> int:
+        runs[0] += 1
+        return x
+
+    cached = fn(compute)  # type: ignore[operator]
+    for key in trace:
+        cached(key)
+    return runs[0]
+
+
+def test_when_the_hot_set_moves_the_new_one_is_kept_as_an_lru_keeps_it():
+    # 80% of the calls go to 400 hot keys that change every 25,000 calls. The new hot
+    # keys have been asked for less often than the old ones were: a policy that
+    # admitted by frequency alone would turn them away until the old counts fade.
+    rng = random.Random(5)
+    trace = [
+        (i // 25_000) * 400 + rng.randrange(400)
+        if rng.random() < 0.8
+        else 10**6 + rng.randrange(10**6)
+        for i in range(150_000)
+    ]
+    cachu.configure(package="shifting", memory_maxsize=2_000, memory_copy=False)
+    try:
+        ours = _computations(cachu.cache(ttl=300, package="shifting"), trace)
+        lru = _computations(functools.lru_cache(maxsize=2_000), trace)
+        assert ours <= lru * 1.01, f"{ours} computations against an LRU's {lru}"
+    finally:
+        cachu.configure(package="shifting", memory_maxsize=0)
+
+
+def test_on_a_skewed_trace_frequency_keeps_more_than_recency():
+    rng = random.Random(9)
+    keys = list(range(100_000))
+    weights = [1 / (k + 1) for k in keys]
+    trace = rng.choices(keys, weights, k=100_000)
+    cachu.configure(package="skewed", memory_maxsize=500, memory_copy=False)
+    try:
+        ours = _computations(cachu.cache(ttl=300, package="skewed"), trace)
+        lru = _computations(functools.lru_cache(maxsize=500), trace)
+        assert ours < lru * 0.93, f"{ours} computations against an LRU's {lru}"
+    finally:
+        cachu.configure(package="skewed", memory_maxsize=0)
 
 
 def test_a_bound_holds_under_threads_across_regions():
