@@ -85,7 +85,7 @@ impl List {
 /// departures of its kind counts; each moves the window by `STEP * max` entries
 /// (a return evicted from the main space by twice that), a move in the same
 /// direction as the last by `DRIFT` times the last, at most `MOST_STEP * max`.
-const REACH: f64 = 1.0 / 16.0;
+const REACH: f64 = 0.08;
 const STEP: f64 = 0.001;
 const DRIFT: f64 = 1.5;
 const MOST_STEP: f64 = 0.1;
