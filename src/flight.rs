@@ -7,12 +7,14 @@
 //! to its process: a child of `fork()` never waits for one of its parent's (whose
 //! thread it does not have), it computes.
 
-use std::hash::BuildHasher;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use hashbrown::hash_table::Entry;
 use parking_lot::{Condvar, Mutex};
+
+use crate::key::hash_of;
 
 enum State<T> {
     Running,
@@ -70,13 +72,6 @@ impl<T> Flight<T> {
 /// the leader through its hash and the flight itself.
 type Map<T> = Arc<Mutex<hashbrown::HashTable<(Box<str>, Arc<Flight<T>>)>>>;
 
-static HASHER: LazyLock<foldhash::fast::RandomState> =
-    LazyLock::new(foldhash::fast::RandomState::default);
-
-fn hash_of(key: &str) -> u64 {
-    HASHER.hash_one(key)
-}
-
 /// The computations in progress, by key.
 pub struct Flights<T> {
     map: Map<T>,
@@ -118,12 +113,16 @@ impl<T> Flights<T> {
         let pid = crate::process::pid();
         let hash = hash_of(key);
         let mut map = self.map.lock();
-        if let Some(f) = flight_of(&map, hash, key).filter(|f| f.pid == pid) {
-            return if f.leader == me {
-                Join::Reentrant
-            } else {
-                Join::Follower(f.clone())
-            };
+        let entry = map.entry(hash, |(k, _)| **k == *key, |(k, _)| hash_of(k));
+        if let Entry::Occupied(found) = &entry {
+            let f = &found.get().1;
+            if f.pid == pid {
+                return if f.leader == me {
+                    Join::Reentrant
+                } else {
+                    Join::Follower(f.clone())
+                };
+            }
         }
         let flight = Arc::new(Flight {
             state: Mutex::new(State::Running),
@@ -131,11 +130,13 @@ impl<T> Flights<T> {
             leader: me,
             pid,
         });
-        if let Ok(entry) = map.find_entry(hash, |(k, _)| **k == *key) {
+        match entry {
             // A flight of the parent of this process (after fork): ours replaces it.
-            entry.remove();
+            Entry::Occupied(mut found) => found.get_mut().1 = flight.clone(),
+            Entry::Vacant(vacant) => {
+                vacant.insert((key.into(), flight.clone()));
+            }
         }
-        map.insert_unique(hash, (key.into(), flight.clone()), |(k, _)| hash_of(k));
         Join::Leader(Leader {
             map: self.map.clone(),
             hash,

@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
 use pyo3::prelude::*;
 use pyo3::types::{
@@ -14,6 +16,15 @@ use pyo3::types::{
 
 mod repr;
 pub use repr::{write_float, write_repr, Repr};
+
+/// The keys' hash, computed once per call: it picks the memory store's shard and
+/// bucket, and the single-flight table's. Seeded per process, so keys chosen by an
+/// attacker cannot be made to collide.
+pub fn hash_of(key: &str) -> u64 {
+    static HASHER: LazyLock<foldhash::fast::RandomState> =
+        LazyLock::new(foldhash::fast::RandomState::default);
+    HASHER.hash_one(key)
+}
 
 /// A tag as it stands in keys: `|` stripped from both ends, inner `|` made `.`, wrapped
 /// in `|`. The empty tag stays empty.

@@ -15,9 +15,7 @@
 //! because dropping a Python object can run arbitrary `__del__` code.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::LazyLock;
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -25,6 +23,7 @@ use parking_lot::{Mutex, RwLock};
 mod history;
 pub mod policy;
 
+use crate::key::hash_of;
 use crate::process::now_ns;
 pub use crate::process::unix_now;
 use crate::stamp::{Fresh, Stamp};
@@ -245,15 +244,6 @@ impl<V> Slot<V> {
     fn is_live(&self, now: u64) -> bool {
         now < self.expires_ns
     }
-}
-
-/// The keys' hash: computed once per call, it picks the shard and the bucket. Seeded
-/// per process, so keys chosen by an attacker cannot be made to collide.
-static HASHER: LazyLock<foldhash::fast::RandomState> =
-    LazyLock::new(foldhash::fast::RandomState::default);
-
-fn hash_of(key: &str) -> u64 {
-    HASHER.hash_one(key)
 }
 
 /// The tag of a key, as [`crate::key::function_head`] writes it:
