@@ -2,44 +2,54 @@
 //! often each was asked for lately (a count-min sketch), and which were evicted lately
 //! and from where (the ghosts that size the window).
 
-/// Count-min sketch: four counters (of at most 15) per key, all in one 64-byte block
-/// of the table (one cache line per access, as in Caffeine), 16 counters per entry
-/// of the bound.
+/// Count-min sketch: four counters of 4 bits (at most 15) per key, all in one block of
+/// a cache line (one line per access, as in Caffeine); 16 counters, 8 bytes, per
+/// entry of the bound.
 pub(super) struct Sketch {
-    blocks: Vec<[u8; 64]>,
+    blocks: Vec<Block>,
     mask: usize,
     additions: usize,
     period: usize,
 }
 
+/// Eight words of sixteen counters.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Block([u64; 8]);
+
 impl Sketch {
     pub(super) fn new(max: usize) -> Sketch {
         let max = max.clamp(16, 1 << 26);
-        let blocks = (max / 4).next_power_of_two();
+        let blocks = (max / 8).next_power_of_two();
         Sketch {
-            blocks: vec![[0; 64]; blocks],
+            blocks: vec![Block([0; 8]); blocks],
             mask: blocks - 1,
             additions: 0,
             period: max * 10,
         }
     }
 
-    /// The key's block, and its four counters there.
-    fn slots(&self, hash: u64) -> (usize, [usize; 4]) {
-        let h = (hash ^ (hash >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    /// The key's block, and its four counters there (word, shift). A key is the low
+    /// half of its hash (what the hit buffers carry), spread over 64 bits again.
+    fn slots(&self, key: u32) -> (usize, [(usize, u32); 4]) {
+        let h = u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = h ^ (h >> 29);
         let block = (h >> 40) as usize & self.mask;
-        // Four 6-bit offsets, one in each quarter of the block: never the same counter.
-        let at = |i: u32| i as usize * 16 + ((h >> (i * 4)) & 15) as usize;
+        // One counter in each pair of words: never the same counter twice.
+        let at = |i: u32| {
+            let word = i as usize * 2 + ((h >> (16 + i)) & 1) as usize;
+            (word, ((h >> (i * 4)) & 15) as u32 * 4)
+        };
         (block, [at(0), at(1), at(2), at(3)])
     }
 
-    pub(super) fn increment(&mut self, hash: u64) {
-        let (block, slots) = self.slots(hash);
-        let counters = &mut self.blocks[block];
+    pub(super) fn increment(&mut self, key: u32) {
+        let (block, slots) = self.slots(key);
+        let words = &mut self.blocks[block].0;
         let mut added = false;
-        for i in slots {
-            if counters[i] < 15 {
-                counters[i] += 1;
+        for (word, shift) in slots {
+            if (words[word] >> shift) & 15 < 15 {
+                words[word] += 1 << shift;
                 added = true;
             }
         }
@@ -54,17 +64,21 @@ impl Sketch {
     /// Halves every counter: popularity fades.
     fn age(&mut self) {
         for block in &mut self.blocks {
-            for c in block.iter_mut() {
-                *c >>= 1;
+            for word in &mut block.0 {
+                *word = (*word >> 1) & 0x7777_7777_7777_7777;
             }
         }
         self.additions /= 2;
     }
 
-    pub(super) fn frequency(&self, hash: u64) -> u8 {
-        let (block, slots) = self.slots(hash);
-        let counters = &self.blocks[block];
-        slots.iter().map(|&i| counters[i]).min().unwrap_or(0)
+    pub(super) fn frequency(&self, key: u32) -> u8 {
+        let (block, slots) = self.slots(key);
+        let words = &self.blocks[block].0;
+        slots
+            .iter()
+            .map(|&(word, shift)| ((words[word] >> shift) & 15) as u8)
+            .min()
+            .unwrap_or(0)
     }
 }
 
@@ -85,6 +99,9 @@ pub(super) struct Ghosts {
     mask: usize,
     /// Departures so far: from the window (admitted or not), from the main space.
     departed: [u32; 2],
+    /// Whether a key was remembered yet: until the bound is first reached, none is,
+    /// and an insert need not look.
+    any: bool,
 }
 
 const EXIT_BIT: u64 = 1 << 31;
@@ -97,6 +114,7 @@ impl Ghosts {
             slots: vec![0; n],
             mask: n - 1,
             departed: [0; 2],
+            any: false,
         }
     }
 
@@ -112,11 +130,15 @@ impl Ghosts {
         let kind = if exit == Exit::Main { EXIT_BIT } else { 0 };
         let at = self.slot(hash);
         self.slots[at] = (hash & !0xFFFF_FFFF) | kind | u64::from(count);
+        self.any = true;
     }
 
     /// Whether the key of `hash` (asked for again) was evicted lately: where from, and
     /// how many departures of that kind ago. Forgets it.
     pub(super) fn returned(&mut self, hash: u64) -> Option<(Exit, u32)> {
+        if !self.any {
+            return None;
+        }
         let at = self.slot(hash);
         let ghost = self.slots[at];
         if ghost == 0 || (ghost ^ hash) >> 32 != 0 {

@@ -14,39 +14,23 @@
 //! expired) are handed back to the caller, to be dropped after the lock is released,
 //! because dropping a Python object can run arbitrary `__del__` code.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
 mod history;
 pub mod policy;
+mod table;
 
 use crate::key::hash_of;
 use crate::process::now_ns;
 pub use crate::process::unix_now;
 use crate::stamp::{Fresh, Stamp};
-use policy::{TinyLfu, Victim};
+use policy::{TinyLfu, Victim, NIL};
+use table::{Slot, Table};
 
 const SHARDS: usize = 16;
-/// A shard is swept of its expired entries when it holds twice as many as after its
-/// last sweep, and at least this many: each sweep's scan is paid for by as many inserts.
-const SWEEP_FLOOR: usize = 1024;
-
-struct Slot<V> {
-    value: V,
-    created_at: f64,
-    /// The value's freshness ([`Stamp`]; NaN: not said).
-    fresh_for: f32,
-    took: f32,
-    expires_ns: u64,
-    /// Its insertion number in this store: names it to the policy.
-    seq: u64,
-    /// Bytes it counts against `memory_maxbytes`.
-    weight: u32,
-}
-
 /// The most entries a package keeps in memory, how many it keeps now, the stores that
 /// share it (its TTL regions, by id) and the policy that chooses among their entries.
 pub struct Budget {
@@ -66,9 +50,9 @@ pub trait Evict: Send + Sync {
     /// Removes the entries chosen (those still there), dropping them after its locks
     /// are released.
     fn evict(&self, victims: &[Victim]);
-    /// `(hash, seq, expiry, weight)` of every entry, for a policy that starts to count
-    /// them.
-    fn entries(&self) -> Vec<(u64, u64, u64, u32)>;
+    /// Hands every entry to the policy, which starts to count them (a package bounded
+    /// anew); returns the entries it chose to evict meanwhile, of any store.
+    fn adopt(&self, now: u64) -> Vec<Victim>;
 }
 
 impl<V: Send + Sync> Evict for MemoryStore<V> {
@@ -78,8 +62,20 @@ impl<V: Send + Sync> Evict for MemoryStore<V> {
         drop(out);
     }
 
-    fn entries(&self) -> Vec<(u64, u64, u64, u32)> {
-        self.names(|hash, s| (hash, s.seq, s.expires_ns, s.weight))
+    fn adopt(&self, now: u64) -> Vec<Victim> {
+        let mut victims = Vec::new();
+        for shard in &*self.shards {
+            let mut map = shard.map.write();
+            let mut entries: Vec<_> = map
+                .entries
+                .iter_mut()
+                .map(|(k, s)| (s.node.get_mut(), hash_of(k), s.seq, s.expires_ns, s.weight))
+                .collect();
+            self.budget
+                .policy
+                .adopt(self.id, &mut entries, now, &mut victims);
+        }
+        victims
     }
 }
 
@@ -123,14 +119,8 @@ impl Budget {
         let (max, bytes) = (max.unwrap_or(usize::MAX), max_bytes.unwrap_or(usize::MAX));
         let mut victims = self.policy.set_bounds(max, bytes, now);
         if !was_bounded {
-            for (id, store) in self.live_stores() {
-                for (hash, seq, expires, weight) in store.entries() {
-                    let weight = weight as usize;
-                    victims.extend(
-                        self.policy
-                            .inserted(id, hash, seq, expires, weight, None, now),
-                    );
-                }
+            for store in self.live_stores() {
+                victims.extend(store.adopt(now));
             }
         }
         self.dispatch(&victims, None);
@@ -147,12 +137,11 @@ impl Budget {
         (Some(max).filter(|m| *m != usize::MAX), self.policy.weight())
     }
 
-    fn live_stores(&self) -> Vec<(u32, Arc<dyn Evict>)> {
+    fn live_stores(&self) -> Vec<Arc<dyn Evict>> {
         self.stores
             .lock()
             .iter()
-            .enumerate()
-            .filter_map(|(i, w)| w.upgrade().map(|s| (i as u32, s)))
+            .filter_map(Weak::upgrade)
             .collect()
     }
 
@@ -239,163 +228,6 @@ impl Budget {
     }
 }
 
-impl<V> Slot<V> {
-    /// Live strictly before its deadline: a TTL of zero is never live.
-    fn is_live(&self, now: u64) -> bool {
-        now < self.expires_ns
-    }
-}
-
-/// The tag of a key, as [`crate::key::function_head`] writes it:
-/// `{region}:{prefix}{name}||{tag}||{params}` (an untagged key has one `|` after the
-/// name). Costs a scan to the first `|` for an untagged key: every insert asks.
-fn tag_of(key: &str) -> Option<&str> {
-    let bytes = key.as_bytes();
-    let bar = bytes.iter().position(|&b| b == b'|')?;
-    if bytes.get(bar + 1) != Some(&b'|') {
-        return None;
-    }
-    let start = bar + 2;
-    let len = key[start..].find("||")?;
-    Some(&key[start..start + len])
-}
-
-/// One shard's entries: a hash table of (key, slot) on the precomputed hash, and the
-/// keys of each tag (so that a tag's clear costs its entries, not the store's).
-struct Table<V> {
-    entries: hashbrown::HashTable<(Box<str>, Slot<V>)>,
-    tags: HashMap<Box<str>, HashSet<Box<str>>>,
-    /// The size at which the next insert sweeps expired entries.
-    sweep_at: usize,
-    /// Sweeps so far.
-    sweeps: u32,
-}
-
-impl<V> Table<V> {
-    fn new() -> Self {
-        Table {
-            entries: hashbrown::HashTable::new(),
-            tags: HashMap::new(),
-            sweep_at: SWEEP_FLOOR,
-            sweeps: 0,
-        }
-    }
-
-    /// Moves the entries that `doomed` picks out of the table, their values into `out`
-    /// and their names (hash, seq) into `gone`.
-    fn extract(
-        &mut self,
-        mut doomed: impl FnMut(&str, &Slot<V>) -> bool,
-        out: &mut Vec<V>,
-        gone: &mut Vec<(u64, u64)>,
-    ) {
-        let tags = &mut self.tags;
-        out.extend(
-            self.entries
-                .extract_if(|(k, s)| doomed(k, s))
-                .map(|(k, s)| {
-                    untag(tags, &k);
-                    gone.push((hash_of(&k), s.seq));
-                    s.value
-                }),
-        );
-    }
-
-    /// Removes the entry of `hash` inserted as `seq`, if it is still there.
-    fn remove_exact(&mut self, hash: u64, seq: u64) -> Option<Slot<V>> {
-        let e = self.entries.find_entry(hash, |(_, s)| s.seq == seq).ok()?;
-        let ((key, slot), _) = e.remove();
-        untag(&mut self.tags, &key);
-        Some(slot)
-    }
-
-    /// Moves the entries of `tag` out of the table, their values into `out`; returns
-    /// how many of them were live.
-    fn extract_tag(
-        &mut self,
-        tag: &str,
-        now: u64,
-        out: &mut Vec<V>,
-        gone: &mut Vec<(u64, u64)>,
-    ) -> usize {
-        let Some(keys) = self.tags.remove(tag) else {
-            return 0;
-        };
-        let mut live = 0;
-        for key in keys {
-            let hash = hash_of(&key);
-            if let Ok(e) = self.entries.find_entry(hash, |(k, _)| *k == key) {
-                let ((_, slot), _) = e.remove();
-                live += usize::from(slot.is_live(now));
-                gone.push((hash, slot.seq));
-                out.push(slot.value);
-            }
-        }
-        live
-    }
-
-    fn get(&self, hash: u64, key: &str) -> Option<&Slot<V>> {
-        self.entries
-            .find(hash, |(k, _)| &**k == key)
-            .map(|(_, s)| s)
-    }
-
-    fn insert(&mut self, hash: u64, key: &str, slot: Slot<V>) -> Option<Slot<V>> {
-        match self
-            .entries
-            .entry(hash, |(k, _)| &**k == key, |(k, _)| hash_of(k))
-        {
-            hashbrown::hash_table::Entry::Occupied(mut e) => {
-                Some(std::mem::replace(&mut e.get_mut().1, slot))
-            }
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert((key.into(), slot));
-                if let Some(tag) = tag_of(key) {
-                    self.tags.entry(tag.into()).or_default().insert(key.into());
-                }
-                None
-            }
-        }
-    }
-
-    fn remove(&mut self, hash: u64, key: &str) -> Option<Slot<V>> {
-        let removed = self
-            .entries
-            .find_entry(hash, |(k, _)| &**k == key)
-            .ok()
-            .map(|e| e.remove().0 .1);
-        if removed.is_some() {
-            untag(&mut self.tags, key);
-        }
-        removed
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Slot<V>)> {
-        self.entries.iter().map(|(k, s)| (k, s))
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn capacity(&self) -> usize {
-        self.entries.capacity()
-    }
-}
-
-/// Forgets `key` in the index of its tag.
-fn untag(tags: &mut HashMap<Box<str>, HashSet<Box<str>>>, key: &str) {
-    let Some(tag) = tag_of(key) else {
-        return;
-    };
-    if let Some(keys) = tags.get_mut(tag) {
-        keys.remove(key);
-        if keys.is_empty() {
-            tags.remove(tag);
-        }
-    }
-}
-
 struct Shard<V> {
     map: RwLock<Table<V>>,
 }
@@ -420,8 +252,8 @@ impl<V> Drop for MemoryStore<V> {
         // The entries leave with the store: the package's budget no longer counts them.
         self.budget.freed(self.len());
         if self.budget.is_bounded() {
-            let gone = self.names(|hash, s| (hash, s.seq));
-            self.budget.policy.forget(&gone);
+            let gone = self.names(Slot::name);
+            self.budget.policy.forget(self.id, &gone);
         }
     }
 }
@@ -474,23 +306,26 @@ impl<V> MemoryStore<V> {
         }
     }
 
-    /// What `f` makes of every entry (its key's hash and its slot), for the policy.
-    fn names<R>(&self, f: impl Fn(u64, &Slot<V>) -> R) -> Vec<R> {
+    /// What `f` makes of every entry, for the policy.
+    fn names<R>(&self, f: impl Fn(&Slot<V>) -> R) -> Vec<R> {
         self.shards
             .iter()
             .flat_map(|shard| {
-                let map = shard.map.read();
-                map.iter()
-                    .map(|(k, s)| f(hash_of(k), s))
+                shard
+                    .map
+                    .read()
+                    .iter()
+                    .map(|(_, s)| f(s))
                     .collect::<Vec<_>>()
             })
             .collect()
     }
 
-    /// Tells the policy of entries the store removed (a bounded package's only).
-    fn forget(&self, gone: &[(u64, u64)]) {
+    /// Tells the policy of entries `(node, seq)` the store removed (a bounded
+    /// package's only).
+    fn forget(&self, gone: &[(u32, u64)]) {
         if self.budget.is_bounded() {
-            self.budget.policy.forget(gone);
+            self.budget.policy.forget(self.id, gone);
         }
     }
 
@@ -521,7 +356,8 @@ impl<V> MemoryStore<V> {
         let map = self.shard(hash).map.read();
         let slot = map.get(hash, key).filter(|slot| slot.is_live(now))?;
         if self.budget.is_bounded() {
-            self.budget.policy.record_hit(hash);
+            let node = slot.node.load(Ordering::Relaxed);
+            self.budget.policy.record_hit(node, hash);
         }
         Some(f(
             &slot.value,
@@ -572,6 +408,7 @@ impl<V> MemoryStore<V> {
             expires_ns,
             seq,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            node: AtomicU32::new(NIL),
         };
         let hash = hash_of(key);
         let shard = self.shard(hash);
@@ -579,24 +416,32 @@ impl<V> MemoryStore<V> {
         let mut gone = Vec::new();
         let mut map = shard.map.write();
         let replaced = if let Some(old) = map.insert(hash, key, slot) {
+            let name = old.name();
             out.push(old.value);
-            Some(old.seq)
+            Some(name)
         } else {
             self.budget.used.fetch_add(1, Ordering::Relaxed);
             None
         };
         let before = out.len();
-        if map.len() >= map.sweep_at {
-            sweep_map(&mut map, now, &mut out, &mut gone);
+        if map.wants_sweep(now) {
+            map.sweep(now, &mut out, &mut gone);
         }
         self.budget.freed(out.len() - before);
         drop(map);
         if self.budget.is_bounded() {
-            self.budget.policy.forget(&gone);
-            let victims = self
-                .budget
-                .policy
-                .inserted(self.id, hash, seq, expires_ns, weight, replaced, now);
+            let policy = &self.budget.policy;
+            policy.forget(self.id, &gone);
+            let (node, victims) =
+                policy.inserted(self.id, hash, seq, expires_ns, weight, replaced, now);
+            // The slot learns its node, unless it left meanwhile: then the policy
+            // forgets it here (whoever removed it saw no node to forget).
+            let placed = shard.map.read().get_exact(hash, seq).map(|slot| {
+                slot.node.store(node, Ordering::Relaxed);
+            });
+            if placed.is_none() {
+                policy.forget(self.id, &[(node, seq)]);
+            }
             self.remove_chosen(&victims, &mut out);
             self.budget.dispatch(&victims, Some(self.id));
         }
@@ -622,7 +467,7 @@ impl<V> MemoryStore<V> {
         let removed = self.shard(hash).map.write().remove(hash, key);
         self.budget.freed(usize::from(removed.is_some()));
         removed.map(|s| {
-            self.forget(&[(hash, s.seq)]);
+            self.forget(&[s.name()]);
             s.value
         })
     }
@@ -705,7 +550,7 @@ impl<V> MemoryStore<V> {
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for shard in &*self.shards {
-            sweep_map(&mut shard.map.write(), now, &mut out, &mut gone);
+            shard.map.write().sweep(now, &mut out, &mut gone);
         }
         self.budget.freed(out.len());
         self.forget(&gone);
@@ -761,12 +606,6 @@ impl<V> MemoryStore<V> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn sweep_map<V>(map: &mut Table<V>, now: u64, out: &mut Vec<V>, gone: &mut Vec<(u64, u64)>) {
-    map.extract(|_, s| !s.is_live(now), out, gone);
-    map.sweep_at = (map.len() * 2).max(SWEEP_FLOOR);
-    map.sweeps += 1;
 }
 
 #[cfg(test)]

@@ -6,20 +6,24 @@
 //! candidate for the main space (a segmented LRU: probation, and protected for the
 //! entries hit again), and is admitted only if it was asked for more often than the
 //! main space's own victim, by a count-min sketch of recent frequencies (4 counters
-//! of at most 15 per key, halved after every `10 * max` accesses so that old popularity
+//! of 4 bits per key, halved after every `10 * max` accesses so that old popularity
 //! fades), or if it was asked for twice while the victim was not asked for at all in
 //! a long while. A scan of cold keys thus passes through the window without flushing
-//! the hot set. The window's share follows the evicted keys that come back: keys the
-//! window let go and the main space turned away grow it (towards LRU), keys the main
-//! space evicted shrink it. Expired entries found at the lists' cold ends go first.
+//! the hot set. A hit in the main space only marks its entry, which moves (to
+//! protected's warm end) when it reaches its list's cold end: the second chance of
+//! CLOCK, so that a hit costs no visit to the entry's neighbours. The window's share
+//! follows the evicted keys that come back: keys the window let go and the main space
+//! turned away grow it (towards LRU), keys the main space evicted shrink it. Expired
+//! entries found at the lists' cold ends go first.
 //!
-//! Entries are named by their key's hash and an insertion number (`seq`), so that the
-//! store removes exactly the entry chosen, never a newer one of the same key. Hits are
-//! recorded without a lock into striped, lossy buffers of hashes, replayed under the
-//! policy's lock by the hit that fills a buffer or by the next insert. Nothing here
+//! The policy names an entry by its node (the store's slot keeps it) and its store
+//! and insertion number (`seq`), so that it forgets exactly the entry removed and the
+//! store removes exactly the entry chosen (by its key's hash and `seq`), never a newer
+//! one of the same key. Hits are recorded without a lock into striped, lossy buffers
+//! of nodes, replayed under the policy's lock by the hit that fills a buffer or by
+//! the next insert: a replay visits the node and the sketch, no index. Nothing here
 //! calls Python; the store removes the victims after this lock is released.
 
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
@@ -35,7 +39,10 @@ pub struct Victim {
     pub seq: u64,
 }
 
-const NIL: u32 = u32::MAX;
+/// No node: an entry the policy does not hold (yet).
+pub const NIL: u32 = u32::MAX;
+/// The `seq` of a free node.
+const FREE: u64 = u64::MAX;
 const STRIPES: usize = 16;
 const STRIPE_LEN: usize = 64;
 
@@ -53,10 +60,13 @@ struct Node {
     /// Bytes it counts against `memory_maxbytes` (its key and value).
     weight: u32,
     expires_ns: u64,
-    /// The policy's access count when it was last moved to its list's warm end (when
-    /// it was last asked for, or a little before).
+    /// The policy's access count when it was last asked for (in the window: when it
+    /// was last moved to the window's warm end, as it was asked for).
     touched: u32,
     segment: Segment,
+    /// Asked for since it entered its segment of the main space: it moves to the warm
+    /// end of protected when it reaches its list's cold end, not when asked for.
+    referenced: bool,
     prev: u32,
     next: u32,
     /// Neighbours in its store's order of insertion (the order of expiry, for a
@@ -99,31 +109,15 @@ const STALE: u32 = 3;
 /// rest with the inserts that follow).
 const TRANSFER: usize = 64;
 
-/// The keys of the index are hashes already: they are used as they are.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("the index's keys are u64 hashes")
-    }
-
-    fn write_u64(&mut self, hash: u64) {
-        // The low bit is always set: the high half makes the bucket's bits vary.
-        self.0 = hash ^ (hash >> 32);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// What the sketch and the hit buffers know a key by: the low half of its hash, its
+/// low bit set (a buffer's empty slot holds 0).
+fn key_of(hash: u64) -> u32 {
+    hash as u32 | 1
 }
-
-type Index = hashbrown::HashMap<u64, u32, BuildHasherDefault<Prehashed>>;
 
 struct Inner {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    index: Index,
     window: List,
     probation: List,
     protected: List,
@@ -142,7 +136,7 @@ struct Inner {
     clock: u32,
 }
 
-/// Lossy buffers of the hashes of recent hits.
+/// Lossy buffers of recent hits: each the entry's node (high half) and key.
 struct Stripe {
     /// Hits written so far (the slot of the next is `next % STRIPE_LEN`).
     next: AtomicUsize,
@@ -163,7 +157,6 @@ impl Inner {
         Inner {
             nodes: Vec::new(),
             free: Vec::new(),
-            index: Index::default(),
             window: List::EMPTY,
             probation: List::EMPTY,
             protected: List::EMPTY,
@@ -215,6 +208,7 @@ impl Inner {
         {
             let n = &mut self.nodes[i as usize];
             n.segment = segment;
+            n.referenced = false;
             n.prev = tail;
             n.next = NIL;
         }
@@ -232,16 +226,13 @@ impl Inner {
         self.unlink(i);
         self.unlink_age(i);
         self.weight -= self.nodes[i as usize].weight as usize;
-        let n = &self.nodes[i as usize];
+        let n = &mut self.nodes[i as usize];
         let victim = Victim {
             store: n.store,
             hash: n.hash,
             seq: n.seq,
         };
-        let id = n.hash | 1;
-        if self.index.get(&id) == Some(&i) {
-            self.index.remove(&id);
-        }
+        n.seq = FREE;
         self.free.push(i);
         victim
     }
@@ -284,43 +275,53 @@ impl Inner {
         self.ages[store].len += 1;
     }
 
-    /// A hit on the entry of `id` (its hash with the low bit set, as buffers hold it).
-    fn touch(&mut self, id: u64) {
-        let hash = id;
-        self.sketch.increment(hash);
+    /// Whether node `i` holds the entry `seq` of `store`.
+    fn holds(&self, i: u32, store: u32, seq: u64) -> bool {
+        self.nodes
+            .get(i as usize)
+            .is_some_and(|n| n.seq == seq && n.store == store)
+    }
+
+    /// A hit on the entry of node `i`, whose key is `key` ([`key_of`]): a node freed
+    /// or given to another key since is left alone.
+    fn touch(&mut self, i: u32, key: u32) {
+        self.sketch.increment(key);
         self.clock = self.clock.wrapping_add(1);
-        let Some(&i) = self.index.get(&hash) else {
+        let Some(node) = self.nodes.get(i as usize) else {
             return;
         };
-        let node = &self.nodes[i as usize];
-        let segment = node.segment;
-        let len = match segment {
-            Segment::Window => self.window.len,
-            Segment::Protected => self.protected.len,
-            Segment::Probation => 0,
-        };
-        if (self.clock.wrapping_sub(node.touched) as usize) < len / 4 {
-            // Moved to the warm end fewer accesses ago than a quarter of its list's
-            // length (each access pushes one entry at most): it is still in the
-            // warmest quarter, whose order chooses no victim. Left where it is, it
-            // costs no visit to its neighbours.
+        if node.seq == FREE || key_of(node.hash) != key {
+            return;
+        }
+        if node.segment != Segment::Window {
+            // Marked only: it costs no visit to its neighbours (each mark is paid for
+            // once, by the move at the cold end).
+            let node = &mut self.nodes[i as usize];
+            node.touched = self.clock;
+            node.referenced = true;
+            return;
+        }
+        if (self.clock.wrapping_sub(node.touched) as usize) < self.window.len / 4 {
+            // Moved to the warm end fewer accesses ago than a quarter of the window
+            // (each access pushes one entry at most): it is still in the warmest
+            // quarter, whose order chooses no victim.
             return;
         }
         self.nodes[i as usize].touched = self.clock;
-        match segment {
-            Segment::Window => {
-                self.unlink(i);
-                self.push(i, Segment::Window);
+        self.unlink(i);
+        self.push(i, Segment::Window);
+    }
+
+    /// Probation's coldest entries that were asked for since they entered it move to
+    /// protected (at most `TRANSFER`): the coldest left is the victim.
+    fn promote_referenced(&mut self) {
+        for _ in 0..TRANSFER {
+            let i = self.probation.head;
+            if i == NIL || !self.nodes[i as usize].referenced {
+                return;
             }
-            Segment::Probation => {
-                self.unlink(i);
-                self.push(i, Segment::Protected);
-                self.demote_protected();
-            }
-            Segment::Protected => {
-                self.unlink(i);
-                self.push(i, Segment::Protected);
-            }
+            self.unlink(i);
+            self.push(i, Segment::Protected);
         }
     }
 
@@ -334,13 +335,20 @@ impl Inner {
                 break;
             }
             let i = self.protected.head;
+            // Asked for since it was placed: a second round in protected.
+            let segment = if self.nodes[i as usize].referenced {
+                Segment::Protected
+            } else {
+                Segment::Probation
+            };
             self.unlink(i);
-            self.push(i, Segment::Probation);
+            self.push(i, segment);
         }
     }
 
-    fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64, weight: u32) {
-        self.sketch.increment(hash | 1);
+    /// A new entry: its node.
+    fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64, weight: u32) -> u32 {
+        self.sketch.increment(key_of(hash));
         self.clock = self.clock.wrapping_add(1);
         if let Some((exit, ago)) = self.ghosts.returned(hash | 1) {
             self.resize_window(exit, ago);
@@ -354,6 +362,7 @@ impl Inner {
             expires_ns,
             touched: self.clock,
             segment: Segment::Window,
+            referenced: false,
             prev: NIL,
             next: NIL,
             older: NIL,
@@ -366,18 +375,15 @@ impl Inner {
             self.nodes.push(node);
             (self.nodes.len() - 1) as u32
         };
-        // Another entry of the same hash (a 64-bit collision) stays listed, unindexed.
-        self.index.insert(hash | 1, i);
         self.push(i, Segment::Window);
         self.push_age(i);
+        i
     }
 
-    /// Forgets an entry the store removed itself.
-    fn forget(&mut self, hash: u64, seq: u64) {
-        if let Some(&i) = self.index.get(&(hash | 1)) {
-            if self.nodes[i as usize].seq == seq {
-                self.remove_node(i);
-            }
+    /// Forgets an entry the store removed itself (node `i`, if it still holds it).
+    fn forget(&mut self, store: u32, i: u32, seq: u64) {
+        if self.holds(i, store, seq) {
+            self.remove_node(i);
         }
     }
 
@@ -403,6 +409,7 @@ impl Inner {
                 out.push(self.remove_node(i));
                 continue;
             }
+            self.promote_referenced();
             let victim = self.probation.head;
             let candidate = self.probation.tail;
             if victim == NIL {
@@ -431,6 +438,7 @@ impl Inner {
             self.ghosts.remember(self.nodes[i as usize].hash | 1, exit);
             out.push(self.remove_node(i));
         }
+        self.demote_protected();
     }
 
     fn over(&self) -> bool {
@@ -458,8 +466,8 @@ impl Inner {
             &self.nodes[candidate as usize],
             &self.nodes[victim as usize],
         );
-        let c = self.sketch.frequency(candidate.hash | 1);
-        let v = self.sketch.frequency(victim.hash | 1);
+        let c = self.sketch.frequency(key_of(candidate.hash));
+        let v = self.sketch.frequency(key_of(victim.hash));
         if c > v {
             return true;
         }
@@ -527,13 +535,18 @@ impl TinyLfu {
         }
     }
 
-    /// A hit on the entry of `hash`: recorded without a lock (a full buffer is
-    /// replayed by the hit that fills it, if the policy is free).
+    /// A hit on the entry of `hash` held by node `node` (`NIL`: not held yet, not
+    /// counted): recorded without a lock (a full buffer is replayed by the hit that
+    /// fills it, if the policy is free).
     #[inline]
-    pub fn record_hit(&self, hash: u64) {
+    pub fn record_hit(&self, node: u32, hash: u64) {
+        if node == NIL {
+            return;
+        }
         let stripe = &self.stripes[(hash >> 40) as usize % STRIPES];
         let at = stripe.next.fetch_add(1, Ordering::Relaxed);
-        stripe.slots[at % STRIPE_LEN].store(hash | 1, Ordering::Relaxed);
+        let hit = u64::from(node) << 32 | u64::from(key_of(hash));
+        stripe.slots[at % STRIPE_LEN].store(hit, Ordering::Relaxed);
         if at % STRIPE_LEN == STRIPE_LEN - 1 {
             if let Some(mut inner) = self.inner.try_lock() {
                 self.replay(&mut inner);
@@ -551,10 +564,14 @@ impl TinyLfu {
                 .load(Ordering::Relaxed)
                 .max(end.saturating_sub(STRIPE_LEN));
             for at in start..end {
-                let hash = stripe.slots[at % STRIPE_LEN].swap(0, Ordering::Relaxed);
-                if hash != 0 {
-                    // The low bit set marks a slot in use (empty ones hold 0).
-                    inner.touch(hash);
+                // A load and a store, not a swap: a locked swap would fence every
+                // slot's misses (sketch, node) from the next's. A hit written between
+                // the two is lost, as buffers lose hits anyway.
+                let slot = &stripe.slots[at % STRIPE_LEN];
+                let hit = slot.load(Ordering::Relaxed);
+                slot.store(0, Ordering::Relaxed);
+                if hit != 0 {
+                    inner.touch((hit >> 32) as u32, hit as u32);
                 }
             }
             stripe.replayed.store(end, Ordering::Relaxed);
@@ -562,7 +579,8 @@ impl TinyLfu {
     }
 
     /// A new entry of `store` weighing `weight` bytes (or a new value of an entry:
-    /// `replaced` is the seq it had), and the entries to evict for it.
+    /// `replaced` is the node and seq it had): its node, and the entries to evict for
+    /// it (it may be one of them).
     #[allow(clippy::too_many_arguments)] // what names an entry, and what it weighs
     pub fn inserted(
         &self,
@@ -571,29 +589,49 @@ impl TinyLfu {
         seq: u64,
         expires_ns: u64,
         weight: usize,
-        replaced: Option<u64>,
+        replaced: Option<(u32, u64)>,
         now: u64,
-    ) -> Vec<Victim> {
+    ) -> (u32, Vec<Victim>) {
         let mut inner = self.inner.lock();
         self.replay(&mut inner);
-        if let Some(old) = replaced {
-            inner.forget(hash, old);
+        if let Some((node, old)) = replaced {
+            inner.forget(store, node, old);
         }
         let weight = u32::try_from(weight).unwrap_or(u32::MAX);
-        inner.add(store, hash, seq, expires_ns, weight);
+        let node = inner.add(store, hash, seq, expires_ns, weight);
         let mut out = Vec::new();
         inner.evict(now, &mut out);
-        out
+        (node, out)
     }
 
-    /// Entries the stores removed themselves (deleted, cleared, expired).
-    pub fn forget(&self, removed: &[(u64, u64)]) {
-        if removed.is_empty() {
+    /// Entries of `store` it does not hold yet, `(node, hash, seq, expiry, weight)`
+    /// (a package bounded anew): each one's node is written back in place of `NIL` or
+    /// of a stale one; the entries to evict go to `out`.
+    pub fn adopt(
+        &self,
+        store: u32,
+        entries: &mut [(&mut u32, u64, u64, u64, u32)],
+        now: u64,
+        out: &mut Vec<Victim>,
+    ) {
+        let mut inner = self.inner.lock();
+        for (node, hash, seq, expires_ns, weight) in entries {
+            if !inner.holds(**node, store, *seq) {
+                **node = inner.add(store, *hash, *seq, *expires_ns, *weight);
+                inner.evict(now, out);
+            }
+        }
+    }
+
+    /// Entries `(node, seq)` the store `store` removed itself (deleted, cleared,
+    /// expired).
+    pub fn forget(&self, store: u32, removed: &[(u32, u64)]) {
+        if removed.iter().all(|&(node, _)| node == NIL) {
             return;
         }
         let mut inner = self.inner.lock();
-        for &(hash, seq) in removed {
-            inner.forget(hash, seq);
+        for &(node, seq) in removed {
+            inner.forget(store, node, seq);
         }
     }
 

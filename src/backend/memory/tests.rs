@@ -1,3 +1,4 @@
+use super::table::{tag_of, SWEEP_FLOOR};
 use super::*;
 
 #[test]
@@ -73,13 +74,15 @@ fn inserts_sweep_expired_entries_on_the_way() {
 #[test]
 fn sweeps_are_rare_however_large_the_store() {
     // A sweep scans its shard, so it comes only after the shard doubled since the
-    // last one: a million live entries do not make every insert slower.
+    // last one: a million live entries do not make every insert slower. (One entry
+    // in a thousand is expired at once, so that there is something to sweep.)
     let s = MemoryStore::default();
     let n = 1 << 20;
     for i in 0..n {
-        let _ = s.insert(&format!("k{i}"), i, 300.0);
+        let ttl = if i % 1000 == 0 { 0.0 } else { 300.0 };
+        let _ = s.insert(&format!("k{i}"), i, ttl);
     }
-    assert_eq!(s.len(), n);
+    assert!(s.len() >= n - n / 1000 - 1);
     let per_shard = n / SHARDS / SWEEP_FLOOR; // 64: what a sweep per 1024 inserts did
     for shard in &*s.shards {
         let sweeps = shard.map.read().sweeps;
@@ -88,6 +91,23 @@ fn sweeps_are_rare_however_large_the_store() {
             "{sweeps} sweeps of one shard"
         );
     }
+}
+
+#[test]
+fn a_store_none_of_whose_entries_expired_yet_is_not_scanned() {
+    let s = MemoryStore::default();
+    for i in 0..SWEEP_FLOOR * SHARDS * 8 {
+        let _ = s.insert(&format!("k{i}"), i, 300.0);
+    }
+    let sweeps: u32 = s.shards.iter().map(|sh| sh.map.read().sweeps).sum();
+    assert_eq!(sweeps, 0);
+    // One expired entry: an insert into its shard (which doubled) sweeps it.
+    let swept = s.insert("gone", 0, 0.0).len();
+    let swept = swept
+        + (0..SWEEP_FLOOR * SHARDS)
+            .map(|i| s.insert(&format!("more{i}"), i, 300.0).len())
+            .sum::<usize>();
+    assert_eq!((swept, s.len()), (1, SWEEP_FLOOR * SHARDS * 9));
 }
 
 #[test]
@@ -195,9 +215,14 @@ fn bounds_hold_under_threads() {
         .map(|t| {
             let s = s.clone();
             std::thread::spawn(move || {
+                // Keys removed and replaced as others insert them: an entry can
+                // leave before the policy's node for it is written to its slot.
                 for i in 0..5_000u64 {
                     let key = format!("k{}", (i * 7 + t * 13) % 3_000);
-                    if s.get_with(&key, |v, _| *v).is_none() {
+                    let hit = s.get_with(&key, |v, _| *v).is_some();
+                    if i % 7 == 0 {
+                        let _ = s.remove(&key);
+                    } else if !hit || i % 5 == 0 {
                         drop(s.insert(&key, i, 300.0));
                     }
                 }
@@ -260,9 +285,9 @@ fn a_chosen_entry_replaced_meanwhile_is_not_removed() {
     let budget = Arc::new(Budget::new(Some(100)));
     let s = MemoryStore::<u32>::enlisted(budget.clone());
     let _ = s.insert("k", 1, 300.0);
-    let old = s.entries();
+    let hash = crate::key::hash_of("k");
+    let seq = s.names(|s| s.seq)[0];
     let _ = s.insert("k", 2, 300.0);
-    let (hash, seq, _, _) = old[0];
     Evict::evict(
         &*s,
         &[Victim {
@@ -272,7 +297,7 @@ fn a_chosen_entry_replaced_meanwhile_is_not_removed() {
         }],
     );
     assert_eq!(s.get_with("k", |v, _| *v), Some(2));
-    let (hash, seq, _, _) = s.entries()[0];
+    let seq = s.names(|s| s.seq)[0];
     Evict::evict(
         &*s,
         &[Victim {
@@ -283,4 +308,31 @@ fn a_chosen_entry_replaced_meanwhile_is_not_removed() {
     );
     assert_eq!(s.get_with("k", |v, _| *v), None);
     assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn entries_removed_as_they_are_inserted_leave_no_node_behind() {
+    // Four keys inserted and removed by four threads at once: many leave before the
+    // inserting thread writes the policy's node to their slot.
+    let budget = Arc::new(Budget::new(Some(1_000)));
+    let s = MemoryStore::<u64>::enlisted(budget.clone());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000u64 {
+                    let key = format!("k{}", (i + t) % 4);
+                    if (i + t) % 2 == 0 {
+                        drop(s.insert(&key, i, 300.0));
+                    } else {
+                        let _ = s.remove(&key);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!((budget.policy_len(), budget.used()), (s.len(), s.len()));
 }

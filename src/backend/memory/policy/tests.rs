@@ -6,22 +6,42 @@ use super::*;
 /// Replays `trace` through a policy of `max` entries: the hit ratio.
 fn hit_ratio(max: usize, trace: &[u64]) -> f64 {
     let p = TinyLfu::new(max);
-    let mut resident = std::collections::HashSet::new();
+    let mut resident = Resident::default();
     let mut hits = 0;
     for (seq, &key) in trace.iter().enumerate() {
         let hash = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        if resident.contains(&hash) {
+        if let Some(&node) = resident.get(&hash) {
             hits += 1;
-            p.record_hit(hash);
+            p.record_hit(node, hash);
             continue;
         }
-        resident.insert(hash);
-        for v in p.inserted(0, hash, seq as u64, u64::MAX, 1, None, 0) {
-            resident.remove(&v.hash);
-        }
+        resident.insert_into(&p, hash, seq as u64);
         assert!(resident.len() <= max);
     }
     f64::from(hits) / trace.len() as f64
+}
+
+/// The entries a store would hold, by hash: their nodes.
+#[derive(Default)]
+struct Resident(std::collections::HashMap<u64, u32>);
+
+impl std::ops::Deref for Resident {
+    type Target = std::collections::HashMap<u64, u32>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Resident {
+    /// Inserts the entry of `hash` as `seq` (of store 0), and removes the victims.
+    fn insert_into(&mut self, p: &TinyLfu, hash: u64, seq: u64) {
+        let (node, victims) = p.inserted(0, hash, seq, u64::MAX, 1, None, 0);
+        self.0.insert(hash, node);
+        for v in victims {
+            self.0.remove(&v.hash);
+        }
+    }
 }
 
 fn zipf(n: usize, keys: u64, alpha: f64, seed: u64) -> Vec<u64> {
@@ -108,31 +128,25 @@ fn frequency_beats_recency_on_a_skewed_trace() {
 fn a_scan_does_not_flush_the_hot_set() {
     let p = TinyLfu::new(100);
     let mut seq = 0;
-    let mut insert = |p: &TinyLfu, key: u64| {
-        seq += 1;
-        p.inserted(0, key * 2 + 1, seq, u64::MAX, 1, None, 0)
-    };
-    let mut resident = std::collections::HashSet::new();
-    for round in 0..20 {
+    let mut resident = Resident::default();
+    for _ in 0..20 {
         for key in 0..80 {
-            if resident.contains(&key) {
-                p.record_hit(key * 2 + 1);
+            let hash = key * 2 + 1;
+            if let Some(&node) = resident.get(&hash) {
+                p.record_hit(node, hash);
             } else {
-                resident.insert(key);
-                for v in insert(&p, key) {
-                    resident.remove(&(v.hash / 2));
-                }
+                seq += 1;
+                resident.insert_into(&p, hash, seq);
             }
         }
-        let _ = round;
     }
     for cold in 1000..3000 {
-        resident.insert(cold);
-        for v in insert(&p, cold) {
-            resident.remove(&(v.hash / 2));
-        }
+        seq += 1;
+        resident.insert_into(&p, cold * 2 + 1, seq);
     }
-    let kept = (0..80).filter(|k| resident.contains(k)).count();
+    let kept = (0..80)
+        .filter(|k| resident.contains_key(&(k * 2 + 1)))
+        .count();
     assert!(kept >= 70, "{kept} of 80 hot keys kept through a scan");
     assert!(p.len() <= 100);
 }
@@ -145,9 +159,10 @@ fn expired_entries_go_first() {
         let (store, expires) = if k == 9 { (1, 10) } else { (0, u64::MAX) };
         assert!(p
             .inserted(store, k * 2 + 1, k, expires, 1, None, 0)
+            .1
             .is_empty());
     }
-    let out = p.inserted(0, 99, 10, u64::MAX, 1, None, 100);
+    let (_, out) = p.inserted(0, 99, 10, u64::MAX, 1, None, 100);
     assert_eq!(
         out,
         [Victim {
@@ -161,12 +176,14 @@ fn expired_entries_go_first() {
 #[test]
 fn a_replaced_or_forgotten_entry_leaves_no_trace() {
     let p = TinyLfu::new(10);
-    let _ = p.inserted(0, 3, 1, u64::MAX, 1, None, 0);
-    let _ = p.inserted(0, 3, 2, u64::MAX, 1, Some(1), 0);
+    let (first, _) = p.inserted(0, 3, 1, u64::MAX, 1, None, 0);
+    let (second, _) = p.inserted(0, 3, 2, u64::MAX, 1, Some((first, 1)), 0);
     assert_eq!(p.len(), 1);
-    p.forget(&[(3, 1)]); // not the entry there now
+    // Not the entry there now, though its node may be the same: nor another store's.
+    p.forget(0, &[(first, 1), (second, 1)]);
+    p.forget(1, &[(second, 2)]);
     assert_eq!(p.len(), 1);
-    p.forget(&[(3, 2)]);
+    p.forget(0, &[(second, 2)]);
     assert!(p.is_empty());
 }
 
@@ -181,4 +198,28 @@ fn a_bound_of_bytes_holds_alone_and_with_one_of_entries() {
     assert_eq!(p.len(), 11);
     let _ = p.set_bounds(5, 1000, 0);
     assert_eq!((p.len(), p.weight()), (5, 450));
+}
+
+#[test]
+fn a_hit_through_a_node_given_to_another_key_moves_nothing() {
+    // A slot's node outlives the entry by a moment (a hit recorded as its entry is
+    // evicted): replayed later, it must not count for the key that took the node.
+    let p = TinyLfu::new(100);
+    let (a, _) = p.inserted(0, 3, 1, u64::MAX, 1, None, 0);
+    p.forget(0, &[(a, 1)]);
+    let (b, _) = p.inserted(0, 5, 2, u64::MAX, 1, None, 0);
+    assert_eq!(a, b, "the free node is taken again");
+    let _ = p.inserted(0, 7, 3, u64::MAX, 1, None, 0);
+    let marked = |p: &TinyLfu| {
+        let inner = p.inner.lock();
+        let node = &inner.nodes[b as usize];
+        (node.segment, node.referenced)
+    };
+    assert_eq!(marked(&p), (Segment::Probation, false));
+    p.record_hit(a, 3);
+    let _ = p.inserted(0, 9, 4, u64::MAX, 1, None, 0);
+    assert_eq!(marked(&p), (Segment::Probation, false));
+    p.record_hit(b, 5);
+    let _ = p.inserted(0, 11, 5, u64::MAX, 1, None, 0);
+    assert_eq!(marked(&p), (Segment::Probation, true));
 }

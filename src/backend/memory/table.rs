@@ -1,0 +1,230 @@
+//! One shard's table of the in-process store: entries by key, on the key's
+//! precomputed hash, with the keys of each tag, and when to sweep it of expired
+//! entries.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::key::hash_of;
+
+/// A shard is swept of its expired entries when it holds twice as many as after its
+/// last sweep, and at least this many: each sweep's scan is paid for by as many inserts.
+pub(super) const SWEEP_FLOOR: usize = 1024;
+
+/// An entry's value and what the store knows of it.
+pub(super) struct Slot<V> {
+    pub(super) value: V,
+    pub(super) created_at: f64,
+    /// The value's freshness ([`crate::stamp::Stamp`]; NaN: not said).
+    pub(super) fresh_for: f32,
+    pub(super) took: f32,
+    pub(super) expires_ns: u64,
+    /// Its insertion number in this store: names it to the policy.
+    pub(super) seq: u64,
+    /// Bytes it counts against `memory_maxbytes`.
+    pub(super) weight: u32,
+    /// Its node in the package's policy ([`super::policy::NIL`]: none, or not yet): a hit names it.
+    pub(super) node: AtomicU32,
+}
+
+impl<V> Slot<V> {
+    /// Live strictly before its deadline: a TTL of zero is never live.
+    pub(super) fn is_live(&self, now: u64) -> bool {
+        now < self.expires_ns
+    }
+
+    /// What names it to the policy: its node and insertion number.
+    pub(super) fn name(&self) -> (u32, u64) {
+        (self.node.load(Ordering::Relaxed), self.seq)
+    }
+}
+
+/// The tag of a key, as [`crate::key::function_head`] writes it:
+/// `{region}:{prefix}{name}||{tag}||{params}` (an untagged key has one `|` after the
+/// name). Costs a scan to the first `|` for an untagged key: every insert asks.
+pub(super) fn tag_of(key: &str) -> Option<&str> {
+    let bytes = key.as_bytes();
+    let bar = bytes.iter().position(|&b| b == b'|')?;
+    if bytes.get(bar + 1) != Some(&b'|') {
+        return None;
+    }
+    let start = bar + 2;
+    let len = key[start..].find("||")?;
+    Some(&key[start..start + len])
+}
+
+/// One shard's entries: a hash table of (key, slot) on the precomputed hash, and the
+/// keys of each tag (so that a tag's clear costs its entries, not the store's).
+pub(super) struct Table<V> {
+    pub(super) entries: hashbrown::HashTable<(Box<str>, Slot<V>)>,
+    pub(super) tags: HashMap<Box<str>, HashSet<Box<str>>>,
+    /// The size at which the next insert sweeps expired entries.
+    sweep_at: usize,
+    /// The earliest deadline of its entries, or an earlier one (entries removed since
+    /// the last sweep are not looked at): before it, a sweep would find nothing.
+    soonest: u64,
+    /// Sweeps so far.
+    pub(super) sweeps: u32,
+}
+
+impl<V> Table<V> {
+    pub(super) fn new() -> Self {
+        Table {
+            entries: hashbrown::HashTable::new(),
+            tags: HashMap::new(),
+            sweep_at: SWEEP_FLOOR,
+            soonest: u64::MAX,
+            sweeps: 0,
+        }
+    }
+
+    /// Moves the entries that `doomed` picks out of the table, their values into `out`
+    /// and their names (hash, seq) into `gone`.
+    pub(super) fn extract(
+        &mut self,
+        mut doomed: impl FnMut(&str, &Slot<V>) -> bool,
+        out: &mut Vec<V>,
+        gone: &mut Vec<(u32, u64)>,
+    ) {
+        let tags = &mut self.tags;
+        out.extend(
+            self.entries
+                .extract_if(|(k, s)| doomed(k, s))
+                .map(|(k, s)| {
+                    untag(tags, &k);
+                    gone.push(s.name());
+                    s.value
+                }),
+        );
+    }
+
+    /// Removes the entry of `hash` inserted as `seq`, if it is still there.
+    pub(super) fn remove_exact(&mut self, hash: u64, seq: u64) -> Option<Slot<V>> {
+        let e = self.entries.find_entry(hash, |(_, s)| s.seq == seq).ok()?;
+        let ((key, slot), _) = e.remove();
+        untag(&mut self.tags, &key);
+        Some(slot)
+    }
+
+    /// Moves the entries of `tag` out of the table, their values into `out`; returns
+    /// how many of them were live.
+    pub(super) fn extract_tag(
+        &mut self,
+        tag: &str,
+        now: u64,
+        out: &mut Vec<V>,
+        gone: &mut Vec<(u32, u64)>,
+    ) -> usize {
+        let Some(keys) = self.tags.remove(tag) else {
+            return 0;
+        };
+        let mut live = 0;
+        for key in keys {
+            let hash = hash_of(&key);
+            if let Ok(e) = self.entries.find_entry(hash, |(k, _)| *k == key) {
+                let ((_, slot), _) = e.remove();
+                live += usize::from(slot.is_live(now));
+                gone.push(slot.name());
+                out.push(slot.value);
+            }
+        }
+        live
+    }
+
+    /// The entry of `hash` inserted as `seq`, if it is still there.
+    pub(super) fn get_exact(&self, hash: u64, seq: u64) -> Option<&Slot<V>> {
+        self.entries
+            .find(hash, |(_, s)| s.seq == seq)
+            .map(|(_, s)| s)
+    }
+
+    pub(super) fn get(&self, hash: u64, key: &str) -> Option<&Slot<V>> {
+        self.entries
+            .find(hash, |(k, _)| &**k == key)
+            .map(|(_, s)| s)
+    }
+
+    pub(super) fn insert(&mut self, hash: u64, key: &str, slot: Slot<V>) -> Option<Slot<V>> {
+        self.soonest = self.soonest.min(slot.expires_ns);
+        match self
+            .entries
+            .entry(hash, |(k, _)| &**k == key, |(k, _)| hash_of(k))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(&mut e.get_mut().1, slot))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((key.into(), slot));
+                if let Some(tag) = tag_of(key) {
+                    self.tags.entry(tag.into()).or_default().insert(key.into());
+                }
+                None
+            }
+        }
+    }
+
+    pub(super) fn remove(&mut self, hash: u64, key: &str) -> Option<Slot<V>> {
+        let removed = self
+            .entries
+            .find_entry(hash, |(k, _)| &**k == key)
+            .ok()
+            .map(|e| e.remove().0 .1);
+        if removed.is_some() {
+            untag(&mut self.tags, key);
+        }
+        removed
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Slot<V>)> {
+        self.entries.iter().map(|(k, s)| (k, s))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+}
+
+/// Forgets `key` in the index of its tag.
+fn untag(tags: &mut HashMap<Box<str>, HashSet<Box<str>>>, key: &str) {
+    let Some(tag) = tag_of(key) else {
+        return;
+    };
+    if let Some(keys) = tags.get_mut(tag) {
+        keys.remove(key);
+        if keys.is_empty() {
+            tags.remove(tag);
+        }
+    }
+}
+
+impl<V> Table<V> {
+    /// Whether an insert should sweep: the table doubled since the last sweep, and an
+    /// entry may have expired.
+    pub(super) fn wants_sweep(&self, now: u64) -> bool {
+        self.len() >= self.sweep_at && now >= self.soonest
+    }
+
+    /// Moves the expired entries out, their values into `out` and their names into
+    /// `gone`.
+    pub(super) fn sweep(&mut self, now: u64, out: &mut Vec<V>, gone: &mut Vec<(u32, u64)>) {
+        let mut soonest = u64::MAX;
+        self.extract(
+            |_, s| {
+                let live = s.is_live(now);
+                if live {
+                    soonest = soonest.min(s.expires_ns);
+                }
+                !live
+            },
+            out,
+            gone,
+        );
+        self.soonest = soonest;
+        self.sweep_at = (self.len() * 2).max(SWEEP_FLOOR);
+        self.sweeps += 1;
+    }
+}
