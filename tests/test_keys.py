@@ -208,7 +208,7 @@ def test_every_way_of_calling_reaches_the_same_entry():
         area()
 
 
-def test_floats_and_tuples_are_written_as_repr_writes_them():
+def test_floats_ints_and_tuples_are_written_as_repr_writes_them():
     import math
     import random
     import struct
@@ -258,6 +258,12 @@ def test_floats_and_tuples_are_written_as_repr_writes_them():
     ]
     for v in values:
         assert f.cache_key(v) == f"1m:f|x={v!r}", v
+    # Ints of every length and sign, at and past the 64-bit edges.
+    ints = [0, -1, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 10**30, -(10**30), True, False]
+    ints += [sign * rng.randrange(10 ** (d - 1), 10**d) for d in range(1, 21) for sign in (1, -1)]
+    for n in ints:
+        assert f.cache_key(n) == f"1m:f|x={n!r}", n
+        assert f.cache_key((n, n)) == f"1m:f|x={(n, n)!r}", n
 
 
 def test_keyword_calls_are_keyed_as_the_packed_call_keys_them():
