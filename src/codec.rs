@@ -177,8 +177,11 @@ pub enum Stored {
     /// members are all flat containers: a hit copies the dict, then those members only,
     /// with no type checks.
     Nested(Py<NestedDict>),
-    /// A small dict with string keys: `(keys, value, value, ...)`, `keys` a tuple that
-    /// records of one shape share. Values are immutable or flat containers.
+    /// A small dict with string keys: `(shape, value, value, ...)`, `shape` a tuple of
+    /// the keys and their [`Kind`]s that records of one shape share. Values are
+    /// immutable, or flat containers kept frozen (a list or a set as a tuple, a dict as a
+    /// tuple of its keys and values in turn): a record holds nothing mutable, and the
+    /// collector stops visiting it.
     Record(Py<PyTuple>),
     Pickled(Py<PyBytes>),
 }
@@ -190,22 +193,52 @@ const RECORD_MAX_KEYS: usize = 5;
 /// Shapes (tuples of keys) this thread made lately: records of one shape share theirs.
 const SHAPES_KEPT: usize = 8;
 
+/// How a record keeps one value (two bits of its shape's last item, per key).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Immutable: the value itself.
+    Itself = 0,
+    /// A flat list, kept as a tuple.
+    List = 1,
+    /// A flat set, kept as a tuple.
+    Set = 2,
+    /// A flat dict, kept as a tuple of its keys and values in turn.
+    Dict = 3,
+}
+
+impl Kind {
+    fn of(kinds: u64, i: usize) -> Kind {
+        match (kinds >> (2 * i)) & 3 {
+            0 => Kind::Itself,
+            1 => Kind::List,
+            2 => Kind::Set,
+            _ => Kind::Dict,
+        }
+    }
+}
+
 thread_local! {
     static SHAPES: std::cell::RefCell<std::collections::VecDeque<Py<PyTuple>>> =
         const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
-/// The shared tuple of `keys`, made if this thread has none lately.
+/// The shared shape of `keys` and their `kinds` (`(key, ..., kinds)`), made if this
+/// thread has none lately.
 fn shape_of_keys<'py>(
     py: Python<'py>,
     keys: &[Bound<'py, PyAny>],
+    kinds: u64,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let same = |shape: &Bound<'py, PyTuple>| {
-        shape.len() == keys.len()
+        shape.len() == keys.len() + 1
             && shape.iter().zip(keys).all(|(a, b)| {
                 // Exact strings: comparing them runs no Python code.
                 a.is(b) || a.eq(b).unwrap_or(false)
             })
+            && shape
+                .get_item(keys.len())
+                .and_then(|k| k.extract::<u64>())
+                .is_ok_and(|k| k == kinds)
     };
     let known = SHAPES
         .try_with(|cell| {
@@ -217,7 +250,9 @@ fn shape_of_keys<'py>(
     if let Some(shape) = known {
         return Ok(shape);
     }
-    let shape = PyTuple::new(py, keys)?;
+    let mut items = keys.to_vec();
+    items.push(kinds.into_pyobject(py)?.into_any());
+    let shape = PyTuple::new(py, items)?;
     let evicted = SHAPES
         .try_with(|cell| {
             let mut shapes = cell.try_borrow_mut().ok()?;
@@ -241,45 +276,58 @@ fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
     let mut keys = Vec::with_capacity(d.len());
     let mut items = Vec::with_capacity(d.len() + 1);
     items.push(py.None().into_bound(py)); // the shape, below
-    for (k, v) in d.iter() {
+    let mut kinds = 0u64;
+    for (i, (k, v)) in d.iter().enumerate() {
         if !k.is_exact_instance_of::<PyString>() {
             return Ok(None);
         }
-        let kept = if shape(&v, 1) == Shape::Immutable {
-            v
-        } else if is_flat(&v) || is_flat_set(&v) {
-            shallow_copy(&v)?
+        let (kind, kept) = if shape(&v, 1) == Shape::Immutable {
+            (Kind::Itself, v)
+        } else if let Some(l) = v.cast_exact::<PyList>().ok().filter(|_| is_flat(&v)) {
+            (Kind::List, l.to_tuple().into_any())
+        } else if let Some(m) = v.cast_exact::<PyDict>().ok().filter(|_| is_flat(&v)) {
+            let pairs: Vec<_> = m.iter().flat_map(|(k, v)| [k, v]).collect();
+            (Kind::Dict, PyTuple::new(py, pairs)?.into_any())
+        } else if is_flat_set(&v) {
+            let items: Vec<_> = v.try_iter()?.flatten().collect();
+            (Kind::Set, PyTuple::new(py, items)?.into_any())
         } else {
             return Ok(None);
         };
+        kinds |= (kind as u64) << (2 * i);
         keys.push(k);
         items.push(kept);
     }
-    items[0] = shape_of_keys(py, &keys)?.into_any();
+    items[0] = shape_of_keys(py, &keys, kinds)?.into_any();
     Ok(Some(PyTuple::new(py, items)?.unbind()))
 }
 
-/// The dict a record stands for, new, its containers copied.
+/// The dict a record stands for, new, its containers thawed (new lists, dicts, sets).
 fn dict_of_record<'py>(record: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
     let py = record.py();
     let out = PyDict::new(py);
     let n = record.len() - 1;
-    // SAFETY: `record` was made by `record_of`: item 0 is a tuple of `n` keys, items
-    // 1..=n the values, and tuples never change. The items are borrowed from tuples that
-    // `record` keeps alive for the whole loop. Every test of a memory hit on a small dict
-    // runs this.
+    // SAFETY: `record` was made by `record_of`: item 0 is a tuple of `n` keys and their
+    // kinds (an int), items 1..=n the values, as their kinds say, and tuples never
+    // change. The items are borrowed from tuples that `record` keeps alive for the whole
+    // loop. Every test of a memory hit on a small dict runs this.
     unsafe {
         let shape = record.get_borrowed_item_unchecked(0);
+        let kinds = ffi::PyTuple_GET_ITEM(shape.as_ptr(), n as ffi::Py_ssize_t);
+        // An int below 4 ** RECORD_MAX_KEYS, made by `shape_of_keys`: it converts.
+        let kinds = ffi::PyLong_AsUnsignedLongLong(kinds);
         for i in 0..n {
             let k = ffi::PyTuple_GET_ITEM(shape.as_ptr(), i as ffi::Py_ssize_t);
             let v = record.get_borrowed_item_unchecked(i + 1);
-            // The values are immutable (shared) or flat containers (copied).
-            let rc = if is_container(&v) {
-                ffi::PyDict_SetItem(out.as_ptr(), k, shallow_copy(&v)?.as_ptr())
-            } else {
-                ffi::PyDict_SetItem(out.as_ptr(), k, v.as_ptr())
+            let thawed;
+            let value = match Kind::of(kinds, i) {
+                Kind::Itself => v.as_ptr(),
+                kind => {
+                    thawed = thaw(&v, kind)?;
+                    thawed.as_ptr()
+                }
             };
-            if rc < 0 {
+            if ffi::PyDict_SetItem(out.as_ptr(), k, value) < 0 {
                 return Err(PyErr::fetch(py));
             }
         }
@@ -287,11 +335,23 @@ fn dict_of_record<'py>(record: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAn
     Ok(out.into_any())
 }
 
-/// Whether `v` is a dict, list or set (exactly those types).
-fn is_container(v: &Bound<'_, PyAny>) -> bool {
-    v.is_exact_instance_of::<PyDict>()
-        || v.is_exact_instance_of::<PyList>()
-        || v.is_exact_instance_of::<PySet>()
+/// A new container of `kind` from its frozen form in a record.
+fn thaw<'py>(frozen: &Bound<'py, PyAny>, kind: Kind) -> PyResult<Bound<'py, PyAny>> {
+    let py = frozen.py();
+    let items = frozen.cast::<PyTuple>();
+    Ok(match kind {
+        Kind::Itself => frozen.clone(),
+        Kind::List => PyList::new(py, items?.iter_borrowed())?.into_any(),
+        Kind::Set => PySet::new(py, items?.iter_borrowed())?.into_any(),
+        Kind::Dict => {
+            let items = items?;
+            let d = PyDict::new(py);
+            for pair in items.as_slice().chunks_exact(2) {
+                d.set_item(&pair[0], &pair[1])?;
+            }
+            d.into_any()
+        }
+    })
 }
 
 /// Whether `v` is a set of immutable leaves.

@@ -481,3 +481,29 @@ def test_copies_of_dicts_of_every_shape_are_isolated():
         hit.clear()
         assert f(1) == original, (i, f(1))
         assert cachu.cache_info(f).hits == 2
+
+
+def test_small_cached_dicts_are_not_visited_by_the_collector():
+    """A small dict of plain values, lists, dicts and sets is kept frozen (a list as a
+    tuple...): the collector stops visiting what the cache holds, and every caller
+    still gets containers of its own."""
+    import gc
+
+    @cachu.cache(ttl=60, package="frozen_records")
+    def row(i):
+        return {"id": i, "tags": [1, 2], "m": {"a": 1, "b": None}, "s": {3, 4}, "t": (1, "x")}
+
+    first = row(1)
+    first["tags"].append(5)
+    first["m"]["q"] = 1
+    first["s"].add(7)
+    again = row(1)
+    assert again == {"id": 1, "tags": [1, 2], "m": {"a": 1, "b": None}, "s": {3, 4}, "t": (1, "x")}
+    assert [type(again[k]) for k in ("tags", "m", "s", "t")] == [list, dict, set, tuple]
+    assert again["tags"] is not row(1)["tags"]
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(10_000):
+        row(i)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 1_000
