@@ -211,27 +211,19 @@ fn budgets_are_shared_by_the_stores_of_a_package() {
 fn bounds_hold_under_threads() {
     let budget = Arc::new(Budget::new(Some(500)));
     let s = MemoryStore::<u64>::enlisted(budget.clone());
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                // Keys removed and replaced as others insert them: an entry can
-                // leave before the policy's node for it is written to its slot.
-                for i in 0..5_000u64 {
-                    let key = format!("k{}", (i * 7 + t * 13) % 3_000);
-                    let hit = s.get_with(&key, |v, _| *v).is_some();
-                    if i % 7 == 0 {
-                        let _ = s.remove(&key);
-                    } else if !hit || i % 5 == 0 {
-                        drop(s.insert(&key, i, 300.0));
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    on_threads(&s, 8, |s, t| {
+        // Keys removed and replaced as others insert them: an entry can leave before
+        // the policy's node for it is written to its slot.
+        for i in 0..5_000u64 {
+            let key = format!("k{}", (i * 7 + t * 13) % 3_000);
+            let hit = s.get_with(&key, |v, _| *v).is_some();
+            if i % 7 == 0 {
+                let _ = s.remove(&key);
+            } else if !hit || i % 5 == 0 {
+                drop(s.insert(&key, i, 300.0));
+            }
+        }
+    });
     assert!(budget.used() <= 500, "{} entries kept", budget.used());
     assert_eq!(budget.used(), s.len());
     assert_eq!(
@@ -316,23 +308,28 @@ fn entries_removed_as_they_are_inserted_leave_no_node_behind() {
     // inserting thread writes the policy's node to their slot.
     let budget = Arc::new(Budget::new(Some(1_000)));
     let s = MemoryStore::<u64>::enlisted(budget.clone());
-    let threads: Vec<_> = (0..4)
+    on_threads(&s, 4, |s, t| {
+        for i in 0..20_000u64 {
+            let key = format!("k{}", (i + t) % 4);
+            if (i + t) % 2 == 0 {
+                drop(s.insert(&key, i, 300.0));
+            } else {
+                let _ = s.remove(&key);
+            }
+        }
+    });
+    assert_eq!((budget.policy_len(), budget.used()), (s.len(), s.len()));
+}
+
+/// Runs `work(store, t)` on `n` threads at once, `t` the thread's number.
+fn on_threads(s: &Arc<MemoryStore<u64>>, n: u64, work: fn(&MemoryStore<u64>, u64)) {
+    let threads: Vec<_> = (0..n)
         .map(|t| {
             let s = s.clone();
-            std::thread::spawn(move || {
-                for i in 0..20_000u64 {
-                    let key = format!("k{}", (i + t) % 4);
-                    if (i + t) % 2 == 0 {
-                        drop(s.insert(&key, i, 300.0));
-                    } else {
-                        let _ = s.remove(&key);
-                    }
-                }
-            })
+            std::thread::spawn(move || work(&s, t))
         })
         .collect();
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!((budget.policy_len(), budget.used()), (s.len(), s.len()));
 }
