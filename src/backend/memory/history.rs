@@ -10,6 +10,9 @@ pub(super) struct Sketch {
     mask: usize,
     additions: usize,
     period: usize,
+    /// Halvings so far (wrapping): a count kept elsewhere as of an older one halves once
+    /// per halving since.
+    epoch: u8,
 }
 
 /// Eight words of sixteen counters.
@@ -26,6 +29,7 @@ impl Sketch {
             mask: blocks - 1,
             additions: 0,
             period: max * 10,
+            epoch: 0,
         }
     }
 
@@ -54,11 +58,44 @@ impl Sketch {
             }
         }
         if added {
-            self.additions += 1;
-            if self.additions >= self.period {
-                self.age();
+            self.added();
+        }
+    }
+
+    /// One access counted elsewhere (a resident entry's own count): it brings the next
+    /// halving nearer as an increment here does.
+    pub(super) fn added(&mut self) {
+        self.additions += 1;
+        if self.additions >= self.period {
+            self.age();
+        }
+    }
+
+    /// Raises the key's counters to at least `count` (the count of an entry that
+    /// leaves).
+    pub(super) fn raise_to(&mut self, key: u32, count: u8) {
+        let (block, slots) = self.slots(key);
+        let words = &mut self.blocks[block].0;
+        let count = u64::from(count.min(15));
+        for (word, shift) in slots {
+            if (words[word] >> shift) & 15 < count {
+                words[word] = (words[word] & !(15 << shift)) | (count << shift);
             }
         }
+    }
+
+    /// `count`, as of halving `epoch`, halved for every halving since.
+    pub(super) fn aged(&self, count: u8, epoch: u8) -> u8 {
+        let since = self.epoch.wrapping_sub(epoch);
+        if since >= 4 {
+            0
+        } else {
+            count >> since
+        }
+    }
+
+    pub(super) fn epoch(&self) -> u8 {
+        self.epoch
     }
 
     /// Halves every counter: popularity fades.
@@ -69,6 +106,7 @@ impl Sketch {
             }
         }
         self.additions /= 2;
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
     pub(super) fn frequency(&self, key: u32) -> u8 {
@@ -162,6 +200,22 @@ impl Ghosts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_kept_in_a_node_ages_with_the_sketch_and_returns_to_it() {
+        let mut s = Sketch::new(64);
+        let epoch = s.epoch();
+        s.raise_to(7, 12);
+        assert_eq!(s.frequency(7), 12);
+        s.raise_to(7, 3); // never lowered
+        assert_eq!(s.frequency(7), 12);
+        s.age();
+        assert_eq!((s.aged(12, epoch), s.frequency(7)), (6, 6));
+        for _ in 0..3 {
+            s.age();
+        }
+        assert_eq!(s.aged(12, epoch), 0);
+    }
 
     #[test]
     fn a_ghost_says_where_it_left_from_and_how_long_ago_once() {

@@ -5,23 +5,26 @@
 //! New entries enter a small LRU window; an entry pushed out of the window becomes a
 //! candidate for the main space (a segmented LRU: probation, and protected for the
 //! entries hit again), and is admitted only if it was asked for more often than the
-//! main space's own victim, by a count-min sketch of recent frequencies (4 counters
-//! of 4 bits per key, halved after every `10 * max` accesses so that old popularity
-//! fades), or if it was asked for twice while the victim was not asked for at all in
-//! a long while. A scan of cold keys thus passes through the window without flushing
-//! the hot set. A hit in the main space only marks its entry, which moves (to
-//! protected's warm end) when it reaches its list's cold end: the second chance of
-//! CLOCK, so that a hit costs no visit to the entry's neighbours. The window's share
-//! follows the evicted keys that come back: keys the window let go and the main space
-//! turned away grow it (towards LRU), keys the main space evicted shrink it. Expired
-//! entries found at the lists' cold ends go first.
+//! main space's own victim (by how often each was asked for lately, halved after
+//! every `10 * max` accesses so that old popularity fades), or if it was asked for
+//! twice while the victim was not asked for at all in a long while. An entry held
+//! counts its own hits, in its node (4 bits); a count-min sketch (4 counters of 4 bits
+//! per key) counts the keys asked for that are not held, starts a new entry's count,
+//! and learns an entry's count when it leaves: a hit visits the node only. A scan of
+//! cold keys thus passes through the window without flushing the hot set. A hit in
+//! the main space only marks its entry, which moves (to protected's warm end) when it
+//! reaches its list's cold end: the second chance of CLOCK, so that a hit costs no
+//! visit to the entry's neighbours. The window's share follows the evicted keys that
+//! come back: keys the window let go and the main space turned away grow it (towards
+//! LRU), keys the main space evicted shrink it. Expired entries found at the lists'
+//! cold ends go first.
 //!
 //! The policy names an entry by its node (the store's slot keeps it) and its store
 //! and insertion number (`seq`), so that it forgets exactly the entry removed and the
 //! store removes exactly the entry chosen (by its key's hash and `seq`), never a newer
 //! one of the same key. Hits are recorded without a lock into striped, lossy buffers
 //! of nodes, replayed under the policy's lock by the hit that fills a buffer or by
-//! the next insert: a replay visits the node and the sketch, no index. Nothing here
+//! the next insert: a replay visits the node alone, no index. Nothing here
 //! calls Python; the store removes the victims after this lock is released.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -67,6 +70,11 @@ struct Node {
     /// Asked for since it entered its segment of the main space: it moves to the warm
     /// end of protected when it reaches its list's cold end, not when asked for.
     referenced: bool,
+    /// How often it was asked for lately (at most 15), as of the sketch's halving
+    /// `epoch`: a hit counts here, not in the sketch, which learns the count when
+    /// the entry leaves.
+    count: u8,
+    epoch: u8,
     prev: u32,
     next: u32,
     /// Neighbours in its store's order of insertion (the order of expiry, for a
@@ -226,6 +234,10 @@ impl Inner {
         self.unlink(i);
         self.unlink_age(i);
         self.weight -= self.nodes[i as usize].weight as usize;
+        // The sketch keeps what the entry's own count learned.
+        let count = self.count(i);
+        self.sketch
+            .raise_to(key_of(self.nodes[i as usize].hash), count);
         let n = &mut self.nodes[i as usize];
         let victim = Victim {
             store: n.store,
@@ -275,6 +287,12 @@ impl Inner {
         self.ages[store].len += 1;
     }
 
+    /// How often node `i`'s entry was asked for lately.
+    fn count(&self, i: u32) -> u8 {
+        let n = &self.nodes[i as usize];
+        self.sketch.aged(n.count, n.epoch)
+    }
+
     /// Whether node `i` holds the entry `seq` of `store`.
     fn holds(&self, i: u32, store: u32, seq: u64) -> bool {
         self.nodes
@@ -285,14 +303,24 @@ impl Inner {
     /// A hit on the entry of node `i`, whose key is `key` ([`key_of`]): a node freed
     /// or given to another key since is left alone.
     fn touch(&mut self, i: u32, key: u32) {
-        self.sketch.increment(key);
         self.clock = self.clock.wrapping_add(1);
         let Some(node) = self.nodes.get(i as usize) else {
+            self.sketch.increment(key);
             return;
         };
         if node.seq == FREE || key_of(node.hash) != key {
+            self.sketch.increment(key);
             return;
         }
+        let count = self.count(i);
+        if count < 15 {
+            self.sketch.added();
+        }
+        let epoch = self.sketch.epoch();
+        let node = &mut self.nodes[i as usize];
+        node.count = (count + 1).min(15);
+        node.epoch = epoch;
+        let node = &self.nodes[i as usize];
         if node.segment != Segment::Window {
             // Marked only: it costs no visit to its neighbours (each mark is paid for
             // once, by the move at the cold end).
@@ -349,6 +377,8 @@ impl Inner {
     /// A new entry: its node.
     fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64, weight: u32) -> u32 {
         self.sketch.increment(key_of(hash));
+        let count = self.sketch.frequency(key_of(hash));
+        let epoch = self.sketch.epoch();
         self.clock = self.clock.wrapping_add(1);
         if let Some((exit, ago)) = self.ghosts.returned(hash | 1) {
             self.resize_window(exit, ago);
@@ -363,6 +393,8 @@ impl Inner {
             touched: self.clock,
             segment: Segment::Window,
             referenced: false,
+            count,
+            epoch,
             prev: NIL,
             next: NIL,
             older: NIL,
@@ -462,12 +494,8 @@ impl Inner {
     /// fade). Ties go to the victim, but a warm candidate wins one time in 128 (an
     /// attacker cannot keep a key out by making its victim look hot).
     fn admit(&self, candidate: u32, victim: u32) -> bool {
-        let (candidate, victim) = (
-            &self.nodes[candidate as usize],
-            &self.nodes[victim as usize],
-        );
-        let c = self.sketch.frequency(key_of(candidate.hash));
-        let v = self.sketch.frequency(key_of(victim.hash));
+        let (c, v) = (self.count(candidate), self.count(victim));
+        let victim = &self.nodes[victim as usize];
         if c > v {
             return true;
         }
