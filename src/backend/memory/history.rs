@@ -47,7 +47,8 @@ impl Sketch {
         (block, [at(0), at(1), at(2), at(3)])
     }
 
-    pub(super) fn increment(&mut self, key: u32) {
+    /// Counts the key; returns its estimate after (the least of its counters).
+    pub(super) fn increment(&mut self, key: u32) -> u8 {
         let (block, slots) = self.slots(key);
         let words = &mut self.blocks[block].0;
         let mut added = false;
@@ -60,6 +61,7 @@ impl Sketch {
         if added {
             self.added();
         }
+        self.estimate(block, &slots)
     }
 
     /// One access counted elsewhere (a resident entry's own count): it brings the next
@@ -109,8 +111,14 @@ impl Sketch {
         self.epoch = self.epoch.wrapping_add(1);
     }
 
+    /// The key's estimate: the least of its counters.
+    #[cfg(test)]
     pub(super) fn frequency(&self, key: u32) -> u8 {
         let (block, slots) = self.slots(key);
+        self.estimate(block, &slots)
+    }
+
+    fn estimate(&self, block: usize, slots: &[(usize, u32); 4]) -> u8 {
         let words = &self.blocks[block].0;
         slots
             .iter()

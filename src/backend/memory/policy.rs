@@ -300,15 +300,13 @@ impl Inner {
             .is_some_and(|n| n.seq == seq && n.store == store)
     }
 
-    /// A hit on the entry of node `i`, whose key is `key` ([`key_of`]): a node freed
-    /// or given to another key since is left alone.
+    /// A hit on the entry of node `i`, whose key is `key` ([`key_of`]), counted in the
+    /// node. A node freed or given to another key since is left alone: the hit counts
+    /// in the sketch, as one of a key not held.
     fn touch(&mut self, i: u32, key: u32) {
         self.clock = self.clock.wrapping_add(1);
-        let Some(node) = self.nodes.get(i as usize) else {
-            self.sketch.increment(key);
-            return;
-        };
-        if node.seq == FREE || key_of(node.hash) != key {
+        let holds_key = |n: &Node| n.seq != FREE && key_of(n.hash) == key;
+        if !self.nodes.get(i as usize).is_some_and(holds_key) {
             self.sketch.increment(key);
             return;
         }
@@ -316,26 +314,24 @@ impl Inner {
         if count < 15 {
             self.sketch.added();
         }
-        let epoch = self.sketch.epoch();
+        let (clock, epoch, window) = (self.clock, self.sketch.epoch(), self.window.len);
         let node = &mut self.nodes[i as usize];
         node.count = (count + 1).min(15);
         node.epoch = epoch;
-        let node = &self.nodes[i as usize];
         if node.segment != Segment::Window {
             // Marked only: it costs no visit to its neighbours (each mark is paid for
             // once, by the move at the cold end).
-            let node = &mut self.nodes[i as usize];
-            node.touched = self.clock;
+            node.touched = clock;
             node.referenced = true;
             return;
         }
-        if (self.clock.wrapping_sub(node.touched) as usize) < self.window.len / 4 {
+        if (clock.wrapping_sub(node.touched) as usize) < window / 4 {
             // Moved to the warm end fewer accesses ago than a quarter of the window
             // (each access pushes one entry at most): it is still in the warmest
             // quarter, whose order chooses no victim.
             return;
         }
-        self.nodes[i as usize].touched = self.clock;
+        node.touched = clock;
         self.unlink(i);
         self.push(i, Segment::Window);
     }
@@ -376,8 +372,7 @@ impl Inner {
 
     /// A new entry: its node.
     fn add(&mut self, store: u32, hash: u64, seq: u64, expires_ns: u64, weight: u32) -> u32 {
-        self.sketch.increment(key_of(hash));
-        let count = self.sketch.frequency(key_of(hash));
+        let count = self.sketch.increment(key_of(hash));
         let epoch = self.sketch.epoch();
         self.clock = self.clock.wrapping_add(1);
         if let Some((exit, ago)) = self.ghosts.returned(hash | 1) {
@@ -488,10 +483,10 @@ impl Inner {
     }
 
     /// Whether the candidate (node) is wanted more than the victim: asked for more
-    /// often lately, by the sketch, or asked for twice while the victim was not asked
-    /// for in `STALE * max` accesses (its count is of a popularity it lost: when the
-    /// hot set moves, the old hot keys would keep the new ones out until their counts
-    /// fade). Ties go to the victim, but a warm candidate wins one time in 128 (an
+    /// often lately, by the nodes' counts, or asked for twice while the victim was not
+    /// asked for in `STALE * max` accesses (its count is of a popularity it lost: when
+    /// the hot set moves, the old hot keys would keep the new ones out until their
+    /// counts fade). Ties go to the victim, but a warm candidate wins one time in 128 (an
     /// attacker cannot keep a key out by making its victim look hot).
     fn admit(&self, candidate: u32, victim: u32) -> bool {
         let (c, v) = (self.count(candidate), self.count(victim));

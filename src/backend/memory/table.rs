@@ -23,7 +23,8 @@ pub(super) struct Slot<V> {
     pub(super) seq: u64,
     /// Bytes it counts against `memory_maxbytes`.
     pub(super) weight: u32,
-    /// Its node in the package's policy ([`super::policy::NIL`]: none, or not yet): a hit names it.
+    /// Its node in the package's policy ([`super::policy::NIL`]: none, or not yet): a
+    /// hit names it.
     pub(super) node: AtomicU32,
 }
 
@@ -186,22 +187,7 @@ impl<V> Table<V> {
     pub(super) fn capacity(&self) -> usize {
         self.entries.capacity()
     }
-}
 
-/// Forgets `key` in the index of its tag.
-fn untag(tags: &mut HashMap<Box<str>, HashSet<Box<str>>>, key: &str) {
-    let Some(tag) = tag_of(key) else {
-        return;
-    };
-    if let Some(keys) = tags.get_mut(tag) {
-        keys.remove(key);
-        if keys.is_empty() {
-            tags.remove(tag);
-        }
-    }
-}
-
-impl<V> Table<V> {
     /// Whether an insert should sweep: the table doubled since the last sweep, and an
     /// entry may have expired.
     pub(super) fn wants_sweep(&self, now: u64) -> bool {
@@ -226,5 +212,18 @@ impl<V> Table<V> {
         self.soonest = soonest;
         self.sweep_at = (self.len() * 2).max(SWEEP_FLOOR);
         self.sweeps += 1;
+    }
+}
+
+/// Forgets `key` in the index of its tag.
+fn untag(tags: &mut HashMap<Box<str>, HashSet<Box<str>>>, key: &str) {
+    let Some(tag) = tag_of(key) else {
+        return;
+    };
+    if let Some(keys) = tags.get_mut(tag) {
+        keys.remove(key);
+        if keys.is_empty() {
+            tags.remove(tag);
+        }
     }
 }
