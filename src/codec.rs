@@ -284,13 +284,13 @@ fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
         let (kind, kept) = if shape(&v, 1) == Shape::Immutable {
             (Kind::Itself, v)
         } else if let Some(l) = v.cast_exact::<PyList>().ok().filter(|_| is_flat(&v)) {
-            (Kind::List, l.to_tuple().into_any())
+            (Kind::List, private(l.to_tuple()).into_any())
         } else if let Some(m) = v.cast_exact::<PyDict>().ok().filter(|_| is_flat(&v)) {
             let pairs: Vec<_> = m.iter().flat_map(|(k, v)| [k, v]).collect();
-            (Kind::Dict, PyTuple::new(py, pairs)?.into_any())
+            (Kind::Dict, private(PyTuple::new(py, pairs)?).into_any())
         } else if is_flat_set(&v) {
             let items: Vec<_> = v.try_iter()?.flatten().collect();
-            (Kind::Set, PyTuple::new(py, items)?.into_any())
+            (Kind::Set, private(PyTuple::new(py, items)?).into_any())
         } else {
             return Ok(None);
         };
@@ -299,7 +299,18 @@ fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
         items.push(kept);
     }
     items[0] = shape_of_keys(py, &keys, kinds)?.into_any();
-    Ok(Some(PyTuple::new(py, items)?.unbind()))
+    Ok(Some(private(PyTuple::new(py, items)?).unbind()))
+}
+
+/// `tuple`, which only the store will hold, out of the cyclic collector's sight: no
+/// object it refers to can refer back to it, so it can never be part of a cycle.
+/// (CPython untracks a tuple of immutable values at the first collection that visits
+/// it; untracked at once, it is not visited at all.)
+fn private(tuple: Bound<'_, PyTuple>) -> Bound<'_, PyTuple> {
+    // SAFETY: `tuple` is a live tuple and the GIL is held; untracking an object the
+    // collector does not track is a no-op.
+    unsafe { ffi::PyObject_GC_UnTrack(tuple.as_ptr().cast()) };
+    tuple
 }
 
 /// The dict a record stands for, new, its containers thawed (new lists, dicts, sets).

@@ -507,3 +507,13 @@ def test_small_cached_dicts_are_not_visited_by_the_collector():
         row(i)
     gc.collect()
     assert len(gc.get_objects()) - before < 1_000
+    # Out of the collector's sight from the start, not only after a collection has
+    # visited them: no collection runs while these are stored.
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for i in range(10_000, 20_000):
+            row(i)
+        assert len(gc.get_objects()) - before < 1_000
+    finally:
+        gc.enable()
