@@ -270,14 +270,23 @@ fn shape_of_keys<'py>(
 /// A copy of `d` kept as a record, if it is one.
 fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
     let py = d.py();
-    if d.len() == 0 || d.len() > RECORD_MAX_KEYS {
+    let n = d.len();
+    if n == 0 || n > RECORD_MAX_KEYS {
         return Ok(None);
     }
-    let mut keys = Vec::with_capacity(d.len());
-    let mut items = Vec::with_capacity(d.len() + 1);
-    items.push(py.None().into_bound(py)); // the shape, below
+    // SAFETY: a new tuple of `n + 1` empty slots, owned here; an error below drops it
+    // with slots still empty, which a tuple's deallocation allows. Out of the
+    // collector's sight at once, it is never visited half filled.
+    let record = private(unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New((n + 1) as ffi::Py_ssize_t))?
+            .cast_into_unchecked::<PyTuple>()
+    });
+    let mut keys: [Bound<'_, PyAny>; RECORD_MAX_KEYS] =
+        std::array::from_fn(|_| py.None().into_bound(py));
     let mut kinds = 0u64;
-    for (i, (k, v)) in d.iter().enumerate() {
+    // No Python code runs during the walk (type checks and copies of builtin
+    // containers only), so `d` cannot change under it.
+    for (i, (k, v)) in d.iter().take(n).enumerate() {
         if !k.is_exact_instance_of::<PyString>() {
             return Ok(None);
         }
@@ -295,11 +304,16 @@ fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
             return Ok(None);
         };
         kinds |= (kind as u64) << (2 * i);
-        keys.push(k);
-        items.push(kept);
+        keys[i] = k;
+        // SAFETY: slot `i + 1` of the new tuple, empty; it takes `kept`'s reference.
+        unsafe {
+            ffi::PyTuple_SET_ITEM(record.as_ptr(), (i + 1) as ffi::Py_ssize_t, kept.into_ptr());
+        };
     }
-    items[0] = shape_of_keys(py, &keys, kinds)?.into_any();
-    Ok(Some(private(PyTuple::new(py, items)?).unbind()))
+    let shape = shape_of_keys(py, &keys[..n], kinds)?;
+    // SAFETY: slot 0, empty; it takes `shape`'s reference.
+    unsafe { ffi::PyTuple_SET_ITEM(record.as_ptr(), 0, shape.into_ptr()) };
+    Ok(Some(record.unbind()))
 }
 
 /// `tuple`, which only the store will hold, out of the cyclic collector's sight: no
