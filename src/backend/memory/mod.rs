@@ -69,7 +69,10 @@ impl<V: Send + Sync> Evict for MemoryStore<V> {
             let mut entries: Vec<_> = map
                 .entries
                 .iter_mut()
-                .map(|(k, s)| (s.node.get_mut(), hash_of(k), s.seq, s.expires_ns, s.weight))
+                .map(|e| {
+                    let s = &mut e.slot;
+                    (s.node.get_mut(), e.hash, s.seq, s.expires_ns, s.weight)
+                })
                 .collect();
             self.budget
                 .policy

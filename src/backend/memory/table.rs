@@ -54,10 +54,18 @@ pub(super) fn tag_of(key: &str) -> Option<&str> {
     Some(&key[start..start + len])
 }
 
-/// One shard's entries: a hash table of (key, slot) on the precomputed hash, and the
+/// An entry of a table: its key's hash (so that growing the table reads no key), its
+/// key and its slot.
+pub(super) struct Held<V> {
+    pub(super) hash: u64,
+    pub(super) key: Box<str>,
+    pub(super) slot: Slot<V>,
+}
+
+/// One shard's entries: a hash table of keys and slots on the precomputed hash, and the
 /// keys of each tag (so that a tag's clear costs its entries, not the store's).
 pub(super) struct Table<V> {
-    pub(super) entries: hashbrown::HashTable<(Box<str>, Slot<V>)>,
+    pub(super) entries: hashbrown::HashTable<Held<V>>,
     pub(super) tags: HashMap<Box<str>, HashSet<Box<str>>>,
     /// The size at which the next insert sweeps expired entries.
     sweep_at: usize,
@@ -90,21 +98,21 @@ impl<V> Table<V> {
         let tags = &mut self.tags;
         out.extend(
             self.entries
-                .extract_if(|(k, s)| doomed(k, s))
-                .map(|(k, s)| {
-                    untag(tags, &k);
-                    gone.push(s.name());
-                    s.value
+                .extract_if(|e| doomed(&e.key, &e.slot))
+                .map(|e| {
+                    untag(tags, &e.key);
+                    gone.push(e.slot.name());
+                    e.slot.value
                 }),
         );
     }
 
     /// Removes the entry of `hash` inserted as `seq`, if it is still there.
     pub(super) fn remove_exact(&mut self, hash: u64, seq: u64) -> Option<Slot<V>> {
-        let e = self.entries.find_entry(hash, |(_, s)| s.seq == seq).ok()?;
-        let ((key, slot), _) = e.remove();
-        untag(&mut self.tags, &key);
-        Some(slot)
+        let e = self.entries.find_entry(hash, |e| e.slot.seq == seq).ok()?;
+        let (held, _) = e.remove();
+        untag(&mut self.tags, &held.key);
+        Some(held.slot)
     }
 
     /// Moves the entries of `tag` out of the table, their values into `out`; returns
@@ -122,8 +130,8 @@ impl<V> Table<V> {
         let mut live = 0;
         for key in keys {
             let hash = hash_of(&key);
-            if let Ok(e) = self.entries.find_entry(hash, |(k, _)| *k == key) {
-                let ((_, slot), _) = e.remove();
+            if let Ok(e) = self.entries.find_entry(hash, |e| e.key == key) {
+                let (Held { slot, .. }, _) = e.remove();
                 live += usize::from(slot.is_live(now));
                 gone.push(slot.name());
                 out.push(slot.value);
@@ -135,27 +143,26 @@ impl<V> Table<V> {
     /// The entry of `hash` inserted as `seq`, if it is still there.
     pub(super) fn get_exact(&self, hash: u64, seq: u64) -> Option<&Slot<V>> {
         self.entries
-            .find(hash, |(_, s)| s.seq == seq)
-            .map(|(_, s)| s)
+            .find(hash, |e| e.slot.seq == seq)
+            .map(|e| &e.slot)
     }
 
     pub(super) fn get(&self, hash: u64, key: &str) -> Option<&Slot<V>> {
-        self.entries
-            .find(hash, |(k, _)| &**k == key)
-            .map(|(_, s)| s)
+        self.entries.find(hash, |e| &*e.key == key).map(|e| &e.slot)
     }
 
     pub(super) fn insert(&mut self, hash: u64, key: &str, slot: Slot<V>) -> Option<Slot<V>> {
         self.soonest = self.soonest.min(slot.expires_ns);
-        match self
-            .entries
-            .entry(hash, |(k, _)| &**k == key, |(k, _)| hash_of(k))
-        {
+        match self.entries.entry(hash, |e| &*e.key == key, |e| e.hash) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
-                Some(std::mem::replace(&mut e.get_mut().1, slot))
+                Some(std::mem::replace(&mut e.get_mut().slot, slot))
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert((key.into(), slot));
+                e.insert(Held {
+                    hash,
+                    key: key.into(),
+                    slot,
+                });
                 if let Some(tag) = tag_of(key) {
                     self.tags.entry(tag.into()).or_default().insert(key.into());
                 }
@@ -167,9 +174,9 @@ impl<V> Table<V> {
     pub(super) fn remove(&mut self, hash: u64, key: &str) -> Option<Slot<V>> {
         let removed = self
             .entries
-            .find_entry(hash, |(k, _)| &**k == key)
+            .find_entry(hash, |e| &*e.key == key)
             .ok()
-            .map(|e| e.remove().0 .1);
+            .map(|e| e.remove().0.slot);
         if removed.is_some() {
             untag(&mut self.tags, key);
         }
@@ -177,7 +184,7 @@ impl<V> Table<V> {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Slot<V>)> {
-        self.entries.iter().map(|(k, s)| (k, s))
+        self.entries.iter().map(|e| (&e.key, &e.slot))
     }
 
     pub(super) fn len(&self) -> usize {
