@@ -284,8 +284,7 @@ fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
     let mut keys: [Bound<'_, PyAny>; RECORD_MAX_KEYS] =
         std::array::from_fn(|_| py.None().into_bound(py));
     let mut kinds = 0u64;
-    // No Python code runs during the walk (type checks and copies of builtin
-    // containers only), so `d` cannot change under it.
+    let mut filled = 0;
     for (i, (k, v)) in d.iter().take(n).enumerate() {
         if !k.is_exact_instance_of::<PyString>() {
             return Ok(None);
@@ -309,6 +308,12 @@ fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
         unsafe {
             ffi::PyTuple_SET_ITEM(record.as_ptr(), (i + 1) as ffi::Py_ssize_t, kept.into_ptr());
         };
+        filled += 1;
+    }
+    if filled != n {
+        // The dict shrank during the walk (a finalizer run by a collection): not kept
+        // as a record, whose every slot must be filled.
+        return Ok(None);
     }
     let shape = shape_of_keys(py, &keys[..n], kinds)?;
     // SAFETY: slot 0, empty; it takes `shape`'s reference.
