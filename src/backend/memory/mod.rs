@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 mod history;
 pub mod policy;
 mod table;
+mod thin;
 
 use crate::key::hash_of;
 use crate::process::now_ns;
@@ -70,8 +71,10 @@ impl<V: Send + Sync> Evict for MemoryStore<V> {
                 .entries
                 .iter_mut()
                 .map(|e| {
-                    let s = &mut e.slot;
-                    (s.node.get_mut(), e.hash, s.seq, s.expires_ns, s.weight)
+                    // Stored while unbounded: weighed as nothing (entries are weighed only
+                    // while a bound of bytes is set).
+                    let (hash, s) = (hash_of(&e.key), &mut e.slot);
+                    (s.node.get_mut(), hash, u64::from(s.seq), s.expires_ns, 0)
                 })
                 .collect();
             self.budget
@@ -240,7 +243,7 @@ pub struct MemoryStore<V> {
     shards: Box<[Shard<V>]>,
     budget: Arc<Budget>,
     /// Advanced by every insert: the entries' insertion numbers.
-    clock: AtomicU64,
+    clock: AtomicU32,
     /// Its id among its budget's stores.
     id: u32,
     /// When the last sweep by time ran (`Budget::set_sweep_interval`).
@@ -301,7 +304,7 @@ impl<V> MemoryStore<V> {
         MemoryStore {
             shards,
             budget,
-            clock: AtomicU64::new(0),
+            clock: AtomicU32::new(0),
             id,
             swept_ns: AtomicU64::new(now_ns()),
             evicted: AtomicU64::new(0),
@@ -337,7 +340,11 @@ impl<V> MemoryStore<V> {
     fn remove_chosen(&self, victims: &[Victim], out: &mut Vec<V>) {
         let before = out.len();
         for v in victims.iter().filter(|v| v.store == self.id) {
-            let removed = self.shard(v.hash).map.write().remove_exact(v.hash, v.seq);
+            let removed = self
+                .shard(v.hash)
+                .map
+                .write()
+                .remove_exact(v.hash, v.node, v.seq);
             if let Some(slot) = removed {
                 out.push(slot.value);
             }
@@ -410,7 +417,6 @@ impl<V> MemoryStore<V> {
             took,
             expires_ns,
             seq,
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
             node: AtomicU32::new(NIL),
         };
         let hash = hash_of(key);
@@ -418,13 +424,21 @@ impl<V> MemoryStore<V> {
         let mut out = Vec::new();
         let mut gone = Vec::new();
         let mut map = shard.map.write();
-        let replaced = if let Some(old) = map.insert(hash, key, slot) {
-            let name = old.name();
-            out.push(old.value);
-            Some(name)
-        } else {
-            self.budget.used.fetch_add(1, Ordering::Relaxed);
-            None
+        let replaced = match map.insert(hash, key, slot) {
+            Ok(Some(old)) => {
+                let name = old.name();
+                out.push(old.value);
+                Some(name)
+            }
+            Ok(None) => {
+                self.budget.used.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            // A key of 4 GiB or more is not kept: later calls miss.
+            Err(slot) => {
+                out.push(slot.value);
+                return out;
+            }
         };
         let before = out.len();
         if map.wants_sweep(now) {
@@ -435,14 +449,18 @@ impl<V> MemoryStore<V> {
         if self.budget.is_bounded() {
             let policy = &self.budget.policy;
             policy.forget(self.id, &gone);
+            let seq = u64::from(seq);
             let (node, victims) =
                 policy.inserted(self.id, hash, seq, expires_ns, weight, replaced, now);
             // The slot learns its node, unless it left meanwhile: then the policy
             // forgets it here (whoever removed it saw no node to forget).
-            let placed = shard.map.read().get_exact(hash, seq).map(|slot| {
-                slot.node.store(node, Ordering::Relaxed);
+            let placed = shard.map.read().get(hash, key).map(|slot| {
+                if u64::from(slot.seq) == seq {
+                    slot.node.store(node, Ordering::Relaxed);
+                }
+                u64::from(slot.seq) == seq
             });
-            if placed.is_none() {
+            if placed != Some(true) {
                 policy.forget(self.id, &[(node, seq)]);
             }
             self.remove_chosen(&victims, &mut out);
@@ -591,9 +609,9 @@ impl<V> MemoryStore<V> {
         for shard in &*self.shards {
             let map = shard.map.read();
             entries += map.len();
-            bytes += map.capacity() * (std::mem::size_of::<(Box<str>, Slot<V>)>() + 1);
+            bytes += map.capacity() * (std::mem::size_of::<table::Held<V>>() + 1);
             for (k, slot) in map.iter() {
-                bytes += k.len();
+                bytes += k.len() + 4;
                 values.push(f(&slot.value));
             }
         }

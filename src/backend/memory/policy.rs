@@ -34,11 +34,12 @@ use parking_lot::Mutex;
 use super::history::{Exit, Ghosts, Sketch};
 
 /// One entry chosen for eviction: its store (a TTL region of the package), its key's
-/// hash and insertion number.
+/// hash, its node and insertion number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Victim {
     pub store: u32,
     pub hash: u64,
+    pub node: u32,
     pub seq: u64,
 }
 
@@ -242,6 +243,7 @@ impl Inner {
         let victim = Victim {
             store: n.store,
             hash: n.hash,
+            node: i,
             seq: n.seq,
         };
         n.seq = FREE;

@@ -5,24 +5,25 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::thin::ThinStr;
 use crate::key::hash_of;
 
 /// A shard is swept of its expired entries when it holds twice as many as after its
 /// last sweep, and at least this many: each sweep's scan is paid for by as many inserts.
 pub(super) const SWEEP_FLOOR: usize = 1024;
 
-/// An entry's value and what the store knows of it.
+/// An entry's value and what the store knows of it (what it weighs is the policy's to
+/// know).
 pub(super) struct Slot<V> {
     pub(super) value: V,
     pub(super) created_at: f64,
+    pub(super) expires_ns: u64,
     /// The value's freshness ([`crate::stamp::Stamp`]; NaN: not said).
     pub(super) fresh_for: f32,
     pub(super) took: f32,
-    pub(super) expires_ns: u64,
-    /// Its insertion number in this store: names it to the policy.
-    pub(super) seq: u64,
-    /// Bytes it counts against `memory_maxbytes`.
-    pub(super) weight: u32,
+    /// Its insertion number in this store (wrapping): with its node, it names it to the
+    /// policy.
+    pub(super) seq: u32,
     /// Its node in the package's policy ([`super::policy::NIL`]: none, or not yet): a
     /// hit names it.
     pub(super) node: AtomicU32,
@@ -36,7 +37,14 @@ impl<V> Slot<V> {
 
     /// What names it to the policy: its node and insertion number.
     pub(super) fn name(&self) -> (u32, u64) {
-        (self.node.load(Ordering::Relaxed), self.seq)
+        (self.node.load(Ordering::Relaxed), u64::from(self.seq))
+    }
+
+    /// Whether it is the entry the policy names `(node, seq)`: a slot that has not
+    /// learnt its node yet is named by its `seq` alone.
+    fn is(&self, node: u32, seq: u64) -> bool {
+        let own = self.node.load(Ordering::Relaxed);
+        u64::from(self.seq) == seq && (own == node || own == super::policy::NIL)
     }
 }
 
@@ -54,11 +62,11 @@ pub(super) fn tag_of(key: &str) -> Option<&str> {
     Some(&key[start..start + len])
 }
 
-/// An entry of a table: its key's hash (so that growing the table reads no key), its
-/// key and its slot.
+/// An entry of a table: its key and its slot, 56 bytes for a value of 16 (a table
+/// grows by hashing its keys again: keeping each hash would cost 8 bytes an entry,
+/// for a saving only while it grows).
 pub(super) struct Held<V> {
-    pub(super) hash: u64,
-    pub(super) key: Box<str>,
+    pub(super) key: ThinStr,
     pub(super) slot: Slot<V>,
 }
 
@@ -107,9 +115,12 @@ impl<V> Table<V> {
         );
     }
 
-    /// Removes the entry of `hash` inserted as `seq`, if it is still there.
-    pub(super) fn remove_exact(&mut self, hash: u64, seq: u64) -> Option<Slot<V>> {
-        let e = self.entries.find_entry(hash, |e| e.slot.seq == seq).ok()?;
+    /// Removes the entry of `hash` the policy names `(node, seq)`, if it is still there.
+    pub(super) fn remove_exact(&mut self, hash: u64, node: u32, seq: u64) -> Option<Slot<V>> {
+        let e = self
+            .entries
+            .find_entry(hash, |e| e.slot.is(node, seq))
+            .ok()?;
         let (held, _) = e.remove();
         untag(&mut self.tags, &held.key);
         Some(held.slot)
@@ -130,7 +141,7 @@ impl<V> Table<V> {
         let mut live = 0;
         for key in keys {
             let hash = hash_of(&key);
-            if let Ok(e) = self.entries.find_entry(hash, |e| e.key == key) {
+            if let Ok(e) = self.entries.find_entry(hash, |e| *e.key == *key) {
                 let (Held { slot, .. }, _) = e.remove();
                 live += usize::from(slot.is_live(now));
                 gone.push(slot.name());
@@ -140,33 +151,36 @@ impl<V> Table<V> {
         live
     }
 
-    /// The entry of `hash` inserted as `seq`, if it is still there.
-    pub(super) fn get_exact(&self, hash: u64, seq: u64) -> Option<&Slot<V>> {
-        self.entries
-            .find(hash, |e| e.slot.seq == seq)
-            .map(|e| &e.slot)
-    }
-
     pub(super) fn get(&self, hash: u64, key: &str) -> Option<&Slot<V>> {
         self.entries.find(hash, |e| &*e.key == key).map(|e| &e.slot)
     }
 
-    pub(super) fn insert(&mut self, hash: u64, key: &str, slot: Slot<V>) -> Option<Slot<V>> {
-        self.soonest = self.soonest.min(slot.expires_ns);
-        match self.entries.entry(hash, |e| &*e.key == key, |e| e.hash) {
+    /// Stores `slot` as the entry of `key` (its `key`): the entry it replaces, or
+    /// `Err(slot)` for a key longer than a table holds (4 GiB).
+    pub(super) fn insert(
+        &mut self,
+        hash: u64,
+        key: &str,
+        slot: Slot<V>,
+    ) -> Result<Option<Slot<V>>, Slot<V>> {
+        match self
+            .entries
+            .entry(hash, |e| &*e.key == key, |e| hash_of(&e.key))
+        {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
-                Some(std::mem::replace(&mut e.get_mut().slot, slot))
+                self.soonest = self.soonest.min(slot.expires_ns);
+                Ok(Some(std::mem::replace(&mut e.get_mut().slot, slot)))
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(Held {
-                    hash,
-                    key: key.into(),
-                    slot,
-                });
+                let Some(thin) = ThinStr::new(key) else {
+                    return Err(slot);
+                };
+                self.soonest = self.soonest.min(slot.expires_ns);
+                e.insert(Held { key: thin, slot });
                 if let Some(tag) = tag_of(key) {
                     self.tags.entry(tag.into()).or_default().insert(key.into());
                 }
-                None
+                Ok(None)
             }
         }
     }
@@ -183,8 +197,8 @@ impl<V> Table<V> {
         removed
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Slot<V>)> {
-        self.entries.iter().map(|e| (&e.key, &e.slot))
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&str, &Slot<V>)> {
+        self.entries.iter().map(|e| (&*e.key, &e.slot))
     }
 
     pub(super) fn len(&self) -> usize {

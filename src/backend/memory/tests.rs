@@ -1,4 +1,4 @@
-use super::table::{tag_of, SWEEP_FLOOR};
+use super::table::{tag_of, Slot, SWEEP_FLOOR};
 use super::*;
 
 #[test]
@@ -278,23 +278,25 @@ fn a_chosen_entry_replaced_meanwhile_is_not_removed() {
     let s = MemoryStore::<u32>::enlisted(budget.clone());
     let _ = s.insert("k", 1, 300.0);
     let hash = crate::key::hash_of("k");
-    let seq = s.names(|s| s.seq)[0];
+    let (node, seq) = s.names(Slot::name)[0];
     let _ = s.insert("k", 2, 300.0);
     Evict::evict(
         &*s,
         &[Victim {
             store: 0,
             hash,
+            node,
             seq,
         }],
     );
     assert_eq!(s.get_with("k", |v, _| *v), Some(2));
-    let seq = s.names(|s| s.seq)[0];
+    let (node, seq) = s.names(Slot::name)[0];
     Evict::evict(
         &*s,
         &[Victim {
             store: 0,
             hash,
+            node,
             seq,
         }],
     );
@@ -332,4 +334,10 @@ fn on_threads(s: &Arc<MemoryStore<u64>>, n: u64, work: fn(&MemoryStore<u64>, u64
     for t in threads {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn an_entry_of_a_table_takes_56_bytes_for_a_value_of_16() {
+    // `Stored` is 16 bytes: the key's pointer, the slot's times, freshness, seq and node.
+    assert_eq!(std::mem::size_of::<super::table::Held<[u64; 2]>>(), 56);
 }

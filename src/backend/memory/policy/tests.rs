@@ -168,6 +168,7 @@ fn expired_entries_go_first() {
         [Victim {
             store: 1,
             hash: 19,
+            node: 9,
             seq: 9
         }]
     );
