@@ -7,6 +7,12 @@ a hit of get_user(123) returning a small dict; a hit with keyword arguments; a m
 plus store; hits from two threads (calls per second); memory per 100 000 entries; and
 the file backend against diskcache. The machine is noisy: read the ratios.
 Set CACHU_REFERENCE_PYTHON to an interpreter with cachu==0.2.7 to add the original.
+
+    python benches/bench_memory.py --turns 9
+
+measures the three call shapes in turns instead: each round times every library once
+per shape, and each ratio to lru_cache is of the same round (median and min-max over
+the rounds), so that a machine whose speed drifts compares like moments.
 """
 
 from __future__ import annotations
@@ -248,8 +254,42 @@ def main() -> None:
         print(f"{name:<18}{cells}")
 
 
+def in_turns(rounds: int) -> None:
+    """Each shape timed for every library once per round; ratios of the same round."""
+    caches = make_memory_caches()
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for shape in ("hit", "hit kwargs", "miss+store"):
+            times = {}
+            for name, deco in caches.items():
+                f = deco(user)
+                f(123)
+                f(user_id=7, verbose=True)
+                counter = iter(range(10**9))
+                call = {
+                    "hit": lambda f=f: f(123),
+                    "hit kwargs": lambda f=f: f(user_id=7, verbose=True),
+                    "miss+store": lambda f=f, c=counter: f(next(c)),
+                }[shape]
+                # As many calls as the table above makes of each shape.
+                times[name] = best_ns(call, 50_000 if shape == "miss+store" else 200_000)
+            for name, t in times.items():
+                ratios.setdefault((name, shape), []).append(t / times["lru_cache"])
+    print(f"ratio to lru_cache, {rounds} rounds: median (min-max)")
+    for name in caches:
+        if name == "lru_cache":
+            continue
+        cells = []
+        for shape in ("hit", "hit kwargs", "miss+store"):
+            r = sorted(ratios[(name, shape)])
+            cells.append(f"{shape} {r[len(r) // 2]:.2f}x ({r[0]:.2f}-{r[-1]:.2f})")
+        print(f"{name:<14} " + "   ".join(cells))
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory":
         measure_memory(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--turns":
+        in_turns(int(sys.argv[2]))
     else:
         main()
