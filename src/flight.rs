@@ -177,8 +177,13 @@ fn flight_of<'m, T>(
 
 impl<T> Leader<T> {
     /// Publishes the outcome to every waiter.
-    pub fn finish(mut self, outcome: T) {
-        self.settle(|| State::Done(Arc::new(outcome)));
+    pub fn finish(self, outcome: T) {
+        self.finish_with(|| outcome);
+    }
+
+    /// Finishes with the outcome `make` makes, made only if someone follows.
+    pub fn finish_with(mut self, make: impl FnOnce() -> T) {
+        self.settle(|| State::Done(Arc::new(make())));
     }
 
     /// Takes the flight out of the map and, if anyone follows it, tells them `state`.
@@ -194,7 +199,9 @@ impl<T> Leader<T> {
         let followed = Arc::strong_count(&self.flight) > 1;
         drop(map);
         if followed {
-            *self.flight.state.lock() = state();
+            // Made before the lock is taken: making it may run Python.
+            let state = state();
+            *self.flight.state.lock() = state;
             self.flight.done.notify_all();
         }
     }

@@ -106,10 +106,11 @@ struct Gathered {
 }
 
 impl Gathered {
-    /// The leader hands `outcome` to the threads that wait for it.
-    fn publish(&mut self, outcome: Outcome) {
+    /// The leader hands the outcome `make` makes to the threads that wait for it
+    /// (made only if one does).
+    fn publish(&mut self, make: impl FnOnce() -> Outcome) {
         if let Some(l) = self.leader.take() {
-            l.finish(outcome);
+            l.finish_with(make);
         }
     }
 
@@ -135,7 +136,7 @@ impl Gathered {
             Err(e) => {
                 let ordinary = CachedFunction::reaches_followers(py, &e);
                 if ordinary {
-                    self.publish(Err(e.clone_ref(py)));
+                    self.publish(|| Err(e.clone_ref(py)));
                 }
                 self.error = Some(e);
                 if ordinary {
@@ -403,16 +404,18 @@ fn drive(
                     .clone();
                 match this.to_store(r, &result, callargs, got.took) {
                     Err(e) => {
-                        got.publish(Err(e.clone_ref(py)));
+                        got.publish(|| Err(e.clone_ref(py)));
                         got.error = Some(e);
                         Answer::Raised
                     }
                     Ok(kept) => {
-                        got.publish(Ok(CachedFunction::published(
-                            py,
-                            &result,
-                            kept.as_ref().map(|k| &k.stored),
-                        )));
+                        got.publish(|| {
+                            Ok(CachedFunction::published(
+                                py,
+                                &result,
+                                kept.as_ref().map(|k| &k.stored),
+                            ))
+                        });
                         let done = if release {
                             backend.store_and_release(py, kept.as_ref(), key, call.token.get())
                         } else {
@@ -465,11 +468,11 @@ fn drive(
                     .take()
                     .expect("Computed comes after Compute")
                     .into_bound(py);
-                if got.leader.is_some() {
-                    // Not stored (the backend failed): the waiters get copies.
+                // Not stored (the backend failed): the waiters get copies.
+                got.publish(|| {
                     let copy = Stored::capture_as(&result, r.copy).ok();
-                    got.publish(Ok(CachedFunction::published(py, &result, copy.as_ref())));
-                }
+                    Ok(CachedFunction::published(py, &result, copy.as_ref()))
+                });
                 if refresh {
                     this.count_refresh();
                 }
