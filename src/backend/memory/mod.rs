@@ -73,7 +73,7 @@ impl<V: Send + Sync> Evict for MemoryStore<V> {
                 .map(|e| {
                     // Stored while unbounded: weighed as nothing (entries are weighed only
                     // while a bound of bytes is set).
-                    let (hash, s) = (hash_of(&e.key), &mut e.slot);
+                    let (hash, s) = (e.hash, &mut e.slot);
                     (s.node.get_mut(), hash, u64::from(s.seq), s.expires_ns, 0)
                 })
                 .collect();

@@ -62,11 +62,14 @@ pub(super) fn tag_of(key: &str) -> Option<&str> {
     Some(&key[start..start + len])
 }
 
-/// An entry of a table: its key and its slot, 56 bytes for a value of 16 (a table
-/// grows by hashing its keys again: keeping each hash would cost 8 bytes an entry,
-/// for a saving only while it grows).
+/// An entry of a table: its key, the key's hash (so that growing the table reads no
+/// key: a rehash that followed each key's pointer missed the cache once per entry) and
+/// its slot. 64 bytes for a value of 16, aligned to a cache line: a lookup that finds
+/// its entry reads one line of the table, not two.
+#[repr(align(64))]
 pub(super) struct Held<V> {
     pub(super) key: ThinStr,
+    pub(super) hash: u64,
     pub(super) slot: Slot<V>,
 }
 
@@ -163,10 +166,7 @@ impl<V> Table<V> {
         key: &str,
         slot: Slot<V>,
     ) -> Result<Option<Slot<V>>, Slot<V>> {
-        match self
-            .entries
-            .entry(hash, |e| &*e.key == key, |e| hash_of(&e.key))
-        {
+        match self.entries.entry(hash, |e| &*e.key == key, |e| e.hash) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 self.soonest = self.soonest.min(slot.expires_ns);
                 Ok(Some(std::mem::replace(&mut e.get_mut().slot, slot)))
@@ -176,7 +176,11 @@ impl<V> Table<V> {
                     return Err(slot);
                 };
                 self.soonest = self.soonest.min(slot.expires_ns);
-                e.insert(Held { key: thin, slot });
+                e.insert(Held {
+                    key: thin,
+                    hash,
+                    slot,
+                });
                 if let Some(tag) = tag_of(key) {
                     self.tags.entry(tag.into()).or_default().insert(key.into());
                 }

@@ -337,7 +337,10 @@ fn on_threads(s: &Arc<MemoryStore<u64>>, n: u64, work: fn(&MemoryStore<u64>, u64
 }
 
 #[test]
-fn an_entry_of_a_table_takes_56_bytes_for_a_value_of_16() {
-    // `Stored` is 16 bytes: the key's pointer, the slot's times, freshness, seq and node.
-    assert_eq!(std::mem::size_of::<super::table::Held<[u64; 2]>>(), 56);
+fn an_entry_of_a_table_fills_one_cache_line() {
+    // The key's pointer and hash, the value (16 bytes), the slot's times, freshness, seq
+    // and node.
+    use super::table::Held;
+    assert_eq!(std::mem::size_of::<Held<crate::codec::Stored>>(), 64);
+    assert_eq!(std::mem::align_of::<Held<crate::codec::Stored>>(), 64);
 }
