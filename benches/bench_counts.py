@@ -8,11 +8,11 @@ Each figure is the difference between a run of N and one of 2N calls, divided by
 that start-up and set-up cancel out (the Python loop around the call is included).
 ``PYTHONHASHSEED=0``; the objects of the set-up are frozen out of the collector.
 
-``calls``: instructions per call, cachu (with and without ``memory_copy``) beside
-``functools.lru_cache``. ``access``: instructions and last-level misses (a 2 MB,
-16-way last-level cache simulated) per access of 300,000 seeded Zipf 1.0 accesses over
-1M keys (``bench_hit_ratio.py``'s trace), through ``memory_maxsize`` at 10k and 100k
-entries with ``memory_copy=False``, beside ``lru_cache(maxsize=...)``.
+``calls``: instructions and last-level misses (a 2 MB, 16-way last-level cache
+simulated) per call, cachu (with and without ``memory_copy``) beside
+``functools.lru_cache``. ``access``: the same per access of 300,000 seeded Zipf 1.0
+accesses over 1M keys (``bench_hit_ratio.py``'s trace), through ``memory_maxsize`` at
+10k and 100k entries with ``memory_copy=False``, beside ``lru_cache(maxsize=...)``.
 Needs ``valgrind`` (``apt-get install valgrind``).
 """
 
@@ -129,7 +129,7 @@ def per_call(argv: list[str], n: int, cache_sim: bool) -> tuple[float, float]:
     """Instructions and last-level misses of one call: (run of 2n - run of n) / n."""
     ir1, ll1 = counted([*argv, str(n)], cache_sim)
     ir2, ll2 = counted([*argv, str(2 * n)], cache_sim)
-    return (ir2 - ir1) / n, (ll2 - ll1) / n
+    return (ir2 - ir1) / n, max(ll2 - ll1, 0) / n
 
 
 def zipf_trace(path: str) -> None:
@@ -157,22 +157,13 @@ def main() -> None:
         sys.exit("bench_counts.py needs valgrind: apt-get install valgrind")
     if args.what == "calls":
         libs = ["lru_cache", "cachu", "cachu no-copy"]
-        print(f"{'instructions per call':<24}" + "".join(f"{lib:>16}" for lib in libs))
+        print("instructions per call (last-level misses)")
+        print(f"{'':<18}" + "".join(f"{lib:>20}" for lib in libs))
         for shape in ["hit", "hit with kwargs", "keyword hit", "miss + store"]:
-            n = 10_000 if shape == "miss + store" else 20_000
-            row = [
-                per_call(
-                    [
-                        "call",
-                        lib,
-                        shape,
-                    ],
-                    n,
-                    False,
-                )[0]
-                for lib in libs
-            ]
-            print(f"{shape:<24}" + "".join(f"{v:>16,.0f}" for v in row))
+            n = 50_000 if shape == "miss + store" else 20_000
+            counts = [per_call(["call", lib, shape], n, True) for lib in libs]
+            cells = "".join(f"{f'{ir:,.0f} ({ll:.2f})':>20}" for ir, ll in counts)
+            print(f"{shape:<18}" + cells)
         return
     with tempfile.TemporaryDirectory() as d:
         trace = os.path.join(d, "zipf-1.0")
