@@ -31,12 +31,11 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+# The script's own directory is first on sys.path: its neighbours' workloads are shared.
+from bench_memory import user
+
 LL = "--LL=2097152,16,64"
 ACCESSES = 300_000
-
-
-def user(user_id: int, verbose: bool = False) -> dict[str, Any]:
-    return {"id": user_id, "name": "Ada", "active": True}
 
 
 def region(user_id: int, zone: str, flags: tuple[str, int] = ("", 0)) -> int:
@@ -133,7 +132,6 @@ def per_call(argv: list[str], n: int, cache_sim: bool) -> tuple[float, float]:
 
 
 def zipf_trace(path: str) -> None:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_hit_ratio import zipf
 
     keys = array.array("q", zipf(1.0, ACCESSES, random.Random(1)))

@@ -176,13 +176,8 @@ fn flight_of<'m, T>(
 }
 
 impl<T> Leader<T> {
-    /// Publishes the outcome to every waiter.
-    pub fn finish(self, outcome: T) {
-        self.finish_with(|| outcome);
-    }
-
-    /// Finishes with the outcome `make` makes, made only if someone follows.
-    pub fn finish_with(mut self, make: impl FnOnce() -> T) {
+    /// Publishes the outcome `make` makes to every waiter (made only if one waits).
+    pub fn finish(mut self, make: impl FnOnce() -> T) {
         self.settle(|| State::Done(Arc::new(make())));
     }
 
@@ -235,7 +230,7 @@ mod tests {
                         Join::Leader(l) => {
                             std::thread::sleep(Duration::from_millis(50));
                             computed.fetch_add(1, Ordering::SeqCst);
-                            l.finish(42);
+                            l.finish(|| 42);
                             42
                         }
                         Join::Follower(f) => match f.wait(Duration::from_secs(5)) {
@@ -262,7 +257,7 @@ mod tests {
             panic!()
         };
         assert!(matches!(flights.join("k"), Join::Reentrant));
-        leader.finish(());
+        leader.finish(|| ());
         assert!(matches!(flights.join("k"), Join::Leader(_)));
     }
 
@@ -325,7 +320,7 @@ mod tests {
         };
         drop(parent); // does not remove the child's flight
         assert_eq!(flights.in_progress(), 1);
-        child.finish(());
+        child.finish(|| ());
         assert_eq!(flights.in_progress(), 0);
     }
 }

@@ -110,7 +110,7 @@ impl Gathered {
     /// (made only if one does).
     fn publish(&mut self, make: impl FnOnce() -> Outcome) {
         if let Some(l) = self.leader.take() {
-            l.finish_with(make);
+            l.finish(make);
         }
     }
 
