@@ -6,20 +6,22 @@
 //! - Dicts, lists, sets and tuples whose leaves are immutable are copied structurally
 //!   here, on store and on every hit.
 //! - Small records (a dict of at most five string keys, each value immutable or a flat
-//!   container) are kept as a tuple of their values beside their keys, which records of
-//!   the same shape share; a hit builds the dict anew. A kept record takes a third of
-//!   the memory of a kept dict, and building one costs about what copying it does.
+//!   container) are kept as their values beside their keys, which records of the same
+//!   shape share ([`Record`]); a hit builds the dict anew. A kept record takes a fifth
+//!   of the memory of a kept dict, and building one costs about what copying it does.
 //! - Anything else is pickled once on store and unpickled on every hit.
 //!
 //! The byte backends (file, Redis) keep `pickle.dumps(value)`, as cachu 0.2.x does.
 
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
     PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
     PyTuple,
 };
+
+mod record;
+pub use record::Record;
 
 /// Nesting deeper than this is left to pickle rather than copied here.
 const MAX_DEPTH: usize = 64;
@@ -177,217 +179,9 @@ pub enum Stored {
     /// members are all flat containers: a hit copies the dict, then those members only,
     /// with no type checks.
     Nested(Py<NestedDict>),
-    /// A small dict with string keys: `(shape, value, value, ...)`, `shape` a tuple of
-    /// the keys and their [`Kind`]s that records of one shape share. Values are
-    /// immutable, or flat containers kept frozen (a list or a set as a tuple, a dict as a
-    /// tuple of its keys and values in turn): a record holds nothing mutable, and the
-    /// collector stops visiting it.
-    Record(Py<PyTuple>),
+    /// A small dict with string keys, kept as a [`Record`].
+    Record(Record),
     Pickled(Py<PyBytes>),
-}
-
-/// The most keys of a dict kept as a record: CPython's smallest dict table holds five,
-/// so that rebuilding one never grows its table.
-const RECORD_MAX_KEYS: usize = 5;
-
-/// Shapes (tuples of keys) this thread made lately: records of one shape share theirs.
-const SHAPES_KEPT: usize = 8;
-
-/// How a record keeps one value (two bits of its shape's last item, per key).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    /// Immutable: the value itself.
-    Itself = 0,
-    /// A flat list, kept as a tuple.
-    List = 1,
-    /// A flat set, kept as a tuple.
-    Set = 2,
-    /// A flat dict, kept as a tuple of its keys and values in turn.
-    Dict = 3,
-}
-
-impl Kind {
-    fn of(kinds: u64, i: usize) -> Kind {
-        match (kinds >> (2 * i)) & 3 {
-            0 => Kind::Itself,
-            1 => Kind::List,
-            2 => Kind::Set,
-            _ => Kind::Dict,
-        }
-    }
-}
-
-thread_local! {
-    static SHAPES: std::cell::RefCell<std::collections::VecDeque<Py<PyTuple>>> =
-        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
-}
-
-/// The shared shape of `keys` and their `kinds` (`(key, ..., kinds)`), made if this
-/// thread has none lately.
-fn shape_of_keys<'py>(
-    py: Python<'py>,
-    keys: &[Bound<'py, PyAny>],
-    kinds: u64,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let same = |shape: &Bound<'py, PyTuple>| {
-        shape.len() == keys.len() + 1
-            && shape.iter().zip(keys).all(|(a, b)| {
-                // Exact strings: comparing them runs no Python code.
-                a.is(b) || a.eq(b).unwrap_or(false)
-            })
-            && shape
-                .get_item(keys.len())
-                .and_then(|k| k.extract::<u64>())
-                .is_ok_and(|k| k == kinds)
-    };
-    let known = SHAPES
-        .try_with(|cell| {
-            let shapes = cell.try_borrow().ok()?;
-            shapes.iter().map(|s| s.bind(py)).find(|s| same(s)).cloned()
-        })
-        .ok()
-        .flatten();
-    if let Some(shape) = known {
-        return Ok(shape);
-    }
-    let mut items = keys.to_vec();
-    items.push(kinds.into_pyobject(py)?.into_any());
-    let shape = PyTuple::new(py, items)?;
-    let evicted = SHAPES
-        .try_with(|cell| {
-            let mut shapes = cell.try_borrow_mut().ok()?;
-            shapes.push_front(shape.clone().unbind());
-            (shapes.len() > SHAPES_KEPT)
-                .then(|| shapes.pop_back())
-                .flatten()
-        })
-        .ok()
-        .flatten();
-    drop(evicted); // outside the borrow
-    Ok(shape)
-}
-
-/// A copy of `d` kept as a record, if it is one.
-fn record_of(d: &Bound<'_, PyDict>) -> PyResult<Option<Py<PyTuple>>> {
-    let py = d.py();
-    let n = d.len();
-    if n == 0 || n > RECORD_MAX_KEYS {
-        return Ok(None);
-    }
-    // SAFETY: a new tuple of `n + 1` empty slots, owned here; an error below drops it
-    // with slots still empty, which a tuple's deallocation allows. Out of the
-    // collector's sight at once, it is never visited half filled.
-    let record = private(unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New((n + 1) as ffi::Py_ssize_t))?
-            .cast_into_unchecked::<PyTuple>()
-    });
-    let mut keys: [Bound<'_, PyAny>; RECORD_MAX_KEYS] =
-        std::array::from_fn(|_| py.None().into_bound(py));
-    let mut kinds = 0u64;
-    let mut filled = 0;
-    for (i, (k, v)) in d.iter().take(n).enumerate() {
-        if !k.is_exact_instance_of::<PyString>() {
-            return Ok(None);
-        }
-        let (kind, kept) = if shape(&v, 1) == Shape::Immutable {
-            (Kind::Itself, v)
-        } else if let Some(l) = v.cast_exact::<PyList>().ok().filter(|_| is_flat(&v)) {
-            (Kind::List, private(l.to_tuple()).into_any())
-        } else if let Some(m) = v.cast_exact::<PyDict>().ok().filter(|_| is_flat(&v)) {
-            let pairs: Vec<_> = m.iter().flat_map(|(k, v)| [k, v]).collect();
-            (Kind::Dict, private(PyTuple::new(py, pairs)?).into_any())
-        } else if is_flat_set(&v) {
-            let items: Vec<_> = v.try_iter()?.flatten().collect();
-            (Kind::Set, private(PyTuple::new(py, items)?).into_any())
-        } else {
-            return Ok(None);
-        };
-        kinds |= (kind as u64) << (2 * i);
-        keys[i] = k;
-        // SAFETY: slot `i + 1` of the new tuple, empty; it takes `kept`'s reference.
-        unsafe {
-            ffi::PyTuple_SET_ITEM(record.as_ptr(), (i + 1) as ffi::Py_ssize_t, kept.into_ptr());
-        };
-        filled += 1;
-    }
-    if filled != n {
-        // The dict shrank during the walk (a finalizer run by a collection): not kept
-        // as a record, whose every slot must be filled.
-        return Ok(None);
-    }
-    let shape = shape_of_keys(py, &keys[..n], kinds)?;
-    // SAFETY: slot 0, empty; it takes `shape`'s reference.
-    unsafe { ffi::PyTuple_SET_ITEM(record.as_ptr(), 0, shape.into_ptr()) };
-    Ok(Some(record.unbind()))
-}
-
-/// `tuple`, which only the store will hold, out of the cyclic collector's sight: no
-/// object it refers to can refer back to it, so it can never be part of a cycle.
-/// (CPython untracks a tuple of immutable values at the first collection that visits
-/// it; untracked at once, it is not visited at all.)
-fn private(tuple: Bound<'_, PyTuple>) -> Bound<'_, PyTuple> {
-    // SAFETY: `tuple` is a live tuple and the GIL is held; untracking an object the
-    // collector does not track is a no-op.
-    unsafe { ffi::PyObject_GC_UnTrack(tuple.as_ptr().cast()) };
-    tuple
-}
-
-/// The dict a record stands for, new, its containers thawed (new lists, dicts, sets).
-fn dict_of_record<'py>(record: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
-    let py = record.py();
-    let out = PyDict::new(py);
-    let n = record.len() - 1;
-    // SAFETY: `record` was made by `record_of`: item 0 is a tuple of `n` keys and their
-    // kinds (an int), items 1..=n the values, as their kinds say, and tuples never
-    // change. The items are borrowed from tuples that `record` keeps alive for the whole
-    // loop. Every test of a memory hit on a small dict runs this.
-    unsafe {
-        let shape = record.get_borrowed_item_unchecked(0);
-        let kinds = ffi::PyTuple_GET_ITEM(shape.as_ptr(), n as ffi::Py_ssize_t);
-        // An int below 4 ** RECORD_MAX_KEYS, made by `shape_of_keys`: it converts.
-        let kinds = ffi::PyLong_AsUnsignedLongLong(kinds);
-        for i in 0..n {
-            let k = ffi::PyTuple_GET_ITEM(shape.as_ptr(), i as ffi::Py_ssize_t);
-            let v = record.get_borrowed_item_unchecked(i + 1);
-            let thawed;
-            let value = match Kind::of(kinds, i) {
-                Kind::Itself => v.as_ptr(),
-                kind => {
-                    thawed = thaw(&v, kind)?;
-                    thawed.as_ptr()
-                }
-            };
-            if ffi::PyDict_SetItem(out.as_ptr(), k, value) < 0 {
-                return Err(PyErr::fetch(py));
-            }
-        }
-    }
-    Ok(out.into_any())
-}
-
-/// A new container of `kind` from its frozen form in a record.
-fn thaw<'py>(frozen: &Bound<'py, PyAny>, kind: Kind) -> PyResult<Bound<'py, PyAny>> {
-    let py = frozen.py();
-    let items = frozen.cast::<PyTuple>();
-    Ok(match kind {
-        Kind::Itself => frozen.clone(),
-        Kind::List => PyList::new(py, items?.iter_borrowed())?.into_any(),
-        Kind::Set => PySet::new(py, items?.iter_borrowed())?.into_any(),
-        Kind::Dict => {
-            let items = items?;
-            let d = PyDict::new(py);
-            for pair in items.as_slice().chunks_exact(2) {
-                d.set_item(&pair[0], &pair[1])?;
-            }
-            d.into_any()
-        }
-    })
-}
-
-/// Whether `v` is a set of immutable leaves.
-fn is_flat_set(v: &Bound<'_, PyAny>) -> bool {
-    v.cast_exact::<PySet>()
-        .is_ok_and(|s| s.iter().all(|item| is_immutable_leaf(&item)))
 }
 
 /// A stored dict and, for each member that a caller could mutate, its key and value.
@@ -464,7 +258,7 @@ impl Stored {
         // A small record is found by its own walk (str keys; values immutable, or flat
         // containers, which it copies): a dict it takes needs no other.
         if let Ok(d) = value.cast_exact::<PyDict>() {
-            if let Some(record) = record_of(d)? {
+            if let Some(record) = Record::of(d)? {
                 return Ok(Stored::Record(record));
             }
         }
@@ -489,7 +283,7 @@ impl Stored {
             Stored::Flat(v) => shallow_copy(v.bind(py)),
             Stored::Copied(v) => deep_copy(v.bind(py)),
             Stored::Nested(n) => n.get().materialize(py),
-            Stored::Record(r) => dict_of_record(r.bind(py)),
+            Stored::Record(r) => r.to_dict(py),
             Stored::Pickled(b) => pickle(py)?.loads.bind(py).call1((b.bind(py),)),
         }
     }
@@ -507,13 +301,22 @@ impl Stored {
         }
     }
 
-    /// The object the store keeps (for sizing it).
-    pub fn held<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        match self {
+    /// The object the store keeps (for sizing it), unless it is a record.
+    fn held<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>, &Record> {
+        Ok(match self {
             Stored::Shared(o) | Stored::Flat(o) | Stored::Copied(o) => o.bind(py).clone(),
             Stored::Nested(n) => n.get().dict.bind(py).clone().into_any(),
-            Stored::Record(r) => r.bind(py).clone().into_any(),
+            Stored::Record(r) => return Err(r),
             Stored::Pickled(b) => b.bind(py).clone().into_any(),
+        })
+    }
+
+    /// The bytes of the object the store keeps, as `sys.getsizeof` measures it (a
+    /// record: as it would measure an object of the record's layout).
+    pub fn own_size(&self, py: Python<'_>) -> usize {
+        match self.held(py) {
+            Ok(held) => size_of(&held),
+            Err(record) => record.own_size(),
         }
     }
 
@@ -524,7 +327,13 @@ impl Stored {
         if let Stored::Pickled(b) = self {
             return b.bind(py).as_bytes().len();
         }
-        let held = self.held(py);
+        let held = match self.held(py) {
+            Ok(held) => held,
+            Err(record) => {
+                let members = record.members(py);
+                return record.own_size() + members.iter().map(size_of).sum::<usize>();
+            }
+        };
         let mut total = size_of(&held);
         if let Ok(d) = held.cast::<pyo3::types::PyDict>() {
             for (k, v) in d.iter().take(10_000) {

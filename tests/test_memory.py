@@ -257,10 +257,49 @@ def test_memory_per_entry_is_reported_by_backend_stats():
         assert stats["package_entries"] == 500 and stats["memory_maxsize"] == 1000
         # A key, a slot and a small dict: between a few dozen and a few hundred bytes.
         assert 100 < stats["bytes_per_entry"] < 1000, stats
-        # Each value kept as a record: a tuple of its two values and its shape.
-        assert stats["value_bytes"] >= 500 * sys.getsizeof((0, 0, 0)), stats
+        # Each value kept as a record: an object's header, its shape and its two values.
+        assert stats["value_bytes"] == 500 * (sys.getsizeof(object()) + 3 * 8), stats
     finally:
         cachu.configure(package="sized", memory_maxsize=0)
+
+
+def test_a_record_holds_its_values_until_its_entry_goes():
+    """A small dict is kept as a record that holds a reference to each of its values and
+    gives every one back when its entry is cleared, evicted or replaced."""
+    name = "".join(["Ada ", "Lovelace"])  # a string of its own, counted below
+    roles = ["admin"]
+    base = sys.getrefcount(name)
+
+    @cachu.cache(ttl=300, package="recordrefs")
+    def user(i: int) -> dict:
+        return {"id": i, "name": name, "roles": roles}
+
+    for i in range(100):
+        assert user(i) == {"id": i, "name": name, "roles": ["admin"]}
+    gc.collect()
+    assert sys.getrefcount(name) == base + 100
+    hit = user(7)
+    assert hit["name"] is name and hit["roles"] == roles and hit["roles"] is not roles
+    del hit
+    user.invalidate(7)  # one entry gone
+    assert sys.getrefcount(name) == base + 99
+    user.clear()
+    gc.collect()
+    assert sys.getrefcount(name) == base
+    assert user(1)["name"] is name
+    user.clear()
+
+    cachu.configure(package="recordrefs", memory_maxsize=10)
+    try:
+        for i in range(100):
+            user(i)
+        kept = cachu.cache_info(user).currsize
+        assert 0 < kept <= 10
+        assert sys.getrefcount(name) == base + kept  # the evicted gave theirs back
+    finally:
+        user.clear()
+        cachu.configure(package="recordrefs", memory_maxsize=0)
+    assert sys.getrefcount(name) == base
 
 
 def test_records_with_nested_members_are_copied_at_every_level():

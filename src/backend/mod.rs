@@ -528,11 +528,7 @@ impl Backend {
         match &self.store {
             Store::Memory(m) => {
                 let (entries, table, values) = m.footprint(|v| v.clone_ref(py));
-                let getsizeof = py.import("sys")?.getattr("getsizeof")?;
-                let mut value_bytes = 0usize;
-                for v in values {
-                    value_bytes += getsizeof.call1((v.held(py),))?.extract::<usize>()?;
-                }
+                let value_bytes: usize = values.iter().map(|v| v.own_size(py)).sum();
                 d.set_item("entries", entries)?;
                 d.set_item("table_bytes", table)?;
                 d.set_item("value_bytes", value_bytes)?;
