@@ -204,12 +204,12 @@ impl Record {
             for (i, &v) in values.iter().enumerate() {
                 let k = ffi::PyTuple_GET_ITEM(shape, i as ffi::Py_ssize_t);
                 let thawed;
-                let value = match Kind::of(kinds, i) {
-                    Kind::Itself => v,
-                    kind => {
-                        thawed = thaw(&Bound::from_borrowed_ptr(py, v), kind)?;
-                        thawed.as_ptr()
-                    }
+                // Two bits of zero: the value itself (no kind to tell apart).
+                let value = if (kinds >> (2 * i)) & 3 == Kind::Itself as u64 {
+                    v
+                } else {
+                    thawed = thaw(&Bound::from_borrowed_ptr(py, v), Kind::of(kinds, i))?;
+                    thawed.as_ptr()
                 };
                 if ffi::PyDict_SetItem(out.as_ptr(), k, value) < 0 {
                     return Err(PyErr::fetch(py));
