@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple, PyType};
 
-use super::{is_flat, is_immutable_leaf, shape, Shape};
+use super::shape::{is_flat, is_immutable_leaf, shape, Shape};
 
 /// The most keys of a dict kept as a record: CPython's smallest dict table holds five,
 /// so that rebuilding one never grows its table.
