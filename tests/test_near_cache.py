@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import struct
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,6 +227,48 @@ def test_a_killed_tracking_connection_leaves_nothing_stale(
     # The tracking connection comes back, and the near cache serves again.
     _near_ready(f, 1)
     assert f(1) == "B"
+
+
+def _trackers(server: RedisServer) -> int:
+    return sum(c.get("name") == "cachu-near" for c in server.client().client_list())
+
+
+def _tracking_threads() -> int:
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    return sum((t / "comm").read_text().strip() == "cachu-near" for t in tasks.iterdir())
+
+
+def _until(what: str, done: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_url_no_near_region_uses_any_more_keeps_no_connection_nor_thread(
+    redis_url: str, redis_server: RedisServer, tmp_path: Any
+) -> None:
+    other = RedisServer(tmp_path)
+    try:
+        _until("earlier tests' tracking threads ended", lambda: _tracking_threads() == 0)
+        f = _serving_a(redis_url, "near_m")
+        assert _trackers(redis_server) == 1 and _tracking_threads() == 1
+        cachu.configure(package="near_m", redis_url=other.url)
+        other.client().set("5m:f|x=1", _pickled("B"))
+        _near_ready(f, 1)  # served by the new server's watch
+        assert f(1) == "B"
+        _until("the old server's tracking connection closed", lambda: _trackers(redis_server) == 0)
+        _until("the old watch's thread ended", lambda: _tracking_threads() == 1)
+        assert _trackers(other) == 1
+        cachu.configure(package="near_m", near_cache=False)
+        assert f(1) == "B"  # from Redis now
+        _until("the tracking connection closed", lambda: _trackers(other) == 0)
+        _until("the last tracking thread ended", lambda: _tracking_threads() == 0)
+        cachu.configure(package="near_m", near_cache=True)  # and back: a new watch
+        _near_ready(f, 1)
+        assert _trackers(other) == 1 and _tracking_threads() == 1
+    finally:
+        other.stop()
 
 
 def test_an_outage_flushes_the_near_cache(tmp_path: Any) -> None:

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 
 use super::memory::{Budget, MemoryStore};
-use super::redis::near::{watch, Ticket, Watch};
+use super::redis::near::{enlist, Ticket, Watch};
 use super::redis::RedisStore;
 use crate::codec::Stored;
 use crate::errors::CacheResult;
@@ -33,9 +33,8 @@ impl Near {
         budget: Arc<Budget>,
         copy: bool,
     ) -> CacheResult<Near> {
-        let watch = watch(url)?;
         let tier = MemoryStore::enlisted(budget);
-        watch.enlist(prefix, &tier);
+        let watch = enlist(url, prefix, &tier)?;
         Ok(Near {
             tier,
             watch,

@@ -56,16 +56,16 @@ pub struct Watch {
     url: String,
     /// Whether every master is tracked now.
     ready: AtomicBool,
-    /// Forgotten ([`forget_watches`]): its thread ends, its tiers never serve again
-    /// (the regions that hold it are forgotten too; new ones have a new watch).
+    /// Forgotten ([`forget_watches`]), or retired once no tier is left: its thread
+    /// ends, its tiers never serve again (the regions that hold it are forgotten too;
+    /// new ones have a new watch).
     stopped: AtomicBool,
     /// Bumped by every flush.
     generation: AtomicU64,
     epochs: Box<[AtomicU64]>,
-    /// The near tiers of this URL, and the key prefixes they track.
+    /// The near tiers of this URL, and the key prefixes they track (locked after
+    /// [`WATCHES`], where both are).
     tiers: Mutex<Vec<(String, Weak<MemoryStore<Stored>>)>>,
-    /// Bumped when the prefixes change: the tracking connections are made again.
-    prefixes_changed: AtomicU64,
     /// The process whose thread tracks (a child of `fork()` starts its own).
     pid: AtomicU32,
     /// Invalidations received, flushes done (for `stats()`).
@@ -79,8 +79,30 @@ pub struct Watch {
 static WATCHES: LazyLock<Mutex<HashMap<String, Arc<Watch>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
+/// The watch of `url` with `tier` (whose keys start with `prefix`) among its tiers;
+/// the watch is made on first use, and its tracking thread started in this process.
+pub fn enlist(
+    url: &str,
+    prefix: String,
+    tier: &Arc<MemoryStore<Stored>>,
+) -> CacheResult<Arc<Watch>> {
+    loop {
+        let watch = watch(url)?;
+        {
+            // Under the map's lock: a watch found there is not being retired.
+            let all = WATCHES.lock();
+            if !all.get(url).is_some_and(|w| Arc::ptr_eq(w, &watch)) {
+                continue; // retired or forgotten meanwhile
+            }
+            watch.add_tier(prefix, tier);
+        }
+        watch.ensure_tracking();
+        return Ok(watch);
+    }
+}
+
 /// The watch of `url`, made on first use.
-pub fn watch(url: &str) -> CacheResult<Arc<Watch>> {
+fn watch(url: &str) -> CacheResult<Arc<Watch>> {
     if let Some(w) = WATCHES.lock().get(url) {
         return Ok(w.clone());
     }
@@ -92,7 +114,6 @@ pub fn watch(url: &str) -> CacheResult<Arc<Watch>> {
         generation: AtomicU64::new(0),
         epochs: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         tiers: Mutex::new(Vec::new()),
-        prefixes_changed: AtomicU64::new(0),
         pid: AtomicU32::new(0),
         invalidations: AtomicU64::new(0),
         flushes: AtomicU64::new(0),
@@ -116,6 +137,12 @@ fn bucket_of(key: &str) -> usize {
     (h.finish() as usize) % BUCKETS
 }
 
+/// The prefixes of the `tiers` still in use, those no longer in use dropped.
+fn live_prefixes(tiers: &mut Vec<(String, Weak<MemoryStore<Stored>>)>) -> Vec<String> {
+    tiers.retain(|(_, t)| t.strong_count() > 0);
+    minimal(tiers.iter().map(|(p, _)| p.clone()).collect())
+}
+
 /// `prefixes` without those that another one covers (BCAST refuses overlapping ones).
 fn minimal(mut prefixes: Vec<String>) -> Vec<String> {
     prefixes.sort();
@@ -130,19 +157,41 @@ fn minimal(mut prefixes: Vec<String>) -> Vec<String> {
 }
 
 impl Watch {
-    /// Adds a near tier whose keys start with `prefix`; starts the tracking thread
-    /// of this process if it is not running.
-    pub fn enlist(self: &Arc<Self>, prefix: String, tier: &Arc<MemoryStore<Stored>>) {
-        {
-            let mut tiers = self.tiers.lock();
-            tiers.retain(|(_, t)| t.strong_count() > 0);
-            let covered = tiers.iter().any(|(p, _)| prefix.starts_with(p.as_str()));
-            tiers.push((prefix, Arc::downgrade(tier)));
-            if !covered {
-                self.prefixes_changed.fetch_add(1, Ordering::AcqRel);
-            }
+    /// Adds a near tier whose keys start with `prefix`. A prefix no tracked one covers
+    /// stops the serving until the tracking thread has made its connections again
+    /// with it, so that no key goes untracked while it is served.
+    fn add_tier(&self, prefix: String, tier: &Arc<MemoryStore<Stored>>) {
+        let mut tiers = self.tiers.lock();
+        tiers.retain(|(_, t)| t.strong_count() > 0);
+        let covered = tiers.iter().any(|(p, _)| prefix.starts_with(p.as_str()));
+        tiers.push((prefix, Arc::downgrade(tier)));
+        if !covered {
+            self.ready.store(false, Ordering::SeqCst);
+            self.bump();
         }
-        self.ensure_tracking();
+    }
+
+    /// Retires this watch if it has no tier left (their regions all forgotten, or
+    /// their package moved to another URL or turned the near cache off): it leaves
+    /// the map, and its thread ends and closes its connections.
+    fn retire_if_unused(self: &Arc<Self>) -> bool {
+        let mut all = WATCHES.lock();
+        if self.tiers.lock().iter().any(|(_, t)| t.strong_count() > 0) {
+            return false;
+        }
+        if all.get(&self.url).is_some_and(|w| Arc::ptr_eq(w, self)) {
+            all.remove(&self.url);
+        }
+        drop(all);
+        self.stopped.store(true, Ordering::SeqCst);
+        self.lost();
+        true
+    }
+
+    /// Whether the tracking connections made for `prefixes` track what the tiers
+    /// need now (taken under the lock that [`Watch::add_tier`] takes).
+    fn tracks(&self, prefixes: &[String]) -> bool {
+        self.prefixes() == prefixes
     }
 
     /// Starts the tracking thread in this process if none runs (first use, or a child
@@ -241,8 +290,9 @@ impl Watch {
         self.flush();
     }
 
+    /// The prefixes of the tiers still in use.
     fn prefixes(&self) -> Vec<String> {
-        minimal(self.tiers.lock().iter().map(|(p, _)| p.clone()).collect())
+        live_prefixes(&mut self.tiers.lock())
     }
 
     fn on_push(&self, push: PushInfo, broken: &AtomicBool) {
@@ -285,10 +335,12 @@ fn track(weak: &Weak<Watch>, pid: u32) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(watch) = weak.upgrade() else { return };
-        if watch.pid.load(Ordering::Acquire) != pid || watch.stopped.load(Ordering::Acquire) {
+        if watch.pid.load(Ordering::Acquire) != pid
+            || watch.stopped.load(Ordering::Acquire)
+            || watch.retire_if_unused()
+        {
             return;
         }
-        let version = watch.prefixes_changed.load(Ordering::Acquire);
         let prefixes = watch.prefixes();
         let masters = topology(&watch.url).and_then(|servers| servers.masters());
         drop(watch);
@@ -332,7 +384,13 @@ fn track(weak: &Weak<Watch>, pid: u32) {
         }
         backoff = Duration::from_millis(50);
         let Some(watch) = weak.upgrade() else { return };
-        watch.ready.store(true, Ordering::SeqCst);
+        {
+            // Ready only if no tier came meanwhile with a prefix these do not track.
+            let mut tiers = watch.tiers.lock();
+            if live_prefixes(&mut tiers) == prefixes {
+                watch.ready.store(true, Ordering::SeqCst);
+            }
+        }
         if watch.stopped.load(Ordering::SeqCst) {
             watch.lost(); // forgotten while connecting
             return;
@@ -347,7 +405,7 @@ fn track(weak: &Weak<Watch>, pid: u32) {
                 !ping || ping_all(&mut tracked).await
             });
             let Some(watch) = weak.upgrade() else { return };
-            let changed = watch.prefixes_changed.load(Ordering::Acquire) != version
+            let changed = !watch.tracks(&prefixes)
                 || topology(&watch.url).map_or(true, |t| masters_changed(&t, &tracked));
             if !answered
                 || changed
