@@ -506,6 +506,46 @@ def test_sentinel_over_tls(tmp_path: Path) -> None:
         group.stop()
 
 
+def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
+    group = SentinelGroup(tmp_path / "s", password="master-pw", sentinel_password="sentinel-pw")
+    try:
+        assert "sentinel_password=sentinel-pw" in group.url
+        configure_redis_package("scale_s5", group.url)
+        runs: list[int] = []
+
+        @cachu.cache(ttl=60, package="scale_s5")
+        def f(x: int) -> int:
+            runs.append(x)
+            return x + 1
+
+        @cachu.cache(ttl=60, package="scale_s5")
+        async def g(x: int) -> int:
+            runs.append(x)
+            return x + 2
+
+        async def twice() -> list[int]:
+            return [await g(i) for i in range(3)] + [await g(i) for i in range(3)]
+
+        assert [f(i) for i in range(3)] + [f(i) for i in range(3)] == [i + 1 for i in range(3)] * 2
+        assert asyncio.run(twice()) == [i + 2 for i in range(3)] * 2
+        assert len(runs) == 6
+        assert len(list(group.master().client().scan_iter("1m:*"))) == 6
+        client = cachu.get_redis_client(package="scale_s5")
+        client.set("through-redis-py", b"1")
+        assert group.master().client().get("through-redis-py") == b"1"
+        stats = str(cachu.get_backend(package="scale_s5", ttl=60).stats())
+        assert "sentinel-pw" not in stats and "master-pw" not in stats, stats
+
+        # Without the sentinels' password: misses that say what to add, never a hang.
+        cachu.configure(package="scale_s5", redis_url=group.url.split("?")[0])
+        with pytest.warns(RuntimeWarning, match=r"sentinel_password=\.\.\.") as seen:
+            assert f(10) == 11
+        assert not any("sentinel-pw" in str(w.message) for w in seen)
+        assert f(10) == 11 and runs.count(10) == 2
+    finally:
+        group.stop()
+
+
 @pytest.mark.parametrize(
     ("kind", "words"), [("cluster", "CLUSTER SLOTS"), ("sentinel", "no master found")]
 )

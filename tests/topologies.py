@@ -269,13 +269,21 @@ class Cluster:
 
 class SentinelGroup:
     """A master, a replica and three sentinels watching ``mymaster``; every one of
-    them over TLS with ``tls`` (the files of ``make_tls_files``)."""
+    them over TLS with ``tls`` (the files of ``make_tls_files``); the data nodes asking
+    for ``password``, the sentinels for ``sentinel_password``, if given."""
 
     name = "mymaster"
 
-    def __init__(self, workdir: Path, tls: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        tls: dict[str, str] | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         binary = redis_server_binary(tls=tls is not None)
         self.tls = tls
+        self.password, self.sentinel_password = password, sentinel_password
         self.options: dict[str, Any] = {}
         if tls:
             self.options = {"ssl": True, "ssl_ca_certs": tls["ca"]}
@@ -295,8 +303,10 @@ class SentinelGroup:
             extra = ["--dir", str(d)]
             if i == 1:
                 extra += ["--replicaof", "127.0.0.1", str(ports[0])]
+            if self.password:
+                extra += ["--requirepass", self.password, "--masterauth", self.password]
             args = _server_args(port, *extra, tls=self.tls)
-            self.data.append(Node(d, port, args, binary, self.options))
+            self.data.append(Node(d, port, args, binary, self._options(self.password)))
         for port in ports[2:]:
             d = workdir / f"sentinel-{port}"
             d.mkdir(parents=True)
@@ -315,17 +325,31 @@ class SentinelGroup:
                 f"sentinel failover-timeout {self.name} 5000\n"
                 f"sentinel parallel-syncs {self.name} 1\n"
             )
+            with conf.open("a") as more:
+                if self.password:
+                    more.write(f"sentinel auth-pass {self.name} {self.password}\n")
+                if self.sentinel_password:
+                    more.write(f"requirepass {self.sentinel_password}\n")
+                    more.write(f"sentinel sentinel-pass {self.sentinel_password}\n")
             # redis-server in Sentinel mode (what the redis-sentinel command runs).
             args = [str(conf), "--sentinel"]
-            self.sentinels.append(Node(d, port, args, binary, self.options))
+            options = self._options(self.sentinel_password)
+            self.sentinels.append(Node(d, port, args, binary, options))
         self.wait_master()
+
+    def _options(self, password: str | None) -> dict[str, Any]:
+        return {**self.options, "password": password} if password else self.options
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        if self.tls:
-            return f"rediss+sentinel://{hosts}/{self.name}/0?ssl_ca_certs={self.tls['ca']}"
-        return f"redis+sentinel://{hosts}/{self.name}/0"
+        auth = f":{self.password}@" if self.password else ""
+        options = [f"ssl_ca_certs={self.tls['ca']}"] if self.tls else []
+        if self.sentinel_password:
+            options.append(f"sentinel_password={self.sentinel_password}")
+        query = "?" + "&".join(options) if options else ""
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}+sentinel://{auth}{hosts}/{self.name}/0{query}"
 
     def master_port(self) -> int:
         for s in self.sentinels:

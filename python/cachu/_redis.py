@@ -58,10 +58,15 @@ def get_redis_client(
             options.pop(name, None)
         if options.pop("connection_class", None) is SSLConnection:
             options["ssl"] = True
-        # The sentinels get the URL's transport options; the password is the master's.
+        # The sentinels get the URL's transport options, and their own credentials if
+        # it gives them (``sentinel_password=``); the URL's password is the master's.
         to_sentinels = {
             k: v for k, v in options.items() if k.startswith("ssl") or k.startswith("socket")
         }
+        sentinel_auth = parse_url(layout["sentinel_url"])
+        for name in ("username", "password"):
+            if sentinel_auth.get(name):
+                to_sentinels[name] = sentinel_auth[name]
         sentinel = Sentinel(layout["nodes"], sentinel_kwargs=to_sentinels, **options)
         return sentinel.master_for(layout["master"], **kwargs)
     return redis.Redis.from_url(url, **kwargs)

@@ -139,8 +139,21 @@ impl Endpoint {
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
+/// `redis://user:secret@host` → `redis://user:***@host`, and the value of a
+/// `sentinel_password=` option masked too.
 pub(crate) fn mask_password(url: &str) -> String {
+    let masked = mask_authority(url);
+    match masked.split_once("sentinel_password=") {
+        Some((before, after)) if before.contains('?') => {
+            let end = after.find(['&', '#']).unwrap_or(after.len());
+            format!("{before}sentinel_password=***{}", &after[end..])
+        }
+        _ => masked,
+    }
+}
+
+/// `url` with the password of its authority masked.
+fn mask_authority(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -5,7 +5,8 @@
 //! options as a single server's URL, which then apply to every node. Each node is
 //! reached by the URL of a single server, made here ([`Layout::node_url`]), so that
 //! everything a single server's URL says (timeouts, CA file, cert checks, password)
-//! holds for every node.
+//! holds for every node. The sentinels of a Sentinel URL are asked without a password
+//! unless the URL gives theirs: `?sentinel_password=...` (and `sentinel_username=`).
 
 use super::endpoint::{mask_password, Endpoint};
 
@@ -32,6 +33,8 @@ pub struct Layout {
     db: String,
     /// `?...#...`: the options of every node, as given.
     tail: String,
+    /// `user:password@` that the sentinels ask for, or empty.
+    sentinel_auth: String,
 }
 
 const DEFAULT_PORT: u16 = 6379;
@@ -66,10 +69,17 @@ impl Layout {
                 auth: String::new(),
                 db: String::new(),
                 tail: String::new(),
+                sentinel_auth: String::new(),
             });
         };
         let cut = rest.find(['?', '#']).unwrap_or(rest.len());
         let (head, tail) = rest.split_at(cut);
+        let (tail, sentinel_auth) = sentinel_auth(tail)?;
+        if !sentinel && !sentinel_auth.is_empty() {
+            return Err("sentinel_password and sentinel_username are options of a \
+                        redis+sentinel:// URL"
+                .to_owned());
+        }
         let (authority, path) = head.split_once('/').unwrap_or((head, ""));
         let (auth, hosts) = match authority.rfind('@') {
             Some(at) => (&authority[..=at], &authority[at + 1..]),
@@ -110,7 +120,8 @@ impl Layout {
             scheme,
             auth: auth.to_owned(),
             db: db.to_owned(),
-            tail: tail.to_owned(),
+            tail,
+            sentinel_auth,
         };
         // Every node's URL must be one a single server would accept.
         for node in layout.nodes() {
@@ -136,11 +147,53 @@ impl Layout {
         )
     }
 
-    /// The URL of a sentinel: the URL's scheme and options; a sentinel has no
-    /// database and the password is the master's.
+    /// The URL of a sentinel: the URL's scheme and options, and the sentinels'
+    /// credentials if the URL gives them (the URL's own password is the master's).
     pub fn sentinel_url(&self, address: &str) -> String {
-        format!("{}://{address}/0{}", self.scheme, self.tail)
+        format!(
+            "{}://{}{address}/0{}",
+            self.scheme, self.sentinel_auth, self.tail
+        )
     }
+
+    /// Whether the URL gives the sentinels' password.
+    pub fn sentinels_have_password(&self) -> bool {
+        !self.sentinel_auth.is_empty()
+    }
+}
+
+/// `tail` (`?...#...`) without `sentinel_password` and `sentinel_username`, and the
+/// `user:password@` they make (empty without them). Values stay percent-encoded, as a
+/// password in a URL's authority is.
+fn sentinel_auth(tail: &str) -> Result<(String, String), String> {
+    let (query, fragment) = match tail.find('#') {
+        Some(i) => tail.split_at(i),
+        None => (tail, ""),
+    };
+    let (mut user, mut password) = (None, None);
+    let mut kept = Vec::new();
+    for pair in query
+        .trim_start_matches('?')
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("sentinel_password", v)) => password = Some(v),
+            Some(("sentinel_username", v)) => user = Some(v),
+            _ => kept.push(pair),
+        }
+    }
+    let auth = match (user, password) {
+        (None, None) => String::new(),
+        (Some(_), None) => return Err("sentinel_username needs a sentinel_password".to_owned()),
+        (user, Some(p)) => format!("{}:{p}@", user.unwrap_or("")),
+    };
+    let mut out = String::new();
+    if !kept.is_empty() {
+        out = format!("?{}", kept.join("&"));
+    }
+    out.push_str(fragment);
+    Ok((out, auth))
 }
 
 /// `host:port` (`[v6]:port`), with the default port if none is given.
@@ -205,6 +258,26 @@ mod tests {
         );
         assert_eq!(l.node_url("m:6379"), "redis://:pw@m:6379/2");
         assert_eq!(l.sentinel_url("s1:26379"), "redis://s1:26379/0");
+        let l = Layout::parse(
+            "redis+sentinel://:pw@s1/m/0?socket_timeout=2&sentinel_password=s%40cret#insecure",
+        )
+        .unwrap();
+        assert_eq!(
+            l.node_url("m:1"),
+            "redis://:pw@m:1/0?socket_timeout=2#insecure"
+        );
+        assert_eq!(
+            l.sentinel_url("s1:26379"),
+            "redis://:s%40cret@s1:26379/0?socket_timeout=2#insecure"
+        );
+        assert!(!l.shown.contains("cret"), "{}", l.shown);
+        let l =
+            Layout::parse("redis+sentinel://s1/m?sentinel_username=u&sentinel_password=p").unwrap();
+        assert_eq!(l.sentinel_url("s1:26379"), "redis://u:p@s1:26379/0");
+        assert!(Layout::parse("redis+sentinel://s1/m?sentinel_username=u").is_err());
+        assert!(Layout::parse("redis+cluster://h1?sentinel_password=p")
+            .unwrap_err()
+            .contains("redis+sentinel://"));
         assert!(Layout::parse("redis+sentinel://s1:26379")
             .unwrap_err()
             .contains("names the master"));

@@ -33,7 +33,8 @@ pub fn _redis_endpoint<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, P
 /// What `url` names, for `get_redis_client()`: `shape` (`single`, `cluster` or
 /// `sentinel`), the `nodes` (seeds or sentinels) as `(host, port)`, the `master`'s name
 /// of a Sentinel URL, and `node_url`: the URL of a single server with the options and
-/// password of every data node, at the first node's address.
+/// password of every data node, at the first node's address; for a Sentinel URL,
+/// `sentinel_url`: the first sentinel's, with their credentials if the URL gives them.
 #[pyfunction]
 pub fn _redis_layout<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, PyDict>> {
     let layout =
@@ -63,6 +64,10 @@ pub fn _redis_layout<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, PyD
             .first()
             .map_or_else(|| url.to_owned(), |n| layout.node_url(n)),
     )?;
+    if master.is_some() {
+        let first = layout.nodes().first().map(|n| layout.sentinel_url(n));
+        d.set_item("sentinel_url", first)?;
+    }
     Ok(d)
 }
 

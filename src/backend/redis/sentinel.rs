@@ -118,7 +118,15 @@ impl Sentinel {
                 Ok(_) => {
                     why = format!("sentinel {address} knows no master named {:?}", self.name());
                 }
-                Err(e) => why = e.to_string(),
+                Err(e) => {
+                    why = e.to_string();
+                    if why.contains("NOAUTH") && !self.layout.sentinels_have_password() {
+                        why.push_str(
+                            "; the sentinels ask for a password of their own: \
+                             give it as ?sentinel_password=... in the URL",
+                        );
+                    }
+                }
             }
         }
         Err(CacheError::Backend(format!(
