@@ -476,32 +476,39 @@ def test_a_cluster_over_tls_with_a_password(tmp_path: Path) -> None:
         c.stop()
 
 
+def _served_through(group: SentinelGroup, package: str) -> tuple[Any, list[int]]:
+    """`f` of `package`, cached on `group`'s master: a sync and an async function,
+    each called twice for 5 arguments, computed once for each; `f` and its runs."""
+    configure_redis_package(package, group.url)
+    runs: list[int] = []
+
+    @cachu.cache(ttl=60, package=package)
+    def f(x: int) -> int:
+        runs.append(x)
+        return x + 1
+
+    @cachu.cache(ttl=60, package=package)
+    async def g(x: int) -> int:
+        runs.append(x)
+        return x + 2
+
+    async def twice() -> list[int]:
+        return [await g(i) for i in range(5)] + [await g(i) for i in range(5)]
+
+    assert [f(i) for i in range(5)] + [f(i) for i in range(5)] == [i + 1 for i in range(5)] * 2
+    assert asyncio.run(twice()) == [i + 2 for i in range(5)] * 2
+    assert len(runs) == 10
+    assert len(list(group.master().client().scan_iter("1m:*"))) == 10
+    return f, runs
+
+
 def test_sentinel_over_tls(tmp_path: Path) -> None:
     from conftest import make_tls_files
 
     group = SentinelGroup(tmp_path / "s", tls=make_tls_files(tmp_path))
     try:
         assert group.url.startswith("rediss+sentinel://")
-        configure_redis_package("scale_s4", group.url)
-        runs: list[int] = []
-
-        @cachu.cache(ttl=60, package="scale_s4")
-        def f(x: int) -> int:
-            runs.append(x)
-            return x + 1
-
-        @cachu.cache(ttl=60, package="scale_s4")
-        async def g(x: int) -> int:
-            runs.append(x)
-            return x + 2
-
-        async def twice() -> list[int]:
-            return [await g(i) for i in range(5)] + [await g(i) for i in range(5)]
-
-        assert [f(i) for i in range(5)] + [f(i) for i in range(5)] == [i + 1 for i in range(5)] * 2
-        assert asyncio.run(twice()) == [i + 2 for i in range(5)] * 2
-        assert len(runs) == 10
-        assert len(list(group.master().client().scan_iter("1m:*"))) == 10
+        _served_through(group, "scale_s4")
     finally:
         group.stop()
 
@@ -510,26 +517,7 @@ def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
     group = SentinelGroup(tmp_path / "s", password="master-pw", sentinel_password="sentinel-pw")
     try:
         assert "sentinel_password=sentinel-pw" in group.url
-        configure_redis_package("scale_s5", group.url)
-        runs: list[int] = []
-
-        @cachu.cache(ttl=60, package="scale_s5")
-        def f(x: int) -> int:
-            runs.append(x)
-            return x + 1
-
-        @cachu.cache(ttl=60, package="scale_s5")
-        async def g(x: int) -> int:
-            runs.append(x)
-            return x + 2
-
-        async def twice() -> list[int]:
-            return [await g(i) for i in range(3)] + [await g(i) for i in range(3)]
-
-        assert [f(i) for i in range(3)] + [f(i) for i in range(3)] == [i + 1 for i in range(3)] * 2
-        assert asyncio.run(twice()) == [i + 2 for i in range(3)] * 2
-        assert len(runs) == 6
-        assert len(list(group.master().client().scan_iter("1m:*"))) == 6
+        f, runs = _served_through(group, "scale_s5")
         client = cachu.get_redis_client(package="scale_s5")
         client.set("through-redis-py", b"1")
         assert group.master().client().get("through-redis-py") == b"1"
