@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hashbrown::hash_table::Entry;
 use parking_lot::{Condvar, Mutex};
 
-use crate::key::hash_of;
+use crate::key::{hash_of, Keyed};
 
 enum State<T> {
     Running,
@@ -108,10 +108,10 @@ pub struct Leader<T> {
 
 impl<T> Flights<T> {
     /// Joins the computation of `key`, becoming its leader if there is none.
-    pub fn join(&self, key: &str) -> Join<T> {
+    pub fn join<K: Keyed + ?Sized>(&self, key: &K) -> Join<T> {
         let me = std::thread::current().id();
         let pid = crate::process::pid();
-        let hash = hash_of(key);
+        let (hash, key) = (key.hash(), key.text());
         let mut map = self.map.lock();
         let entry = map.entry(hash, |(k, _)| **k == *key, |(k, _)| hash_of(k));
         if let Entry::Occupied(found) = &entry {
@@ -146,11 +146,11 @@ impl<T> Flights<T> {
     }
 
     /// The computation of `key` in progress, if any, without joining it.
-    pub fn find(&self, key: &str) -> Option<Join<T>> {
+    pub fn find<K: Keyed + ?Sized>(&self, key: &K) -> Option<Join<T>> {
         let me = std::thread::current().id();
         let pid = crate::process::pid();
         let map = self.map.lock();
-        flight_of(&map, hash_of(key), key)
+        flight_of(&map, key.hash(), key.text())
             .filter(|f| f.pid == pid)
             .map(|f| {
                 if f.leader == me {

@@ -17,13 +17,32 @@ use pyo3::types::{
 mod repr;
 pub use repr::{write_float, write_repr, Repr};
 
-/// The keys' hash, computed once per call: it picks the memory store's shard and
-/// bucket, and the single-flight table's. Seeded per process, so keys chosen by an
-/// attacker cannot be made to collide.
+/// The keys' hash: it picks the memory store's shard and bucket, and the
+/// single-flight table's. Seeded per process, so keys chosen by an attacker cannot be
+/// made to collide.
 pub fn hash_of(key: &str) -> u64 {
     static HASHER: LazyLock<foldhash::fast::RandomState> =
         LazyLock::new(foldhash::fast::RandomState::default);
     HASHER.hash_one(key)
+}
+
+/// A key and its [`hash_of`]: a call's key ([`KeyBuf`]) computes it once, for the
+/// lookup, the single flight and the store; any other `str` each time it is asked.
+pub trait Keyed {
+    fn text(&self) -> &str;
+    fn hash(&self) -> u64;
+}
+
+impl Keyed for str {
+    #[inline]
+    fn text(&self) -> &str {
+        self
+    }
+
+    #[inline]
+    fn hash(&self) -> u64 {
+        hash_of(self)
+    }
 }
 
 /// A tag as it stands in keys: `|` stripped from both ends, inner `|` made `.`, wrapped
@@ -49,31 +68,78 @@ thread_local! {
     static KEY_BUF: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
-/// A key built in a buffer that this thread reuses from call to call. A nested call
-/// (a `repr` or the function calling another cached one) finds the buffer taken and
-/// uses a fresh one: reentrancy costs an allocation, never a wrong key.
-pub struct KeyBuf(pub(crate) String);
+/// A key being written in a buffer that this thread reuses from call to call. A
+/// nested call (a `repr` or the function calling another cached one) finds the buffer
+/// taken and uses a fresh one: reentrancy costs an allocation, never a wrong key.
+/// Sealed into a [`KeyBuf`] once complete.
+pub struct KeyWriter(pub(crate) String);
+
+impl KeyWriter {
+    pub fn take() -> Self {
+        KeyWriter(KEY_BUF.try_with(std::cell::Cell::take).unwrap_or_default())
+    }
+
+    /// The complete key, with its hash.
+    #[inline]
+    pub fn seal(mut self) -> KeyBuf {
+        // The writer is left empty: its drop gives nothing back.
+        KeyBuf::of(std::mem::take(&mut self.0))
+    }
+}
+
+impl Drop for KeyWriter {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.0));
+    }
+}
+
+/// A call's key, in the buffer it was written in, and its hash: computed once, for
+/// the lookup, the single flight and the store.
+pub struct KeyBuf {
+    text: String,
+    hash: u64,
+}
 
 impl KeyBuf {
-    pub fn take() -> Self {
-        KeyBuf(KEY_BUF.try_with(std::cell::Cell::take).unwrap_or_default())
+    #[inline]
+    pub fn of(text: String) -> Self {
+        KeyBuf {
+            hash: hash_of(&text),
+            text,
+        }
+    }
+}
+
+impl Keyed for KeyBuf {
+    #[inline]
+    fn text(&self) -> &str {
+        &self.text
+    }
+
+    #[inline]
+    fn hash(&self) -> u64 {
+        self.hash
     }
 }
 
 impl std::ops::Deref for KeyBuf {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
 impl Drop for KeyBuf {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() <= 4096 {
-            buf.clear();
-            let _ = KEY_BUF.try_with(|c| c.set(buf));
-        }
+        give_back(std::mem::take(&mut self.text));
+    }
+}
+
+/// Returns a key's buffer to this thread for the next key (unless it grew large).
+fn give_back(mut buf: String) {
+    if buf.capacity() != 0 && buf.capacity() <= 4096 {
+        buf.clear();
+        let _ = KEY_BUF.try_with(|c| c.set(buf));
     }
 }
 

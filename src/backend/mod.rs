@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 use crate::codec::{self, Stored};
 use crate::config::{config_of, BackendKind};
 use crate::errors::CacheResult;
+use crate::key::Keyed;
 pub use crate::lease::Token;
 use crate::pattern::glob_match;
 use crate::process::unix_now;
@@ -165,46 +166,53 @@ impl Backend {
     }
 
     /// A value for the caller and its freshness, or `None` on a miss.
-    pub fn get<'py>(
+    pub fn get<'py, K: Keyed + ?Sized>(
         &self,
         py: Python<'py>,
-        key: &str,
+        key: &K,
     ) -> PyResult<Option<(Bound<'py, PyAny>, Stamp)>> {
         match &self.store {
             Store::Memory(_) => self.peek(py, key),
-            Store::Bytes(b) => {
-                if let Some(near) = &self.near {
-                    if let Some(hit) = near.get(py, key)? {
-                        return Ok(Some(hit));
-                    }
-                    let ticket = near.ticket(key);
-                    let Some((data, created, left)) =
-                        self.io(py, b, || near.redis.get_expiring(key))?
-                    else {
-                        return Ok(None);
-                    };
-                    let found = self.decoded(py, b, key, &data, created);
-                    if let Some((value, stamp)) = &found {
-                        near.fill(value, ticket, key, stamp, left);
-                    }
-                    return Ok(found);
-                }
-                let Some((data, created)) = self.io(py, b, || b.get(key))? else {
-                    return Ok(None);
-                };
-                Ok(self.decoded(py, b, key, &data, created))
-            }
+            Store::Bytes(b) => self.get_bytes(py, b, key.text()),
             Store::Null => Ok(None),
         }
+    }
+
+    /// [`Backend::get`] of a byte store, through its near tier if it has one.
+    fn get_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        b: &Arc<dyn ByteStore>,
+        key: &str,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Stamp)>> {
+        if let Some(near) = &self.near {
+            if let Some(hit) = near.get(py, key)? {
+                return Ok(Some(hit));
+            }
+            let ticket = near.ticket(key);
+            let Some((data, created, left)) = self.io(py, b, || near.redis.get_expiring(key))?
+            else {
+                return Ok(None);
+            };
+            let found = self.decoded(py, b, key, &data, created);
+            if let Some((value, stamp)) = &found {
+                near.fill(value, ticket, key, stamp, left);
+            }
+            return Ok(found);
+        }
+        let Some((data, created)) = self.io(py, b, || b.get(key))? else {
+            return Ok(None);
+        };
+        Ok(self.decoded(py, b, key, &data, created))
     }
 
     /// What is kept in this process: a memory region's value, or a Redis region's
     /// near copy (`None` for anything that needs I/O).
     #[inline]
-    pub fn peek<'py>(
+    pub fn peek<'py, K: Keyed + ?Sized>(
         &self,
         py: Python<'py>,
-        key: &str,
+        key: &K,
     ) -> PyResult<Option<(Bound<'py, PyAny>, Stamp)>> {
         match (&self.store, &self.near) {
             (Store::Memory(m), _) => {
@@ -213,7 +221,7 @@ impl Backend {
                 };
                 Ok(Some((stored.materialize(py)?, stamp)))
             }
-            (_, Some(near)) => near.get(py, key),
+            (_, Some(near)) => near.get(py, key.text()),
             _ => Ok(None),
         }
     }
@@ -399,11 +407,16 @@ impl Backend {
     }
 
     /// Stores an already-captured value (memory only; others pickle it).
-    pub fn set_stored(&self, py: Python<'_>, kept: &Kept, key: &str) -> PyResult<()> {
+    pub fn set_stored<K: Keyed + ?Sized>(
+        &self,
+        py: Python<'_>,
+        kept: &Kept,
+        key: &K,
+    ) -> PyResult<()> {
         match &self.store {
             Store::Memory(m) => {
                 let stored = kept.stored.clone_ref(py);
-                let weight = weight_of(py, m, key, &stored);
+                let weight = weight_of(py, m, key.text(), &stored);
                 let replaced = m.insert_at(key, stored, unix_now(), kept.ttl, kept.fresh, weight);
                 drop(replaced);
                 self.keep_budget(m);
@@ -411,8 +424,8 @@ impl Backend {
             }
             Store::Bytes(b) => {
                 let data = self.encode_stored(py, &kept.stored, kept.fresh)?;
-                self.write_bytes(py, b, key, &data, kept.ttl)?;
-                self.forget_near(key);
+                self.write_bytes(py, b, key.text(), &data, kept.ttl)?;
+                self.forget_near(key.text());
                 Ok(())
             }
             Store::Null => Ok(()),

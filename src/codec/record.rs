@@ -248,7 +248,8 @@ impl Record {
 }
 
 thread_local! {
-    static SHAPES: std::cell::RefCell<std::collections::VecDeque<Py<PyTuple>>> =
+    /// Each shape with its kinds (the shape's last item, as a number here).
+    static SHAPES: std::cell::RefCell<std::collections::VecDeque<(u64, Py<PyTuple>)>> =
         const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
 }
 
@@ -259,21 +260,19 @@ fn shape_of_keys<'py>(
     keys: &[Bound<'py, PyAny>],
     kinds: u64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let same = |shape: &Bound<'py, PyTuple>| {
-        shape.len() == keys.len() + 1
-            && shape.iter().zip(keys).all(|(a, b)| {
-                // Exact strings: comparing them runs no Python code.
-                a.is(b) || a.eq(b).unwrap_or(false)
-            })
-            && shape
-                .get_item(keys.len())
-                .and_then(|k| k.extract::<u64>())
-                .is_ok_and(|k| k == kinds)
+    let same = |kept: u64, shape: &Bound<'py, PyTuple>| {
+        let items = shape.as_slice();
+        kept == kinds
+            && items.len() == keys.len() + 1
+            // Exact strings: comparing them runs no Python code (and dict literals'
+            // keys are interned: the same objects).
+            && items.iter().zip(keys).all(|(a, b)| a.is(b) || a.eq(b).unwrap_or(false))
     };
     let known = SHAPES
         .try_with(|cell| {
             let shapes = cell.try_borrow().ok()?;
-            shapes.iter().map(|s| s.bind(py)).find(|s| same(s)).cloned()
+            let (_, shape) = shapes.iter().find(|(k, s)| same(*k, s.bind(py)))?;
+            Some(shape.bind(py).clone())
         })
         .ok()
         .flatten();
@@ -286,7 +285,7 @@ fn shape_of_keys<'py>(
     let evicted = SHAPES
         .try_with(|cell| {
             let mut shapes = cell.try_borrow_mut().ok()?;
-            shapes.push_front(shape.clone().unbind());
+            shapes.push_front((kinds, shape.clone().unbind()));
             (shapes.len() > SHAPES_KEPT)
                 .then(|| shapes.pop_back())
                 .flatten()

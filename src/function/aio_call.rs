@@ -464,7 +464,7 @@ impl AsyncCall {
                         py,
                         &self.r,
                         &self.backend,
-                        &self.key,
+                        self.key.as_str(),
                         CallArgs::of(&args, kwargs.as_ref()),
                         self.judge,
                     )? {
@@ -585,8 +585,9 @@ impl AsyncCall {
         }
         match self.prepare_store(py) {
             Ok(value) => {
-                let done =
-                    value.map_or(Ok(()), |kept| self.backend.set_stored(py, &kept, &self.key));
+                let done = value.map_or(Ok(()), |kept| {
+                    self.backend.set_stored(py, &kept, self.key.as_str())
+                });
                 match done {
                     Ok(()) => self.answer(Answer::Stored),
                     Err(e) => self.fail(py, Some(e)),

@@ -200,7 +200,7 @@ impl Call {
             func: self.func.clone_ref(py),
             r: self.r.clone(),
             backend: self.backend.clone(),
-            key: KeyBuf(String::new()),
+            key: KeyBuf::of(String::new()),
             args: self.args.clone_ref(py),
             kwargs: self.kwargs.as_ref().map(|k| k.clone_ref(py)),
             token: Token::lazy(),
@@ -284,7 +284,7 @@ fn drive(
     let kwargs = call.kwargs.as_ref().map(|k| k.bind(py).clone());
     // Borrowed from the call until it is handed on (a refresh, a soft timeout).
     let judge = call.elsewhere.as_ref().map_or(Judge::Call, |e| e.judge);
-    let (r, backend, key) = (&*call.r, &*call.backend, &*call.key);
+    let (r, backend, key) = (&*call.r, &*call.backend, &call.key);
     // How long the computation takes matters to early refresh only.
     let timed = r.rules.is_on();
     let refresh = matches!(judge, Judge::NewerThan(_));

@@ -12,6 +12,7 @@ use super::{CachedFunction, CallArgs, Resolved};
 use crate::backend::Backend;
 use crate::flow::fresh::Judged;
 use crate::flow::Answer;
+use crate::key::Keyed;
 use crate::process::unix_now;
 use crate::stamp::Stamp;
 use crate::warn;
@@ -60,16 +61,16 @@ impl CachedFunction {
     /// accepts and the freshness controls find usable, or `None`. A backend failure is
     /// the caller's to judge (`Err`).
     #[inline]
-    pub(crate) fn read<'py>(
+    pub(crate) fn read<'py, K: Keyed + ?Sized>(
         &self,
         py: Python<'py>,
         r: &Resolved,
         backend: &Backend,
-        key: &str,
+        key: &K,
         call: CallArgs<'_, 'py>,
         judge: Judge,
     ) -> PyResult<Result<Option<Seen<'py>>, PyErr>> {
-        self.judge_read(py, r, key, backend.get(py, key), call, judge)
+        self.judge_read(py, r, key.text(), backend.get(py, key), call, judge)
     }
 
     /// A read's outcome, checked and judged as [`CachedFunction::read`] does.
@@ -98,15 +99,16 @@ impl CachedFunction {
     /// `on_backend_error='raise'`); an expired value kept as a fallback is a miss here
     /// (the flow reads it again).
     #[inline]
-    pub(crate) fn lookup<'py>(
+    pub(crate) fn lookup<'py, K: Keyed + ?Sized>(
         &self,
         py: Python<'py>,
         r: &Resolved,
         backend: &Backend,
-        key: &str,
+        key: &K,
         call: CallArgs<'_, 'py>,
     ) -> PyResult<Option<Seen<'py>>> {
         let got = backend.peek(py, key);
+        let key = key.text();
         match self.judge_read(py, r, key, got, call, Judge::Call)? {
             Ok(
                 Some(Seen {
@@ -128,12 +130,12 @@ impl CachedFunction {
     /// process keeps: a value found and accepted is a hit (with no judging of its
     /// freshness at all).
     #[inline]
-    pub(crate) fn hit<'py>(
+    pub(crate) fn hit<'py, K: Keyed + ?Sized>(
         &self,
         py: Python<'py>,
         r: &Resolved,
         backend: &Backend,
-        key: &str,
+        key: &K,
         call: CallArgs<'_, 'py>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         match backend.peek(py, key) {

@@ -38,7 +38,7 @@ use crate::errors::{repr_of, CacheError};
 use crate::flight::Flights;
 use crate::flow::fresh::Rules;
 use crate::flow::{Answer, Flow, Policy, Step};
-use crate::key::{function_head, KeyBuf, KeyPlan};
+use crate::key::{function_head, KeyBuf, KeyPlan, KeyWriter};
 use crate::region::{region_name, whole_seconds};
 use crate::stamp::{Fresh, Stamp};
 use crate::vectorcall;
@@ -399,10 +399,10 @@ impl CachedFunction {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<KeyBuf> {
-        let mut key = KeyBuf::take();
+        let mut key = KeyWriter::take();
         key.0.push_str(&r.head);
         self.plan.write_params(&mut key.0, args, kwargs)?;
-        Ok(key)
+        Ok(key.seal())
     }
 
     /// Whether a call of `n` positional arguments (and no keywords) can be keyed from
@@ -420,10 +420,10 @@ impl CachedFunction {
         r: &Resolved,
         args: &[Bound<'py, PyAny>],
     ) -> PyResult<KeyBuf> {
-        let mut key = KeyBuf::take();
+        let mut key = KeyWriter::take();
         key.0.push_str(&r.head);
         self.plan.write_positional(py, &mut key.0, args)?;
-        Ok(key)
+        Ok(key.seal())
     }
 
     /// The key that a call with these arguments uses, with the settings in force.

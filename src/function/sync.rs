@@ -15,6 +15,7 @@ use super::lookup::Kind;
 use super::values::CacheInfo;
 use super::{bind_method, pickled_by_name, take_flags, CachedFunction, CallArgs, Here, Resolved};
 use crate::backend::Backend;
+use crate::key::{KeyBuf, KeyWriter, Keyed};
 use crate::pattern::escape_glob;
 use crate::vectorcall::FastCall;
 
@@ -43,7 +44,7 @@ impl CachedFunction {
         slf: &Bound<'py, Self>,
         r: &Here,
         backend: &Arc<Backend>,
-        key: &str,
+        key: &KeyBuf,
         call: CallArgs<'_, 'py>,
         args: impl FnOnce() -> PyResult<Bound<'py, PyTuple>>,
         kwargs: Option<&Bound<'py, PyDict>>,
@@ -56,7 +57,7 @@ impl CachedFunction {
             return Ok(None);
         };
         if let Kind::Refresh { created_at, .. } = seen.kind {
-            let key = crate::key::KeyBuf(key.to_owned());
+            let key = KeyBuf::of(key.text().to_owned());
             let call = Call::new(slf, r.shared(), backend.clone(), key, &args()?, kwargs);
             refresh_later(py, call, created_at)?;
         }
@@ -156,7 +157,7 @@ impl FastCall for CachedFunction {
         if r.rules.is_on() || (backend.has_leases() && !backend.has_near()) {
             return Ok(None);
         }
-        let mut key = crate::key::KeyBuf::take();
+        let mut key = KeyWriter::take();
         key.0.push_str(&r.head);
         if !this
             .plan
@@ -164,7 +165,14 @@ impl FastCall for CachedFunction {
         {
             return Ok(None);
         }
-        this.hit(py, &r, backend, &key, CallArgs { args, kwargs: None })
+        // A miss here is taken again by `call_packed`: no hash to carry on.
+        this.hit(
+            py,
+            &r,
+            backend,
+            key.0.as_str(),
+            CallArgs { args, kwargs: None },
+        )
     }
 }
 
@@ -257,7 +265,10 @@ impl CachedFunction {
         let found = if this.is_off() {
             None
         } else {
-            match this.backend_or_err(py, &r).and_then(|b| b.get(py, &key)) {
+            match this
+                .backend_or_err(py, &r)
+                .and_then(|b| b.get(py, key.as_str()))
+            {
                 Ok(found) => found,
                 Err(e) => {
                     Self::backend_failed(py, &r, e)?;

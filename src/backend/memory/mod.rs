@@ -24,7 +24,7 @@ pub mod policy;
 mod table;
 mod thin;
 
-use crate::key::hash_of;
+use crate::key::{hash_of, Keyed};
 use crate::process::now_ns;
 pub use crate::process::unix_now;
 use crate::stamp::{Fresh, Stamp};
@@ -360,11 +360,14 @@ impl<V> MemoryStore<V> {
 
     /// Applies `f` to a live entry's value and freshness, under the shard's read lock:
     /// `f` must not call into Python beyond reference counting.
-    pub fn get_with<R>(&self, key: &str, f: impl FnOnce(&V, Stamp) -> R) -> Option<R> {
+    pub fn get_with<K, R>(&self, key: &K, f: impl FnOnce(&V, Stamp) -> R) -> Option<R>
+    where
+        K: Keyed + ?Sized,
+    {
         let now = now_ns();
-        let hash = hash_of(key);
+        let hash = key.hash();
         let map = self.shard(hash).map.read();
-        let slot = map.get(hash, key).filter(|slot| slot.is_live(now))?;
+        let slot = map.get(hash, key.text()).filter(|slot| slot.is_live(now))?;
         if self.budget.is_bounded() {
             let node = slot.node.load(Ordering::Relaxed);
             self.budget.policy.record_hit(node, hash);
@@ -390,9 +393,9 @@ impl<V> MemoryStore<V> {
     /// its freshness if it has its own, weighing `weight` bytes (for `memory_maxbytes`).
     #[must_use = "drop the returned values after the call, outside any lock"]
     #[allow(clippy::cast_possible_truncation)] // seconds kept to f32's precision
-    pub fn insert_at(
+    pub fn insert_at<K: Keyed + ?Sized>(
         &self,
-        key: &str,
+        key: &K,
         value: V,
         created_at: f64,
         ttl: f64,
@@ -419,12 +422,12 @@ impl<V> MemoryStore<V> {
             seq,
             node: AtomicU32::new(NIL),
         };
-        let hash = hash_of(key);
+        let hash = key.hash();
         let shard = self.shard(hash);
         let mut out = Vec::new();
         let mut gone = Vec::new();
         let mut map = shard.map.write();
-        let replaced = match map.insert(hash, key, slot) {
+        let replaced = match map.insert(hash, key.text(), slot) {
             Ok(Some(old)) => {
                 let name = old.name();
                 out.push(old.value);
@@ -454,7 +457,7 @@ impl<V> MemoryStore<V> {
                 policy.inserted(self.id, hash, seq, expires_ns, weight, replaced, now);
             // The slot learns its node, unless it left meanwhile: then the policy
             // forgets it here (whoever removed it saw no node to forget).
-            let placed = shard.map.read().get(hash, key).map(|slot| {
+            let placed = shard.map.read().get(hash, key.text()).map(|slot| {
                 if u64::from(slot.seq) == seq {
                     slot.node.store(node, Ordering::Relaxed);
                 }

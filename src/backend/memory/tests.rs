@@ -120,7 +120,7 @@ fn concurrent_readers_and_writers() {
                 for i in 0..2000 {
                     let key = format!("k{}", i % 97);
                     let _ = s.insert(&key, t * 10_000 + i, 300.0);
-                    assert!(s.get_with(&key, |v, _| *v).is_some());
+                    assert!(s.get_with(key.as_str(), |v, _| *v).is_some());
                 }
             })
         })
@@ -142,7 +142,7 @@ fn a_budget_keeps_the_entries_asked_for_again() {
     // The first half is asked for again: the rest, and newcomers seen once, go first.
     for _ in 0..3 {
         for i in 0..32 {
-            assert!(s.get_with(&format!("k{i}"), |v, _| *v).is_some());
+            assert!(s.get_with(format!("k{i}").as_str(), |v, _| *v).is_some());
         }
     }
     let mut evicted = Vec::new();
@@ -216,7 +216,7 @@ fn bounds_hold_under_threads() {
         // the policy's node for it is written to its slot.
         for i in 0..5_000u64 {
             let key = format!("k{}", (i * 7 + t * 13) % 3_000);
-            let hit = s.get_with(&key, |v, _| *v).is_some();
+            let hit = s.get_with(key.as_str(), |v, _| *v).is_some();
             if i % 7 == 0 {
                 let _ = s.remove(&key);
             } else if !hit || i % 5 == 0 {
