@@ -139,17 +139,22 @@ impl Endpoint {
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`, and the value of a
+/// `redis://user:secret@host` → `redis://user:***@host`, and the value of every
 /// `sentinel_password=` option masked too.
 pub(crate) fn mask_password(url: &str) -> String {
     let masked = mask_authority(url);
-    match masked.split_once("sentinel_password=") {
-        Some((before, after)) if before.contains('?') => {
-            let end = after.find(['&', '#']).unwrap_or(after.len());
-            format!("{before}sentinel_password=***{}", &after[end..])
-        }
-        _ => masked,
-    }
+    let Some((base, rest)) = masked.split_once('?') else {
+        return masked;
+    };
+    let (query, fragment) = rest.split_at(rest.find('#').unwrap_or(rest.len()));
+    let pairs: Vec<&str> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some(("sentinel_password", _)) => "sentinel_password=***",
+            _ => pair,
+        })
+        .collect();
+    format!("{base}?{}{fragment}", pairs.join("&"))
 }
 
 /// `url` with the password of its authority masked.

@@ -271,6 +271,10 @@ mod tests {
             "redis://:s%40cret@s1:26379/0?socket_timeout=2#insecure"
         );
         assert!(!l.shown.contains("cret"), "{}", l.shown);
+        let twice =
+            Layout::parse("redis+sentinel://s1/m?sentinel_password=a1&sentinel_password=b2");
+        let shown = twice.unwrap().shown;
+        assert!(!shown.contains("a1") && !shown.contains("b2"), "{shown}");
         let l =
             Layout::parse("redis+sentinel://s1/m?sentinel_username=u&sentinel_password=p").unwrap();
         assert_eq!(l.sentinel_url("s1:26379"), "redis://u:p@s1:26379/0");
