@@ -95,6 +95,7 @@ impl Drop for KeyWriter {
 
 /// A call's key, in the buffer it was written in, and its hash: computed once, for
 /// the lookup, the single flight and the store.
+#[derive(Clone)]
 pub struct KeyBuf {
     text: String,
     hash: u64,

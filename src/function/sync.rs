@@ -15,7 +15,7 @@ use super::lookup::Kind;
 use super::values::CacheInfo;
 use super::{bind_method, pickled_by_name, take_flags, CachedFunction, CallArgs, Here, Resolved};
 use crate::backend::Backend;
-use crate::key::{KeyBuf, KeyWriter, Keyed};
+use crate::key::{KeyBuf, KeyWriter};
 use crate::pattern::escape_glob;
 use crate::vectorcall::FastCall;
 
@@ -57,7 +57,7 @@ impl CachedFunction {
             return Ok(None);
         };
         if let Kind::Refresh { created_at, .. } = seen.kind {
-            let key = KeyBuf::of(key.text().to_owned());
+            let key = key.clone();
             let call = Call::new(slf, r.shared(), backend.clone(), key, &args()?, kwargs);
             refresh_later(py, call, created_at)?;
         }
