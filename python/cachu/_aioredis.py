@@ -299,6 +299,9 @@ async def _connection(url: str) -> _Connection:
 _ASKING = _redis_command("ASKING")
 # Redirections of one request followed before it fails (a slot moving twice).
 _MAX_REDIRECTS = 5
+# A slot being migrated or without a master (TRYAGAIN, CLUSTERDOWN, MASTERDOWN) is
+# asked again after this pause, as the sync path does (src/backend/redis/cluster.rs).
+_RETRY_PAUSE = 0.025
 # The URLs whose servers are being found again in a thread.
 _resolving: set[str] = set()
 
@@ -362,7 +365,12 @@ async def call(
                 if not asking:
                     _resolve_soon(url)
                 continue
-            if key is not None and words and words[0] in ("TRYAGAIN", "CLUSTERDOWN", "READONLY"):
+            if key is not None and words and words[0] in ("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"):
+                _resolve_soon(url)
+                await asyncio.sleep(_RETRY_PAUSE)
+                node, asking = await _node_of(url, key), False
+                continue
+            if key is not None and words and words[0] == "READONLY":
                 _resolve_soon(url)
             shown = _redis_endpoint(node)["shown"]
             if key is None and words and words[0] in ("MOVED", "ASK", "CROSSSLOT"):
